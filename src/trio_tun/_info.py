@@ -1,0 +1,103 @@
+"""``python -m trio_tun info``: what this host's TUN/TAP driver supports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import threading
+
+from . import _netns
+from . import offload as _offload
+from .platform import linux
+
+
+def _probe_offload() -> list[str]:
+    """Try each offload mask on a throw-away device in a private namespace."""
+    results: list[str] = []
+
+    def worker() -> None:
+        # A fresh namespace for this thread only: the probe device never
+        # appears in the caller's namespace.
+        _netns.unshare_net()
+        fd = linux.open_tun_file()
+        try:
+            linux.set_iff(fd, "probe%d", linux.IFF_TUN | linux.IFF_NO_PI | linux.IFF_VNET_HDR)
+            for label, flags in (
+                ("CSUM|TSO4|TSO6", linux.TCP_OFFLOAD),
+                ("CSUM|TSO4|TSO6|USO4|USO6", linux.FULL_OFFLOAD),
+            ):
+                try:
+                    linux.set_offload(fd, flags)
+                    results.append(f"  TUNSETOFFLOAD {label}: yes")
+                except OSError as exc:
+                    results.append(f"  TUNSETOFFLOAD {label}: no ({exc.strerror})")
+            second = linux.open_tun_file()
+            try:
+                linux.set_iff(
+                    second, "probemq%d", linux.IFF_TUN | linux.IFF_NO_PI | linux.IFF_MULTI_QUEUE
+                )
+                third = linux.open_tun_file()
+                name, _ = linux.get_iff(second)
+                try:
+                    linux.set_iff(
+                        third, name, linux.IFF_TUN | linux.IFF_NO_PI | linux.IFF_MULTI_QUEUE
+                    )
+                    results.append("  multi-queue: second queue attached")
+                finally:
+                    os.close(third)
+            finally:
+                os.close(second)
+        finally:
+            os.close(fd)
+
+    failure: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            worker()
+        except BaseException as exc:  # reported, not raised: info must always print
+            failure.append(exc)
+
+    thread = threading.Thread(target=guarded)
+    thread.start()
+    thread.join()
+    if failure:
+        results.append(f"  probe failed: {failure[0]}")
+    return results
+
+
+def main() -> int:
+    lines = [
+        f"platform: {platform.system()} {platform.release()} ({platform.machine()})",
+        f"python: {platform.python_version()}",
+        f"offload implementation: {_offload.implementation}",
+    ]
+    if platform.system() != "Linux":
+        lines.append("backend: not available on this platform yet")
+        print("\n".join(lines))
+        return 0
+    lines.append(f"backend: linux ({linux.TUN_PATH})")
+    try:
+        fd = linux.open_tun_file()
+    except OSError as exc:
+        lines.append(f"{linux.TUN_PATH}: unavailable: {exc}")
+        print("\n".join(lines))
+        return 1
+    with contextlib.closing(os.fdopen(fd, "rb", buffering=0)):
+        feats = linux.features(fd)
+    for label, flag in (
+        ("TUN (IFF_TUN)", linux.IFF_TUN),
+        ("TAP (IFF_TAP)", linux.IFF_TAP),
+        ("no packet info (IFF_NO_PI)", linux.IFF_NO_PI),
+        ("virtio-net header (IFF_VNET_HDR)", linux.IFF_VNET_HDR),
+        ("multi-queue (IFF_MULTI_QUEUE)", linux.IFF_MULTI_QUEUE),
+    ):
+        lines.append(f"{label}: {'yes' if feats & flag else 'no'}")
+    if os.geteuid() == 0:
+        lines.append("probing on a throw-away device in a private namespace:")
+        lines.extend(_probe_offload())
+    else:
+        lines.append("offload and multi-queue probes need root (CAP_NET_ADMIN); skipped")
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,240 @@
+"""Device configuration through rtnetlink (pyroute2), never by running ``ip``.
+
+Everything in ``DeviceControl`` is synchronous and is meant to run in a worker
+thread (``anyio.to_thread.run_sync``): pyroute2's sync ``IPRoute`` blocks, and
+its async flavour only works under asyncio.  Each call opens its netlink
+socket *inside* the device's namespace (see ``_netns``), so it does not matter
+which namespace the pooled worker thread happens to be in.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import attrs
+
+from . import _netns
+from ._config import Address, parse_address
+from ._errors import BrokenResourceError, TunPermissionError
+
+IFA_F_NODAD: Final = 0x02
+T = TypeVar("T")
+
+
+def _load_iproute() -> Any:
+    from pyroute2 import IPRoute
+
+    return IPRoute
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    code = getattr(exc, "code", None)
+    if code is None:
+        return exc
+    message = f"{what}: {os.strerror(code)}"
+    if code == errno.EPERM:
+        return TunPermissionError(code, f"{what} needs CAP_NET_ADMIN (run as root or grant it)")
+    if code == errno.ENODEV:
+        return BrokenResourceError(f"{what}: the device no longer exists")
+    if code == errno.EEXIST:
+        return FileExistsError(code, message)
+    if code in (errno.EADDRNOTAVAIL, errno.ESRCH, errno.ENOENT):
+        return LookupError(message)
+    if code == errno.EINVAL:
+        return ValueError(message)
+    return OSError(code, message)
+
+
+@contextmanager
+def _iproute(netns_fd: int | None, what: str) -> Iterator[Any]:
+    iproute_cls = _load_iproute()
+    with _netns.entered(netns_fd):
+        ipr = iproute_cls()
+    try:
+        yield ipr
+    except Exception as exc:
+        translated = _translate(exc, what)
+        if translated is exc:
+            raise
+        raise translated from None
+    finally:
+        ipr.close()
+
+
+def _family(addr: Address | ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
+
+
+@attrs.define
+class DeviceControl:
+    """Netlink handle on one device, addressed by ifindex in its namespace.
+
+    Owns ``netns_fd`` (the namespace the device lives in) and closes it in
+    ``close()``; holding the fd keeps that namespace reachable for reconfiguration.
+    """
+
+    name: str
+    index: int
+    netns_fd: int
+    _closed: bool = attrs.field(default=False, init=False)
+
+    @classmethod
+    def lookup(cls, name: str, netns_fd: int) -> DeviceControl:
+        """Find *name* in the namespace *netns_fd* (whose fd is taken over)."""
+        try:
+            with _iproute(netns_fd, f"looking up {name!r}") as ipr:
+                found = ipr.link_lookup(ifname=name)
+        except BaseException:
+            os.close(netns_fd)
+            raise
+        if not found:
+            os.close(netns_fd)
+            raise BrokenResourceError(f"device {name!r} not found in its namespace")
+        return cls(name=name, index=int(found[0]), netns_fd=netns_fd)
+
+    def _run(self, what: str, op: Callable[[Any], T]) -> T:
+        with _iproute(self.netns_fd, f"{what} on {self.name}") as ipr:
+            return op(ipr)
+
+    def configure(
+        self, *, mtu: int | None, mac: bytes | None, addresses: Sequence[Address], up: bool
+    ) -> None:
+        """Apply a fresh device's settings in one netlink session."""
+
+        def op(ipr: Any) -> None:
+            if mtu is not None:
+                ipr.link("set", index=self.index, mtu=mtu)
+            if mac is not None:
+                ipr.link("set", index=self.index, address=mac.hex(":"))
+            for addr in addresses:
+                self._add_address(ipr, addr)
+            if up:
+                ipr.link("set", index=self.index, state="up")
+
+        self._run("configuring", op)
+
+    def _add_address(self, ipr: Any, addr: Address) -> None:
+        extra: dict[str, Any] = {}
+        if addr.version == 6:
+            # A tunnel endpoint has no neighbours to defend against; waiting for
+            # duplicate address detection would only delay the first packet.
+            extra["flags"] = IFA_F_NODAD
+        ipr.addr(
+            "add",
+            index=self.index,
+            family=_family(addr),
+            address=str(addr.ip),
+            prefixlen=addr.network.prefixlen,
+            **extra,
+        )
+
+    def get_mtu(self) -> int:
+        links = self._run("reading the MTU", lambda ipr: ipr.get_links(self.index))
+        return int(links[0].get_attr("IFLA_MTU"))
+
+    def set_mtu(self, mtu: int) -> None:
+        self._run("setting the MTU", lambda ipr: ipr.link("set", index=self.index, mtu=mtu))
+
+    def set_up(self, up: bool) -> None:
+        state = "up" if up else "down"
+        self._run(f"setting {state}", lambda ipr: ipr.link("set", index=self.index, state=state))
+
+    def is_up(self) -> bool:
+        links = self._run("reading flags", lambda ipr: ipr.get_links(self.index))
+        return bool(links[0]["flags"] & 1)
+
+    def addresses(self) -> list[Address]:
+        def op(ipr: Any) -> list[Address]:
+            out = []
+            for msg in ipr.get_addr(index=self.index):
+                ip = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+                out.append(parse_address(f"{ip}/{msg['prefixlen']}"))
+            return out
+
+        return self._run("listing addresses", op)
+
+    def add_address(self, addr: Address) -> None:
+        self._run(f"adding {addr}", lambda ipr: self._add_address(ipr, addr))
+
+    def remove_address(self, addr: Address) -> None:
+        self._run(
+            f"removing {addr}",
+            lambda ipr: ipr.addr(
+                "del",
+                index=self.index,
+                family=_family(addr),
+                address=str(addr.ip),
+                prefixlen=addr.network.prefixlen,
+            ),
+        )
+
+    def add_route(
+        self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network, metric: int | None
+    ) -> None:
+        extra = {} if metric is None else {"priority": metric}
+        self._run(
+            f"adding route {prefix}",
+            lambda ipr: ipr.route(
+                "add", dst=str(prefix), family=_family(prefix), oif=self.index, **extra
+            ),
+        )
+
+    def remove_route(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        self._run(
+            f"removing route {prefix}",
+            lambda ipr: ipr.route("del", dst=str(prefix), family=_family(prefix), oif=self.index),
+        )
+
+    def routes(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        def op(ipr: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+            out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in ipr.get_routes(family=family, oif=self.index, table=254):
+                    dst = msg.get_attr("RTA_DST")
+                    if dst is None:
+                        continue
+                    out.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
+            return out
+
+        return self._run("listing routes", op)
+
+    def move_to(self, target_fd: int) -> None:
+        """Move the device into namespace *target_fd* (taken over) and follow it there."""
+
+        def op(ipr: Any) -> None:
+            ipr.link("set", index=self.index, net_ns_fd=target_fd)
+
+        try:
+            self._run("moving to another namespace", op)
+        except BaseException:
+            os.close(target_fd)
+            raise
+        os.close(self.netns_fd)
+        self.netns_fd = target_fd
+        # The ifindex usually survives a move but is not guaranteed to.
+        with _iproute(target_fd, f"finding {self.name} after the move") as ipr:
+            found = ipr.link_lookup(ifname=self.name)
+        if not found:
+            raise BrokenResourceError(f"device {self.name!r} vanished while being moved")
+        self.index = int(found[0])
+
+    def exists(self) -> bool:
+        try:
+            links = self._run("checking", lambda ipr: ipr.link_lookup(index=self.index))
+        except BrokenResourceError:
+            return False
+        return bool(links)
+
+    def delete(self) -> None:
+        self._run("deleting", lambda ipr: ipr.link("del", index=self.index))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.netns_fd)

@@ -1,0 +1,114 @@
+"""Network-namespace plumbing: per-thread ``setns`` without leaking a switch.
+
+Linux binds a network namespace to each *thread*, and every socket (netlink
+included) or ``/dev/net/tun`` file is created in the namespace of the thread
+that opens it.  Worker threads are pooled and outlive any one call, so code that
+must act in a namespace switches the current thread in, does its work, and
+switches back before anything else can run on that thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections.abc import Iterator
+from typing import Final
+
+CLONE_NEWNET: Final = 0x40000000
+NETNS_RUN_DIR: Final = "/run/netns"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open as *fd*."""
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+
+
+def unshare_net() -> None:
+    """Give the calling thread a brand-new, empty network namespace."""
+    _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+
+
+def open_current() -> int:
+    """Return a new close-on-exec fd referring to this thread's network namespace."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def resolve(netns: str | os.PathLike[str]) -> str:
+    """Map a namespace name (as made by ``ip netns add``) or a path to a path."""
+    text = os.fspath(netns)
+    if "/" in text:
+        return text
+    return os.path.join(NETNS_RUN_DIR, text)
+
+
+def open_path(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"network namespace {path!r} does not exist") from None
+
+
+@contextlib.contextmanager
+def entered(fd: int | None) -> Iterator[None]:
+    """Run the body with this thread inside namespace *fd* (``None``: stay put).
+
+    The body must not yield to other code that shares this thread (no awaits):
+    anything scheduled meanwhile would silently run in the wrong namespace.
+    """
+    if fd is None:
+        yield
+        return
+    home = open_current()
+    try:
+        setns(fd)
+        try:
+            yield
+        finally:
+            # Failing to get back would leave a pooled thread in a foreign
+            # namespace and silently misdirect unrelated later work.
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def new_namespace() -> int:
+    """Create an anonymous network namespace and return an fd that keeps it alive.
+
+    The namespace is made on a short-lived thread so the caller's own thread
+    never leaves its namespace; it disappears, with every device in it, when
+    the last fd (and the last process inside it) is gone.
+    """
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            unshare_net()
+            result.append(open_current())
+        except BaseException as exc:  # handed back to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=worker, name="trio-tun-netns")
+    thread.start()
+    thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, OSError) and exc.errno == errno.EPERM:
+            raise PermissionError(
+                errno.EPERM,
+                "creating a network namespace needs CAP_SYS_ADMIN (run as root)",
+            ) from exc
+        raise exc
+    return result[0]

@@ -1,0 +1,321 @@
+"""open_tun / open_tap / from_fd: where devices are made, configured and torn down."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from . import _netns
+from ._config import AddressLike, Layer, NetnsLike, OffloadMode, TunConfig
+from ._errors import OffloadUnavailableError
+from ._netlink import DeviceControl
+from ._stream import PacketStream, TapStream, TunStream
+from .platform import linux
+from .platform.linux import NO_OFFLOAD, OffloadFlags
+
+#: Upper bound on the shielded clean-up when leaving ``open_tun``.
+CLEANUP_TIMEOUT = 5.0
+
+
+def _want_vnet_hdr(config: TunConfig, fd: int) -> bool:
+    if config.offload is False:
+        return False
+    problem = None
+    if config.layer is Layer.L2:
+        problem = "offload is only implemented for TUN devices"
+    elif config.packet_info:
+        problem = "offload can't be combined with packet_info=True"
+    elif not linux.features(fd) & linux.IFF_VNET_HDR:
+        problem = "this kernel's TUN driver has no IFF_VNET_HDR"
+    if problem is None:
+        return True
+    if config.offload is True:
+        raise OffloadUnavailableError(errno.EOPNOTSUPP, f"offload=True: {problem}")
+    return False
+
+
+def _iff_flags(config: TunConfig, vnet_hdr: bool) -> int:
+    flags = linux.IFF_TAP if config.layer is Layer.L2 else linux.IFF_TUN
+    if not config.packet_info:
+        flags |= linux.IFF_NO_PI
+    if vnet_hdr:
+        flags |= linux.IFF_VNET_HDR
+    if config.queues > 1:
+        flags |= linux.IFF_MULTI_QUEUE
+    return flags
+
+
+def _stream_class(layer: Layer) -> type[PacketStream]:
+    return TapStream if layer is Layer.L2 else TunStream
+
+
+class _Opened:
+    """The fds and netlink handle of a device being opened, for unified clean-up."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.control: DeviceControl | None = None
+        self.streams: list[PacketStream] = []
+        self.clear_persist = False
+
+    def close(self) -> None:
+        if self.clear_persist and self.fds:
+            # We attached to a persistent device but were not asked to keep it.
+            with contextlib.suppress(OSError):
+                linux.set_persist(self.fds[0], False)
+        for stream in self.streams:
+            stream.close()
+        for fd in self.fds[len(self.streams) :]:
+            os.close(fd)
+        self.fds.clear()
+        if self.control is not None:
+            self.control.close()
+
+
+def _create_queues(config: TunConfig, opened: _Opened) -> tuple[str, bool, OffloadFlags]:
+    """The synchronous part: open the queue fds in the caller's namespace."""
+    first = linux.open_tun_file()
+    opened.fds.append(first)
+    vnet_hdr = _want_vnet_hdr(config, first)
+    flags = _iff_flags(config, vnet_hdr)
+    name = linux.set_iff(first, config.name, flags)
+    _, actual = linux.get_iff(first)
+    if actual & linux.IFF_PERSIST and not config.persist:
+        opened.clear_persist = True
+    if config.persist and not actual & linux.IFF_PERSIST:
+        linux.set_persist(first, True)
+    if config.owner is not None:
+        linux.set_owner(first, config.owner)
+    if config.group is not None:
+        linux.set_group(first, config.group)
+    offload = NO_OFFLOAD
+    if vnet_hdr:
+        offload = linux.negotiate_offload(first, required=config.offload is True)
+    else:
+        # A persistent device remembers its offload mask; without a virtio
+        # header the kernel would then hand us unsplit super-packets.
+        with contextlib.suppress(OSError):
+            linux.set_offload(first, NO_OFFLOAD)
+    for _ in range(config.queues - 1):
+        fd = linux.open_tun_file()
+        opened.fds.append(fd)
+        linux.set_iff(fd, name, flags)
+    return name, vnet_hdr, offload
+
+
+async def _open(config: TunConfig) -> _Opened:
+    opened = _Opened()
+    try:
+        name, vnet_hdr, offload = _create_queues(config, opened)
+        # The device was born in this thread's namespace: remember it, since
+        # netlink work happens on pooled threads that may be elsewhere.
+        here = _netns.open_current()
+        try:
+            index = socket.if_nametoindex(name)
+        except OSError:
+            os.close(here)
+            raise
+        control = opened.control = DeviceControl(name=name, index=index, netns_fd=here)
+        if config.netns is not None:
+            if isinstance(config.netns, int):
+                target = os.dup(config.netns)
+            else:
+                target = _netns.open_path(config.netns)
+            await anyio.to_thread.run_sync(control.move_to, target)
+        await anyio.to_thread.run_sync(
+            lambda: control.configure(
+                mtu=config.mtu, mac=config.mac, addresses=config.addresses, up=config.up
+            )
+        )
+        cls = _stream_class(config.layer)
+        for fd in opened.fds:
+            opened.streams.append(
+                cls(
+                    fd,
+                    owned=True,
+                    offload=offload,
+                    vnet_hdr=vnet_hdr,
+                    packet_info=config.packet_info,
+                    control=control,
+                )
+            )
+        for stream in opened.streams:
+            stream._queues = opened.streams
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+@contextlib.asynccontextmanager
+async def _device(config: TunConfig) -> AsyncIterator[Any]:
+    opened = await _open(config)
+    try:
+        yield opened.streams[0]
+    finally:
+        # Leaving by any path (exception, cancellation, KeyboardInterrupt) must
+        # still release the device; closing fds is synchronous and cannot hang.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+            opened.close()
+            await anyio.lowlevel.checkpoint()
+
+
+def open_tun(
+    name: str | None = None,
+    *,
+    addresses: Iterable[AddressLike] = (),
+    mtu: int | None = None,
+    up: bool = True,
+    persist: bool = False,
+    owner: int | None = None,
+    group: int | None = None,
+    packet_info: bool = False,
+    netns: NetnsLike = None,
+    offload: OffloadMode = "auto",
+    queues: int = 1,
+) -> contextlib.AbstractAsyncContextManager[TunStream]:
+    """Create (or attach to) a TUN device and yield its first queue as a :class:`TunStream`.
+
+    Args:
+        name: Interface name, or a pattern such as ``"vpn%d"``; ``None`` lets the
+            kernel pick (``tun0``, ``tun1``, ...).
+        addresses: IPv4/IPv6 addresses with prefix, e.g. ``["10.8.0.1/24", "fd00::1/64"]``.
+        mtu: Device MTU (68..65535; at least 1280 with IPv6 addresses).
+        up: Bring the device up once configured.
+        persist: Keep the device after the last fd is closed (``TUNSETPERSIST``).
+        owner: uid allowed to attach to the (persistent) device without privileges.
+        group: gid allowed likewise.
+        packet_info: Keep the kernel's 4-byte ``tun_pi`` header on every packet.
+        netns: Move the device into this network namespace (a name from
+            ``ip netns``, a path, or an open fd); the stream keeps working from here.
+        offload: ``"auto"`` (use virtio-net offload when the kernel has it),
+            ``True`` (require it) or ``False`` (off; also clears a persistent
+            device's offload mask).
+        queues: Number of queues (``IFF_MULTI_QUEUE`` when more than one).
+
+    Raises:
+        ValueError: bad configuration, raised before any system call.
+        TunPermissionError: missing CAP_NET_ADMIN (the message says so).
+        TunUnavailableError: no ``/dev/net/tun`` (the message says how to load it).
+
+    Leaving the block by any path closes every queue and deletes the device
+    unless ``persist=True``.
+    """
+    config = TunConfig(
+        layer=Layer.L3,
+        name=name,
+        addresses=addresses,
+        mtu=mtu,
+        up=up,
+        persist=persist,
+        owner=owner,
+        group=group,
+        packet_info=packet_info,
+        netns=netns,
+        offload=offload,
+        queues=queues,
+    )
+    return _device(config)
+
+
+def open_tap(
+    name: str | None = None,
+    *,
+    addresses: Iterable[AddressLike] = (),
+    mac: str | bytes | None = None,
+    mtu: int | None = None,
+    up: bool = True,
+    persist: bool = False,
+    owner: int | None = None,
+    group: int | None = None,
+    packet_info: bool = False,
+    netns: NetnsLike = None,
+    queues: int = 1,
+) -> contextlib.AbstractAsyncContextManager[TapStream]:
+    """Create (or attach to) a TAP device; like :func:`open_tun` but for Ethernet frames.
+
+    Args:
+        mac: The device's MAC address (``"02:00:00:00:00:01"``); random when omitted.
+
+    Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
+    """
+    config = TunConfig(
+        layer=Layer.L2,
+        name=name,
+        addresses=addresses,
+        mac=mac,
+        mtu=mtu,
+        up=up,
+        persist=persist,
+        owner=owner,
+        group=group,
+        packet_info=packet_info,
+        netns=netns,
+        offload=False,
+        queues=queues,
+    )
+    return _device(config)
+
+
+def from_fd(
+    fd: int,
+    *,
+    owned: bool = True,
+    layer: Layer | str = Layer.L3,
+    vnet_hdr: bool | None = None,
+    packet_info: bool | None = None,
+) -> PacketStream:
+    """Wrap a TUN/TAP fd obtained elsewhere (Android ``VpnService``, fd passing, ...).
+
+    Args:
+        fd: The file descriptor; it is made non-blocking.
+        owned: Close *fd* when the stream is closed.  With ``owned=False`` the
+            fd is borrowed: never closed, and its blocking mode is restored.
+        layer: ``Layer.L3``/``"tun"`` or ``Layer.L2``/``"tap"``; taken from the
+            kernel when the fd is a Linux TUN fd.
+        vnet_hdr: Whether reads carry a virtio-net header; taken from the kernel
+            when it can say, else ``False``.
+        packet_info: Whether packets carry the 4-byte ``tun_pi`` header; likewise.
+
+    On Linux, when the fd is a ``/dev/net/tun`` fd, the stream also gets device
+    control (name, MTU, addresses) for the device in the caller's namespace.
+    """
+    kind = Layer(layer) if isinstance(layer, str) else layer
+    control: DeviceControl | None = None
+    offload = NO_OFFLOAD
+    try:
+        name, flags = linux.get_iff(fd)
+    except OSError:
+        name, flags = "", 0
+    if name:
+        kind = Layer.L2 if flags & linux.IFF_TAP else Layer.L3
+        if vnet_hdr is None:
+            vnet_hdr = bool(flags & linux.IFF_VNET_HDR)
+        if packet_info is None:
+            packet_info = not flags & linux.IFF_NO_PI
+        try:
+            control = DeviceControl(
+                name=name, index=socket.if_nametoindex(name), netns_fd=_netns.open_current()
+            )
+        except OSError:
+            control = None
+    if vnet_hdr:
+        # We can't ask the kernel which offloads it was given; assume the mask
+        # our own open_tun negotiates, since segments are split either way.
+        offload = linux.TCP_OFFLOAD
+    return _stream_class(kind)(
+        fd,
+        owned=owned,
+        offload=offload,
+        vnet_hdr=bool(vnet_hdr),
+        packet_info=bool(packet_info),
+        control=control,
+        owns_control=True,
+    )

@@ -1,0 +1,60 @@
+"""Packet counters kept by our own code (not the kernel's), and their snapshot."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Statistics:
+    """A snapshot of one stream's counters since it was opened.
+
+    ``rx_*``/``tx_*`` count what crossed the stream's API; ``reads``/``writes``
+    count system calls, so ``read_bytes / reads`` shows how well offload batches.
+    """
+
+    #: Packets handed to the application, and their bytes.
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    #: Packets the kernel accepted from the application, and their bytes.
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    #: read()/write() system calls that moved data, and the bytes they moved
+    #: (with offload: virtio headers and whole super-packets).
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    #: Received data that could not be parsed (bad virtio header, truncated
+    #: super-packet, impossible lengths): dropped, never raised.
+    rx_malformed: int = 0
+    #: Packets already read but discarded because the stream was closed.
+    rx_dropped: int = 0
+    #: Packets the kernel refused (EINVAL: not IP, bad header; EIO: device down).
+    tx_dropped: int = 0
+    #: Coalesced writes the kernel rejected and that were re-sent as segments.
+    tx_coalesce_fallbacks: int = 0
+    #: Super-packets written (more than one segment each).
+    tx_coalesced: int = 0
+
+
+@attrs.define(slots=True)
+class Counters:
+    """The mutable twin of :class:`Statistics`, bumped on the hot path."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    rx_malformed: int = 0
+    rx_dropped: int = 0
+    tx_dropped: int = 0
+    tx_coalesce_fallbacks: int = 0
+    tx_coalesced: int = 0
+
+    def snapshot(self) -> Statistics:
+        return Statistics(**attrs.asdict(self))

@@ -1,0 +1,1 @@
+"""How each operating system hands us a packet file descriptor (or handle)."""

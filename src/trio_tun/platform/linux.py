@@ -1,0 +1,228 @@
+"""Linux: ``/dev/net/tun`` and its ioctls.
+
+Every function here is synchronous and quick; nothing here talks netlink
+(that is ``_netlink``) or waits for readiness (that is ``_stream``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from typing import Final
+
+import attrs
+
+from .._errors import (
+    DeviceBusyError,
+    OffloadUnavailableError,
+    TunPermissionError,
+    TunUnavailableError,
+)
+
+TUN_PATH: Final = "/dev/net/tun"
+
+# <linux/if_tun.h>
+TUNSETIFF: Final = 0x400454CA
+TUNSETPERSIST: Final = 0x400454CB
+TUNSETOWNER: Final = 0x400454CC
+TUNSETGROUP: Final = 0x400454CE
+TUNGETFEATURES: Final = 0x800454CF
+TUNSETOFFLOAD: Final = 0x400454D0
+TUNGETIFF: Final = 0x800454D2
+TUNGETVNETHDRSZ: Final = 0x800454D7
+TUNSETQUEUE: Final = 0x400454D9
+
+IFF_TUN: Final = 0x0001
+IFF_TAP: Final = 0x0002
+IFF_MULTI_QUEUE: Final = 0x0100
+IFF_ATTACH_QUEUE: Final = 0x0200
+IFF_DETACH_QUEUE: Final = 0x0400
+IFF_PERSIST: Final = 0x0800
+IFF_NO_PI: Final = 0x1000
+IFF_VNET_HDR: Final = 0x4000
+
+TUN_F_CSUM: Final = 0x01
+TUN_F_TSO4: Final = 0x02
+TUN_F_TSO6: Final = 0x04
+TUN_F_TSO_ECN: Final = 0x08
+TUN_F_USO4: Final = 0x20
+TUN_F_USO6: Final = 0x40
+
+_IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name + ifr_flags, padded to 40
+_INT: Final = struct.Struct("i")
+
+NEEDS_CAP: Final = "needs CAP_NET_ADMIN (run as root or grant the capability)"
+
+
+@attrs.frozen
+class OffloadFlags:
+    """What the kernel agreed to hand us as super-packets (``TUNSETOFFLOAD``)."""
+
+    csum: bool = False
+    tso4: bool = False
+    tso6: bool = False
+    uso4: bool = False
+    uso6: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when reads may bring segments that still need splitting."""
+        return self.tso4 or self.tso6 or self.uso4 or self.uso6
+
+    @property
+    def uso(self) -> bool:
+        return self.uso4 and self.uso6
+
+    def mask(self) -> int:
+        return (
+            (TUN_F_CSUM if self.csum else 0)
+            | (TUN_F_TSO4 if self.tso4 else 0)
+            | (TUN_F_TSO6 if self.tso6 else 0)
+            | (TUN_F_USO4 if self.uso4 else 0)
+            | (TUN_F_USO6 if self.uso6 else 0)
+        )
+
+    def __str__(self) -> str:
+        names = [f.name for f in attrs.fields(OffloadFlags) if getattr(self, f.name)]
+        return "+".join(names) if names else "none"
+
+
+NO_OFFLOAD: Final = OffloadFlags()
+TCP_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True)
+FULL_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True, uso4=True, uso6=True)
+
+
+def open_tun_file() -> int:
+    """Open ``/dev/net/tun`` non-blocking and close-on-exec, with errors a user can act on."""
+    try:
+        return os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise TunUnavailableError(
+            errno.ENOENT,
+            f"{TUN_PATH} is missing: load the TUN/TAP driver with 'modprobe tun' "
+            "(in a container, pass the device in, e.g. --device /dev/net/tun)",
+        ) from None
+    except PermissionError as exc:
+        raise TunPermissionError(
+            exc.errno,
+            f"opening {TUN_PATH} was refused: it needs read/write access to {TUN_PATH} "
+            "(root, or a udev rule granting your group access)",
+        ) from None
+
+
+def features(fd: int) -> int:
+    """The IFF_* flags this kernel's TUN driver supports."""
+    buf = fcntl.ioctl(fd, TUNGETFEATURES, b"\0" * 4)
+    return int(_INT.unpack(buf)[0])
+
+
+def set_iff(fd: int, name: str | None, flags: int) -> str:
+    """Create or attach device *name* (``None``: kernel picks) and return its real name."""
+    request = _IFREQ.pack((name or "").encode(), flags)
+    try:
+        answer = fcntl.ioctl(fd, TUNSETIFF, request)
+    except OSError as exc:
+        what = f"device {name!r}" if name else "a device"
+        kind = "TAP" if flags & IFF_TAP else "TUN"
+        if exc.errno == errno.EPERM:
+            raise TunPermissionError(
+                errno.EPERM,
+                f"creating or attaching to {kind} {what} {NEEDS_CAP}; an unprivileged user "
+                "can only attach to a persistent device created with owner=/group= for them",
+            ) from None
+        if exc.errno == errno.EBUSY:
+            raise DeviceBusyError(
+                errno.EBUSY,
+                f"{kind} {what} is already in use (open by another process, or its "
+                "multi-queue/offload flags differ from this request)",
+            ) from None
+        if exc.errno == errno.EINVAL:
+            raise DeviceBusyError(
+                errno.EINVAL,
+                f"{what} exists but is not a {kind} device with compatible flags "
+                "(name taken by another kind of interface?)",
+            ) from None
+        raise
+    raw_name = _IFREQ.unpack(answer)[0]
+    return str(raw_name.rstrip(b"\0").decode("utf-8", "surrogateescape"))
+
+
+def get_iff(fd: int) -> tuple[str, int]:
+    """Name and IFF_* flags of the device *fd* is attached to."""
+    answer = fcntl.ioctl(fd, TUNGETIFF, _IFREQ.pack(b"", 0))
+    raw_name, flags = _IFREQ.unpack(answer)
+    return raw_name.rstrip(b"\0").decode("utf-8", "surrogateescape"), int(flags)
+
+
+def set_persist(fd: int, persist: bool) -> None:
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, int(persist))
+    except PermissionError:
+        raise TunPermissionError(errno.EPERM, f"changing persistence {NEEDS_CAP}") from None
+
+
+def set_owner(fd: int, uid: int) -> None:
+    try:
+        fcntl.ioctl(fd, TUNSETOWNER, uid)
+    except PermissionError:
+        raise TunPermissionError(errno.EPERM, f"setting the owner {NEEDS_CAP}") from None
+
+
+def set_group(fd: int, gid: int) -> None:
+    try:
+        fcntl.ioctl(fd, TUNSETGROUP, gid)
+    except PermissionError:
+        raise TunPermissionError(errno.EPERM, f"setting the group {NEEDS_CAP}") from None
+
+
+def set_offload(fd: int, flags: OffloadFlags) -> None:
+    fcntl.ioctl(fd, TUNSETOFFLOAD, flags.mask())
+
+
+def negotiate_offload(fd: int, *, required: bool) -> OffloadFlags:
+    """Ask for the richest offload set the kernel accepts, best first.
+
+    The mask is device-wide, so every queue of a multi-queue device shares it.
+    """
+    for candidate in (FULL_OFFLOAD, TCP_OFFLOAD):
+        try:
+            set_offload(fd, candidate)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            continue
+        return candidate
+    if required:
+        raise OffloadUnavailableError(
+            errno.EINVAL, "offload=True, but the kernel rejected TUNSETOFFLOAD CSUM|TSO4|TSO6"
+        )
+    set_offload(fd, NO_OFFLOAD)
+    return NO_OFFLOAD
+
+
+def vnet_hdr_size(fd: int) -> int:
+    buf = fcntl.ioctl(fd, TUNGETVNETHDRSZ, b"\0" * 4)
+    return int(_INT.unpack(buf)[0])
+
+
+def set_queue(fd: int, attach: bool) -> None:
+    """Attach or detach one queue of a multi-queue device (``TUNSETQUEUE``)."""
+    flags = IFF_ATTACH_QUEUE if attach else IFF_DETACH_QUEUE
+    fcntl.ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", flags))
+
+
+SIOCGIFMTU: Final = 0x8921
+
+
+def get_mtu(name: str) -> int:
+    """MTU of *name* in the calling thread's namespace (a quick ioctl, no netlink)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        answer = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, _IFREQ_INT.pack(name.encode(), 0))
+    return int(_IFREQ_INT.unpack(answer)[1])
+
+
+_IFREQ_INT: Final = struct.Struct("16si20x")
