@@ -32,7 +32,8 @@ class Statistics:
     rx_dropped: int = 0
     #: Packets the kernel refused (EINVAL: not IP, bad header; EIO: device down).
     tx_dropped: int = 0
-    #: Coalesced writes the kernel rejected and that were re-sent as segments.
+    #: Coalesced writes the kernel rejected (EINVAL) and that were re-sent as
+    #: segments; after the first, the stream stops coalescing.
     tx_coalesce_fallbacks: int = 0
     #: Super-packets written (more than one segment each).
     tx_coalesced: int = 0

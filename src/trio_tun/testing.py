@@ -15,8 +15,9 @@ import ctypes
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -29,6 +30,8 @@ from ._errors import BusyResourceError, ClosedResourceError
 from ._stats import Counters, Statistics
 from ._stream import DEFAULT_BATCH, MAX_PACKET, TunAttribute
 from .platform.linux import NO_OFFLOAD
+
+T = TypeVar("T")
 
 __all__ = [
     "MemoryTunStream",
@@ -260,26 +263,37 @@ class NetNamespace:
             check=check,
         )
 
-    def _iproute(self) -> Any:
-        from pyroute2 import IPRoute
+    def netlink(self, op: Callable[[Any], T]) -> T:
+        """Run ``op(ipr)`` with a pyroute2 ``IPRoute`` bound to this namespace.
 
-        with self.entered():
-            return IPRoute()
+        It runs on a short-lived thread of its own: pyroute2's sync API drives
+        an asyncio loop internally and refuses to run inside a running one, so
+        this works from synchronous code, Trio and asyncio alike (it blocks
+        the caller for the few milliseconds netlink takes).
+        """
+
+        def work() -> T:
+            from pyroute2 import IPRoute
+
+            with self.entered():
+                ipr = IPRoute()
+            try:
+                return op(ipr)
+            finally:
+                ipr.close()
+
+        return _on_fresh_thread(work)
 
     def set_link_up(self, ifname: str) -> None:
-        ipr = self._iproute()
-        try:
-            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
-        finally:
-            ipr.close()
+        self.netlink(
+            lambda ipr: ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        )
 
     def links(self) -> list[str]:
         """Names of the interfaces in this namespace."""
-        ipr = self._iproute()
-        try:
-            return sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
-        finally:
-            ipr.close()
+        return self.netlink(
+            lambda ipr: sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
+        )
 
     def close(self) -> None:
         if self.name is not None:
@@ -308,16 +322,16 @@ def link_namespaces(
     mtu: int | None = None,
 ) -> None:
     """Join *a* and *b* with a veth pair, address both ends and bring them up."""
-    ipr = a._iproute()
-    try:
+
+    def create(ipr: Any) -> None:
         ipr.link("add", ifname=names[0], kind="veth", peer=names[1])
         peer = ipr.link_lookup(ifname=names[1])[0]
         ipr.link("set", index=peer, net_ns_fd=b.fileno())
-    finally:
-        ipr.close()
+
+    a.netlink(create)
     for ns, ifname, addrs in ((a, names[0], addresses[0]), (b, names[1], addresses[1])):
-        ipr = ns._iproute()
-        try:
+
+        def configure(ipr: Any, ifname: str = ifname, addrs: Iterable[AddressLike] = addrs) -> None:
             index = ipr.link_lookup(ifname=ifname)[0]
             if mtu is not None:
                 ipr.link("set", index=index, mtu=mtu)
@@ -333,8 +347,26 @@ def link_namespaces(
                     **extra,
                 )
             ipr.link("set", index=index, state="up")
-        finally:
-            ipr.close()
+
+        ns.netlink(configure)
+
+
+def _on_fresh_thread(fn: Callable[[], T]) -> T:
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # re-raised in the caller
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="trio-tun-testing-netlink")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def fd_count() -> int:
