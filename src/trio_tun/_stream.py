@@ -249,6 +249,10 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             return -1
         except OSError as exc:
             raise self._io_error(exc, "reading") from None
+        if n == 0:
+            # A TUN fd never reads empty; a socket handed to from_fd does when
+            # its peer has gone, and would otherwise read 0 forever.
+            raise anyio.EndOfStream
         counters = self._counters
         counters.reads += 1
         counters.read_bytes += n
@@ -258,7 +262,7 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         """Turn the n bytes just read into packets on the pending queue."""
         view = self._read_view
         if self._vnet_hdr:
-            if n < VIRTIO_NET_HDR_LEN:
+            if n <= VIRTIO_NET_HDR_LEN:
                 self._counters.rx_malformed += 1
                 return
             try:
@@ -300,6 +304,8 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             ClosedResourceError: the stream was closed.
             BrokenResourceError: the device was deleted.
             BusyResourceError: another task is receiving on this stream.
+            anyio.EndOfStream: only for a socket wrapped with :func:`from_fd`
+                whose peer has closed; a TUN device never ends.
         """
         with self._receive_guard:
             await self._entry_checkpoint(True)
