@@ -277,3 +277,46 @@ async def test_coalesced_write_rejected_falls_back_to_segments(
     assert out.tx_coalesce_fallbacks == refused
     assert refused <= 64
     assert out.tx_dropped == 0
+
+
+@pytest.mark.anyio
+async def test_auto_falls_back_when_the_driver_lacks_vnet_hdr(
+    netns: NetNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_features = linux.features
+    monkeypatch.setattr(linux, "features", lambda fd: real_features(fd) & ~linux.IFF_VNET_HDR)
+    async with trio_tun.open_tun(offload="auto") as dev:
+        assert not dev.vnet_hdr and not dev.offload.enabled
+    with pytest.raises(trio_tun.OffloadUnavailableError, match="IFF_VNET_HDR"):
+        async with trio_tun.open_tun(offload=True):
+            pass  # pragma: no cover
+    assert netns.links() == ["lo"]
+
+
+@pytest.mark.anyio
+async def test_auto_falls_back_when_tunsetoffload_is_refused(
+    netns: NetNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_set_offload = linux.set_offload
+
+    def refuse(fd: int, flags: linux.OffloadFlags) -> None:
+        if flags.enabled:
+            raise OSError(errno.EINVAL, "refused for the test")
+        real_set_offload(fd, flags)
+
+    monkeypatch.setattr(linux, "set_offload", refuse)
+    async with trio_tun.open_tun(offload="auto", addresses=["10.30.0.1/24"]) as dev:
+        # The header stays on (it was fixed at TUNSETIFF) but nothing is offloaded,
+        # and packets still come through as plain IP.
+        assert dev.vnet_hdr and not dev.offload.enabled
+        sock = netns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock, anyio.fail_after(10):
+            sock.sendto(b"plain", ("10.30.0.2", 9))
+            while True:
+                packet = await dev.receive()
+                if packet[0] >> 4 == 4 and packet.endswith(b"plain"):
+                    break
+    with pytest.raises(trio_tun.OffloadUnavailableError, match="TUNSETOFFLOAD"):
+        async with trio_tun.open_tun(offload=True):
+            pass  # pragma: no cover
+    assert netns.links() == ["lo"]
