@@ -73,7 +73,9 @@ def _ping(ns: NetNamespace, target: str, count: int = 5) -> tuple[int, float | N
     )
 
 
-async def _tcp_transfer(left: NetNamespace, right: NetNamespace, server_ip: str) -> tuple[int, str, str, float]:
+async def _tcp_transfer(
+    left: NetNamespace, right: NetNamespace, server_ip: str
+) -> tuple[int, str, str, float]:
     listener = trio.socket.from_stdlib_socket(right.socket(socket.AF_INET, socket.SOCK_STREAM))
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await listener.bind((server_ip, TCP_PORT))
@@ -120,17 +122,25 @@ async def _run(out: list[str]) -> bool:
             _Side(right, "10.99.0.2", "10.99.0.1", "10.8.0.2/24", "fd00:8::2/64"),
         )
         async with (
-            open_tun("demo%d", addresses=[sides[0].inner4, sides[0].inner6], mtu=TUN_MTU,
-                     netns=left.fileno()) as tun_left,
-            open_tun("demo%d", addresses=[sides[1].inner4, sides[1].inner6], mtu=TUN_MTU,
-                     netns=right.fileno()) as tun_right,
+            open_tun(
+                "demo%d",
+                addresses=[sides[0].inner4, sides[0].inner6],
+                mtu=TUN_MTU,
+                netns=left.fileno(),
+            ) as tun_left,
+            open_tun(
+                "demo%d",
+                addresses=[sides[1].inner4, sides[1].inner6],
+                mtu=TUN_MTU,
+                netns=right.fileno(),
+            ) as tun_right,
             trio.open_nursery() as nursery,
         ):
             out.append(
                 f"tunnel up: {tun_left.name} (10.8.0.1) <-> {tun_right.name} (10.8.0.2) "
                 f"over UDP 10.99.0.1 <-> 10.99.0.2, offload: {tun_left.offload}"
             )
-            for side, tun in zip(sides, (tun_left, tun_right)):
+            for side, tun in zip(sides, (tun_left, tun_right), strict=True):
                 sock = trio.socket.from_stdlib_socket(side.ns.socket())
                 await sock.bind((side.underlay, TUNNEL_PORT))
                 nursery.start_soon(_pump_tun_to_udp, tun, sock, side.peer_underlay)
@@ -172,7 +182,9 @@ async def _run(out: list[str]) -> bool:
 def main() -> int:
     """Entry point of ``python -m trio_tun demo``; returns the exit status."""
     if os.geteuid() != 0:
-        print("the demo creates network namespaces and TUN devices: run it as root", file=sys.stderr)
+        print(
+            "the demo creates network namespaces and TUN devices: run it as root", file=sys.stderr
+        )
         return 2
     # Even the first instant of a device's life stays off the host's own
     # namespace: this process works from a private one.

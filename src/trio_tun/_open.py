@@ -63,6 +63,10 @@ class _Opened:
         self.fds: list[int] = []
         self.control: DeviceControl | None = None
         self.streams: list[PacketStream] = []
+        self.was_persistent = False
+        #: Set once the open succeeded: a persistent device we attached to but
+        #: were not asked to keep goes when we leave.  A failed open must never
+        #: delete somebody else's device.
         self.clear_persist = False
 
     def close(self) -> None:
@@ -87,8 +91,7 @@ def _create_queues(config: TunConfig, opened: _Opened) -> tuple[str, bool, Offlo
     flags = _iff_flags(config, vnet_hdr)
     name = linux.set_iff(first, config.name, flags)
     _, actual = linux.get_iff(first)
-    if actual & linux.IFF_PERSIST and not config.persist:
-        opened.clear_persist = True
+    opened.was_persistent = bool(actual & linux.IFF_PERSIST)
     if config.persist and not actual & linux.IFF_PERSIST:
         linux.set_persist(first, True)
     if config.owner is not None:
@@ -148,6 +151,7 @@ async def _open(config: TunConfig) -> _Opened:
             )
         for stream in opened.streams:
             stream._queues = opened.streams
+        opened.clear_persist = opened.was_persistent and not config.persist
     except BaseException:
         opened.close()
         raise
