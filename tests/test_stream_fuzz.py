@@ -7,6 +7,7 @@ No root needed.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -116,3 +117,28 @@ def test_socket_peer_closing_ends_iteration() -> None:
         return got
 
     assert trio.run(main) == [SENTINEL]
+
+
+def test_close_after_the_event_loop_has_gone() -> None:
+    """A stream that waited on its fd under Trio can still be closed from sync code."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stream = trio_tun.from_fd(right.detach())
+
+    async def main() -> bytes:
+        async def send_later() -> None:
+            await trio.sleep(0.05)
+            left.send(SENTINEL)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            return await stream.receive()
+
+    with left:
+        # The receive had to wait (the datagram comes later), so the fd was
+        # registered with Trio's I/O manager.
+        assert trio.run(main) == SENTINEL
+        fd = stream.fileno()
+        stream.close()
+        assert stream.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)

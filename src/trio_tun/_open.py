@@ -275,6 +275,7 @@ def from_fd(
     layer: Layer | str = Layer.L3,
     vnet_hdr: bool | None = None,
     packet_info: bool | None = None,
+    offload: OffloadFlags | None = None,
 ) -> PacketStream:
     """Wrap a TUN/TAP fd obtained elsewhere (Android ``VpnService``, fd passing, ...).
 
@@ -287,13 +288,16 @@ def from_fd(
         vnet_hdr: Whether reads carry a virtio-net header; taken from the kernel
             when it can say, else ``False``.
         packet_info: Whether packets carry the 4-byte ``tun_pi`` header; likewise.
+        offload: The offload mask the device was given (``TUNSETOFFLOAD``), which
+            the kernel does not report back.  It decides whether UDP segments
+            are coalesced on send (only with USO).  Default: CSUM+TSO4+TSO6
+            when the fd has a virtio header, else none.
 
     On Linux, when the fd is a ``/dev/net/tun`` fd, the stream also gets device
     control (name, MTU, addresses) for the device in the caller's namespace.
     """
     kind = Layer(layer) if isinstance(layer, str) else layer
     control: DeviceControl | None = None
-    offload = NO_OFFLOAD
     try:
         name, flags = linux.get_iff(fd)
     except OSError:
@@ -310,10 +314,10 @@ def from_fd(
             )
         except OSError:
             control = None
-    if vnet_hdr:
-        # We can't ask the kernel which offloads it was given; assume the mask
-        # our own open_tun negotiates, since segments are split either way.
-        offload = linux.TCP_OFFLOAD
+    if offload is None:
+        # The kernel can't tell us the mask; TCP-only is the safe guess, since
+        # received segments are split whatever the mask says.
+        offload = linux.TCP_OFFLOAD if vnet_hdr else NO_OFFLOAD
     return _stream_class(kind)(
         fd,
         owned=owned,

@@ -20,7 +20,6 @@ methods pay one checkpoint per batch.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections import deque
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 import anyio
+import sniffio
 import trio
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import UnreliableObjectStream
@@ -45,7 +45,7 @@ from .platform.linux import NO_OFFLOAD, OffloadFlags
 
 #: Calls of receive()/send() between two real scheduler yields when no waiting was needed.
 SCHEDULE_EVERY: Final = 32
-#: Default and maximum number of packets one receive_batch() returns.
+#: Reads one receive_batch() does at most by default.
 DEFAULT_BATCH: Final = 64
 #: Largest IP packet; a TUN read never brings more (plus headers).
 MAX_PACKET: Final = 65535
@@ -285,6 +285,14 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 return
             self._decode(n)
 
+    def _fill_reads(self, reads: int) -> None:
+        """Do up to *reads* reads, stopping early when the kernel queue is empty."""
+        for _ in range(reads):
+            n = self._read_once()
+            if n < 0:
+                return
+            self._decode(n)
+
     def _take(self, count: int) -> list[bytes]:
         pending = self._pending
         count = min(count, len(pending))
@@ -317,21 +325,30 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 await self._wait(readable=True)
                 self._receive_budget = SCHEDULE_EVERY
 
-    async def receive_batch(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
-        """Receive between 1 and *max_packets* packets for the price of one checkpoint.
+    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
+        """Receive a batch of packets for the price of one checkpoint.
 
         Waits for the first packet, then takes whatever else the kernel has
-        queued, up to the limit.  Segments of a super-packet that do not fit
-        stay queued for the next call; none are lost.
+        queued.  With *max_packets* the batch holds at most that many packets;
+        segments of a super-packet that do not fit stay queued for the next
+        call, none are lost.  By default (``None``) the batch is the packets of
+        up to ``DEFAULT_BATCH`` (64) whole reads: with offload on, every
+        super-packet's segments then stay together, so a forwarder's
+        :meth:`send_batch` can coalesce them back into one write.
         """
-        if max_packets < 1:
+        if max_packets is not None and max_packets < 1:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")
         with self._receive_guard:
             await self._get_backend().checkpoint()
             while True:
-                self._fill(max_packets)
+                if max_packets is None:
+                    self._fill_reads(DEFAULT_BATCH)
+                    count = len(self._pending)
+                else:
+                    self._fill(max_packets)
+                    count = max_packets
                 if self._pending:
-                    return self._take(max_packets)
+                    return self._take(count)
                 await self._wait(readable=True)
 
     async def receive_raw(self) -> bytes:
@@ -509,10 +526,7 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             return
         self._fd = -1
         try:
-            if self._backend is not None:
-                self._backend.notify_closing(fd)
-            else:
-                _notify_closing_any(fd)
+            _notify_closing(fd)
         finally:
             if self._owned:
                 os.close(fd)
@@ -537,10 +551,15 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             os.close(fd)
 
 
-def _notify_closing_any(fd: int) -> None:
-    # Without an event loop (closing from synchronous code) nobody can be waiting.
-    with contextlib.suppress(Exception):
-        current_backend().notify_closing(fd)
+def _notify_closing(fd: int) -> None:
+    """Wake tasks blocked on *fd* before it is closed, if an event loop is running."""
+    try:
+        backend = current_backend()
+    except sniffio.AsyncLibraryNotFoundError:
+        # Closing from synchronous code (e.g. after trio.run returned): no task
+        # can be waiting on the fd, and the loop's registration died with it.
+        return
+    backend.notify_closing(fd)
 
 
 class TunStream(PacketStream):

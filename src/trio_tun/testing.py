@@ -109,7 +109,10 @@ class MemoryTunStream(UnreliableObjectStream[bytes]):
         self._counters.rx_bytes += len(packet)
         return packet
 
-    async def receive_batch(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
+    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
+        """Up to *max_packets* queued packets (default ``DEFAULT_BATCH``, 64), at least one."""
+        if max_packets is None:
+            max_packets = DEFAULT_BATCH
         if max_packets < 1:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")
         batch = [await self.receive()]
