@@ -142,3 +142,31 @@ def test_close_after_the_event_loop_has_gone() -> None:
         assert stream.fileno() == -1
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=10))
+def test_send_batch_with_offload_never_raises_on_garbage(garbage: list[bytes]) -> None:
+    """Non-IP bytes in a coalescing send are dropped and counted; the rest is written."""
+    garbage = [g for g in garbage if g]
+
+    async def main() -> tuple[list[bytes], trio_tun.Statistics]:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stream = trio_tun.from_fd(right.detach(), vnet_hdr=True)
+        with left:
+            await stream.send_batch([*garbage, SENTINEL, SENTINEL])
+            stats = stream.statistics()
+            left.setblocking(False)
+            frames = []
+            while True:
+                try:
+                    frames.append(left.recv(70000))
+                except BlockingIOError:
+                    break
+        await stream.aclose()
+        return frames, stats
+
+    frames, stats = trio.run(main)
+    assert stats.tx_packets + stats.tx_dropped == len(garbage) + 2
+    # Both sentinels went out, each whole, behind a virtio header.
+    assert sum(f[HDR.size :] == SENTINEL for f in frames) == 2

@@ -41,6 +41,7 @@ from ._stats import Counters, Statistics
 from ._wait import Backend, current_backend
 from .offload.errors import MalformedPacket
 from .offload.virtio import GSO_NONE, VIRTIO_NET_HDR_LEN, ZERO_HDR, VirtioNetHdr
+from .platform import linux
 from .platform.linux import NO_OFFLOAD, OffloadFlags
 
 #: Calls of receive()/send() between two real scheduler yields when no waiting was needed.
@@ -139,6 +140,7 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         self._counters = Counters()
         self._coalesce = offload.enabled
         self._refused_errno = 0
+        self._attached = True
         limit = MAX_FRAME if self.layer is Layer.L2 else MAX_PACKET
         self._max_packet = limit
         extra = (VIRTIO_NET_HDR_LEN if vnet_hdr else 0) + (PI_LEN if packet_info else 0)
@@ -265,12 +267,12 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             if n <= VIRTIO_NET_HDR_LEN:
                 self._counters.rx_malformed += 1
                 return
+            # flags and gso_type both zero: a plain packet, nothing to do.
+            if view[0] == 0 and view[1] == GSO_NONE:
+                self._pending.append(bytes(view[VIRTIO_NET_HDR_LEN:n]))
+                return
             try:
-                hdr = VirtioNetHdr.unpack(view[:VIRTIO_NET_HDR_LEN])
-                if hdr.flags == 0 and hdr.gso_type == GSO_NONE:
-                    self._pending.append(bytes(view[VIRTIO_NET_HDR_LEN:n]))
-                    return
-                self._pending.extend(_offload.split(hdr, view[VIRTIO_NET_HDR_LEN:n]))
+                self._pending.extend(_offload.split_with_header(view[:n]))
             except MalformedPacket:
                 self._counters.rx_malformed += 1
             return
@@ -467,10 +469,19 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 await self._send_plain(packet)
 
     async def _send_coalesced(self, batch: list[bytes | bytearray | memoryview]) -> None:
-        table = _offload.GroTable(uso=self._offload.uso)
-        for packet in batch:
-            table.add(packet)
-        for frame in table.flush():
+        try:
+            frames = _offload.coalesce(batch, uso=self._offload.uso)
+        except MalformedPacket:
+            # Something in the batch is not an IP packet the kernel could take;
+            # find it the slow way so the rest still coalesces.
+            table = _offload.GroTable(uso=self._offload.uso)
+            for packet in batch:
+                try:
+                    table.add(packet)
+                except MalformedPacket:
+                    self._counters.tx_dropped += 1
+            frames = table.flush()
+        for frame in frames:
             await self._send_frame(frame)
 
     async def _send_frame(self, frame: bytes) -> None:
@@ -512,6 +523,29 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 self._sent(n, 1)
             else:
                 self._counters.tx_dropped += 1
+
+    # -- multi-queue ---------------------------------------------------
+
+    @property
+    def queue_attached(self) -> bool:
+        """False after :meth:`detach_queue`: the kernel steers no packets here."""
+        return self._attached
+
+    def detach_queue(self) -> None:
+        """Stop the kernel from using this queue (``TUNSETQUEUE`` detach).
+
+        The fd stays open and the device stays up; flows move to the other
+        queues.  Packets still queued here are discarded by the kernel, reads
+        find nothing and writes are refused (counted as ``tx_dropped``).
+        Only for devices opened with ``queues`` > 1.
+        """
+        linux.set_queue(self._check_open(), attach=False)
+        self._attached = False
+
+    def attach_queue(self) -> None:
+        """Give a detached queue back to the kernel (``TUNSETQUEUE`` attach)."""
+        linux.set_queue(self._check_open(), attach=True)
+        self._attached = True
 
     # -- closing -------------------------------------------------------
 

@@ -1,0 +1,23 @@
+"""The pure-Python reference implementations, whatever ``implementation`` says.
+
+``from trio_tun.offload import py`` gives the same names as the package with
+the compiled speedups left out, so tests (and the curious) can compare.
+"""
+
+from __future__ import annotations
+
+from .checksum import checksum, ones_complement_sum, pseudo_header_sum
+from .gro import GroTable, coalesce
+from .gso import finish_checksum, split, split_fields, split_with_header
+
+__all__ = [
+    "GroTable",
+    "checksum",
+    "coalesce",
+    "finish_checksum",
+    "ones_complement_sum",
+    "pseudo_header_sum",
+    "split",
+    "split_fields",
+    "split_with_header",
+]
