@@ -55,3 +55,14 @@ def docs(session: nox.Session) -> None:
     """Build the HTML docs with warnings as errors."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Forwarding benchmark in private namespaces (needs root): trio-tun vs C vs pytun.
+
+    Options go through, e.g. ``nox -s bench -- --duration 5 --streams 1 --repeat 3``.
+    """
+    _ensure_debian_packages(session, BENCH_TOOLS)
+    session.install("-e", ".[bench]")
+    session.run("python", "bench/forward.py", *session.posargs)

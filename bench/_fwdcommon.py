@@ -1,0 +1,63 @@
+"""What the Python forwarders share: argument parsing, namespace switching, reporting.
+
+A forwarder is started by ``bench/forward.py`` in the harness's private
+namespace and is told two (namespace path, device name) pairs.  It opens each
+device from inside that device's namespace (a TUN fd is bound to the namespace
+it was opened in), prints ``READY``, forwards until SIGTERM/SIGINT, then prints
+exactly one JSON line of counters.  Anything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from trio_tun import _netns
+
+T = TypeVar("T")
+
+#: What the harness waits for on stdout before it starts iperf3.
+READY_LINE = "READY"
+
+
+def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None]) -> Any:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("ns_a", help="namespace path of device A")
+    parser.add_argument("dev_a", help="device A's name")
+    parser.add_argument("ns_b", help="namespace path of device B")
+    parser.add_argument("dev_b", help="device B's name")
+    extra(parser)
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def _inside(ns_path: str) -> Iterator[None]:
+    ns_fd = _netns.open_path(ns_path)
+    try:
+        with _netns.entered(ns_fd):
+            yield
+    finally:
+        os.close(ns_fd)
+
+
+def open_in(ns_path: str, opener: Callable[[], T]) -> T:
+    """Run *opener* with this thread inside *ns_path*; call before starting threads."""
+    with _inside(ns_path):
+        return opener()
+
+
+def announce_ready(info: dict[str, Any]) -> None:
+    print(READY_LINE, json.dumps(info), flush=True)
+
+
+def report(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
