@@ -12,10 +12,10 @@ checkpoint between the read and the return, so a cancelled ``receive`` never
 loses a packet; a TUN write is atomic, so a cancelled ``send`` wrote the whole
 packet or nothing.
 
-Throughput: a Trio checkpoint is a trip through the scheduler.  ``receive`` and
-``send`` always check for cancellation but only *yield* every
-``SCHEDULE_EVERY`` calls (or when they had to wait), and the ``*_batch``
-methods pay one checkpoint per batch.
+Throughput: a Trio checkpoint is a trip through the scheduler.  Every call of
+every receive/send method checks for cancellation, but only *yields* to the
+scheduler every ``SCHEDULE_EVERY`` calls or whenever it had to wait for the fd;
+the ``*_batch`` methods move many packets per call on top of that.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import errno
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import anyio
 import sniffio
@@ -43,6 +43,9 @@ from .offload.errors import MalformedPacket
 from .offload.virtio import GSO_NONE, VIRTIO_NET_HDR_LEN, ZERO_HDR, VirtioNetHdr
 from .platform import linux
 from .platform.linux import NO_OFFLOAD, OffloadFlags
+
+if TYPE_CHECKING:
+    from .engine import OffloadEngine
 
 #: Calls of receive()/send() between two real scheduler yields when no waiting was needed.
 SCHEDULE_EVERY: Final = 32
@@ -222,6 +225,11 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 await backend.wait_writable(fd)
         except (trio.ClosedResourceError, anyio.ClosedResourceError):
             raise ClosedResourceError("another task closed this stream") from None
+        # Waiting went through the scheduler: the amortised yield is paid.
+        if readable:
+            self._receive_budget = SCHEDULE_EVERY
+        else:
+            self._send_budget = SCHEDULE_EVERY
 
     async def _entry_checkpoint(self, receiving: bool) -> None:
         backend = self._get_backend()
@@ -325,7 +333,6 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
                 if self._pending:
                     return self._take(1)[0]
                 await self._wait(readable=True)
-                self._receive_budget = SCHEDULE_EVERY
 
     async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
         """Receive a batch of packets for the price of one checkpoint.
@@ -341,7 +348,7 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         if max_packets is not None and max_packets < 1:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")
         with self._receive_guard:
-            await self._get_backend().checkpoint()
+            await self._entry_checkpoint(True)
             while True:
                 if max_packets is None:
                     self._fill_reads(DEFAULT_BATCH)
@@ -363,14 +370,27 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         """
         with self._receive_guard:
             await self._entry_checkpoint(True)
+            size = len(self._read_buffer)
             while True:
-                n = self._read_once()
-                if n >= 0:
-                    self._counters.rx_packets += 1
-                    self._counters.rx_bytes += n
-                    return bytes(self._read_view[:n])
-                await self._wait(readable=True)
-                self._receive_budget = SCHEDULE_EVERY
+                fd = self._check_open()
+                try:
+                    # os.read lands the frame straight in its bytes object: no
+                    # second copy out of our read buffer on this hot path.
+                    frame = os.read(fd, size)
+                except BlockingIOError:
+                    await self._wait(readable=True)
+                    continue
+                except OSError as exc:
+                    raise self._io_error(exc, "reading") from None
+                n = len(frame)
+                if n == 0:
+                    raise anyio.EndOfStream
+                counters = self._counters
+                counters.reads += 1
+                counters.read_bytes += n
+                counters.rx_packets += 1
+                counters.rx_bytes += n
+                return frame
 
     # -- writing -------------------------------------------------------
 
@@ -408,7 +428,6 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             if n != _WOULD_BLOCK:
                 return n
             await self._wait(readable=False)
-            self._send_budget = SCHEDULE_EVERY
 
     def _sent(self, n: int, packets: int) -> None:
         counters = self._counters
@@ -459,7 +478,7 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         for packet in batch:
             self._check_packet(packet)
         with self._send_guard:
-            await self._get_backend().checkpoint()
+            await self._entry_checkpoint(False)
             if not batch:
                 return
             if self._coalesce and len(batch) > 1:
@@ -518,13 +537,41 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             raise ValueError("can't send an empty frame")
         with self._send_guard:
             await self._entry_checkpoint(False)
-            n = await self._write([frame])
-            if n >= 0:
-                self._sent(n, 1)
-            else:
-                self._counters.tx_dropped += 1
+            while True:
+                fd = self._check_open()
+                try:
+                    n = os.write(fd, frame)
+                except BlockingIOError:
+                    await self._wait(readable=False)
+                    continue
+                except OSError as exc:
+                    if exc.errno not in _DROP_ERRNOS:
+                        raise self._io_error(exc, "writing") from None
+                    self._counters.tx_dropped += 1
+                    return
+                counters = self._counters
+                counters.writes += 1
+                counters.write_bytes += n
+                counters.tx_packets += 1
+                counters.tx_bytes += n
+                return
 
     # -- multi-queue ---------------------------------------------------
+
+    def engine(
+        self, *, grace: float | None = None, channel_batches: int | None = None
+    ) -> OffloadEngine:
+        """An :class:`~trio_tun.engine.OffloadEngine` over every queue of this device.
+
+        Use it as ``async with dev.engine() as engine:``.
+        """
+        from .engine import DEFAULT_CHANNEL_BATCHES, DEFAULT_GRACE, OffloadEngine
+
+        return OffloadEngine(
+            self.queues,
+            grace=DEFAULT_GRACE if grace is None else grace,
+            channel_batches=DEFAULT_CHANNEL_BATCHES if channel_batches is None else channel_batches,
+        )
 
     @property
     def queue_attached(self) -> bool:

@@ -1,0 +1,421 @@
+"""OffloadEngine: every queue of a device, read and written in batches, in one nursery.
+
+::
+
+                      ┌──────────── engine task group ─────────────┐
+    queue 0 fd ──► reader 0 ──┐                      ┌──► writer 0 ──► queue 0 fd
+    queue 1 fd ──► reader 1 ──┼─► inbound channel ─► app ─► send_batch ─► (flow hash)
+    queue N fd ──► reader N ──┘   (bounded)               └──► writer N ──► queue N fd
+                                                           per-writer channels (bounded)
+
+* Readers do batched reads (super-packets split into segments) and push each
+  batch into one bounded inbound channel; when the application falls behind
+  they block, the kernel queue fills and the kernel drops: memory stays bounded.
+* ``send_batch`` hashes each packet's flow to pick a writer, so the packets of
+  one flow keep their order and land in the same GRO batch.  Each writer
+  gathers what its channel holds and writes it with ``send_batch`` (coalescing).
+* Shutdown (cancelling the scope around ``async with dev.engine()``, or
+  ``aclose(grace=...)``): readers stop first; writers, which are shielded from
+  outside cancellation, write what the engine had accepted within the grace
+  period; then everything stops.  Every packet the engine accepted is either
+  written or counted as dropped: ``accepted == written + dropped``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Final
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import ClosedResourceError
+from ._stats import Statistics
+from ._stream import PacketStream
+
+#: Default grace period for writers to flush on shutdown, in seconds.
+DEFAULT_GRACE: Final = 2.0
+#: Batches the inbound channel and each writer channel hold before backpressure.
+DEFAULT_CHANNEL_BATCHES: Final = 32
+#: Packets one writer gathers from its channel into a single send_batch.
+WRITER_GATHER: Final = 1024
+
+Packet = bytes | bytearray | memoryview
+Handler = Callable[[list[bytes]], "Awaitable[Iterable[Packet] | None] | Iterable[Packet] | None"]
+
+
+def flow_hash(packet: Packet) -> int:
+    """A hash of the packet's flow (addresses, protocol, ports) that is stable per flow.
+
+    Malformed or non-IP packets hash on what is there; they only need a
+    consistent queue, not a correct one.
+    """
+    if not packet:
+        return 0
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        ihl = (packet[0] & 0x0F) * 4
+        key = bytes(packet[9:10]) + bytes(packet[12:20]) + bytes(packet[ihl : ihl + 4])
+    elif version == 6 and len(packet) >= 40:
+        key = bytes(packet[6:7]) + bytes(packet[8:44])
+    else:
+        key = bytes(packet[:20])
+    return zlib.crc32(key)
+
+
+@attrs.frozen
+class EngineStatistics:
+    """Counters of one engine; see :meth:`OffloadEngine.statistics`."""
+
+    #: Packets :meth:`~OffloadEngine.send_batch` accepted into a writer channel.
+    accepted: int
+    #: Of those, packets the kernel took.
+    written: int
+    #: Of those, packets dropped: refused by the kernel, or still queued when
+    #: the grace period ran out.  ``accepted == written + dropped + in_flight``.
+    dropped: int
+    #: Accepted packets not yet written nor dropped (0 once the engine closed).
+    in_flight: int
+    #: Packets the readers took from the device.
+    received: int
+    #: Packets handed to the application.
+    delivered: int
+    #: Packets read but never handed over because the engine shut down.
+    rx_dropped: int
+    #: Per-queue stream statistics, in queue order.
+    queues: tuple[Statistics, ...]
+
+
+@attrs.define(eq=False)
+class _Queue:
+    index: int
+    stream: PacketStream
+    send: MemoryObjectSendStream[list[Packet]]
+    receive: MemoryObjectReceiveStream[list[Packet]]
+    enabled: bool = True
+    reader_scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    writer_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
+    writer_done: anyio.Event = attrs.field(factory=anyio.Event)
+    reader_done: anyio.Event = attrs.field(factory=anyio.Event)
+
+
+class OffloadEngine:
+    """Moves packets between all queues of a device and the application.
+
+    Use it as ``async with dev.engine() as engine:``; the engine's tasks live in
+    a task group that the ``async with`` block owns.
+
+    Args:
+        queues: The queue streams (``dev.queues``).
+        grace: Seconds writers get to flush on shutdown.
+        channel_batches: Capacity, in batches, of the inbound channel and of each
+            writer's channel (the engine's memory bound).
+    """
+
+    def __init__(
+        self,
+        queues: Sequence[PacketStream],
+        *,
+        grace: float = DEFAULT_GRACE,
+        channel_batches: int = DEFAULT_CHANNEL_BATCHES,
+    ) -> None:
+        if not queues:
+            raise ValueError("an engine needs at least one queue")
+        if grace < 0 or not math.isfinite(grace):
+            raise ValueError(f"grace must be a finite number of seconds >= 0, not {grace!r}")
+        if channel_batches < 1:
+            raise ValueError(f"channel_batches must be at least 1, not {channel_batches}")
+        self._grace = grace
+        self._channel_batches = channel_batches
+        self._queues: list[_Queue] = []
+        for index, stream in enumerate(queues):
+            send, receive = anyio.create_memory_object_stream[list[Packet]](channel_batches)
+            self._queues.append(_Queue(index, stream, send, receive))
+        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[list[bytes]](
+            channel_batches
+        )
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closing = False
+        self._closed = False
+        self._accepted = 0
+        self._written = 0
+        self._dropped = 0
+        self._received = 0
+        self._delivered = 0
+        self._rx_dropped = 0
+
+    # -- lifecycle -----------------------------------------------------
+
+    async def __aenter__(self) -> OffloadEngine:
+        if self._task_group is not None or self._closed:
+            raise RuntimeError("an OffloadEngine can be entered only once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        for queue in self._queues:
+            self._start_queue(queue)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group = self._task_group
+        assert task_group is not None
+        # The first cancellation is usually why we are leaving: shield the
+        # bounded flush from it.
+        with anyio.CancelScope(shield=True):
+            await self._shutdown(self._grace)
+        return await task_group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self, grace: float | None = None) -> None:
+        """Shut down now: stop reading, let writers flush for *grace* seconds, stop.
+
+        Unlike leaving the ``async with`` block, the flush here is not shielded:
+        cancelling the task that called ``aclose`` (a second cancellation) makes
+        the engine stop at once, still accounting for every accepted packet.
+        """
+        await self._shutdown(self._grace if grace is None else grace)
+
+    async def _shutdown(self, grace: float) -> None:
+        if self._closing:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._closing = True
+        try:
+            for queue in self._queues:
+                queue.reader_scope.cancel()
+                queue.send.close()
+            with anyio.move_on_after(grace):
+                for queue in self._queues:
+                    await queue.writer_done.wait()
+        finally:
+            # Past the grace period (or cancelled): stop writers at once and
+            # count what they had not written.
+            for queue in self._queues:
+                queue.writer_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                for queue in self._queues:
+                    await queue.writer_done.wait()
+                    await queue.reader_done.wait()
+            # Readers held clones; closing the original lets the application
+            # drain what was delivered and then see the end of the stream.
+            self._inbound_send.close()
+            self._drain_leftovers()
+            self._closed = True
+
+    def _drain_leftovers(self) -> None:
+        for queue in self._queues:
+            while True:
+                try:
+                    batch = queue.receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+                self._dropped += len(batch)
+            queue.receive.close()
+        while True:
+            try:
+                delivered = self._inbound_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            self._rx_dropped += len(delivered)
+
+    def _start_queue(self, queue: _Queue) -> None:
+        assert self._task_group is not None
+        queue.reader_scope = anyio.CancelScope()
+        queue.writer_scope = anyio.CancelScope(shield=True)
+        queue.reader_done = anyio.Event()
+        queue.writer_done = anyio.Event()
+        self._task_group.start_soon(self._reader, queue, self._inbound_send.clone())
+        self._task_group.start_soon(self._writer, queue)
+
+    # -- tasks ---------------------------------------------------------
+
+    async def _reader(self, queue: _Queue, inbound: MemoryObjectSendStream[list[bytes]]) -> None:
+        batch: list[bytes] = []
+        try:
+            with inbound, queue.reader_scope:
+                while True:
+                    batch = await queue.stream.receive_batch()
+                    self._received += len(batch)
+                    await inbound.send(batch)
+                    batch = []
+        finally:
+            # A batch read but not handed over (cancelled while the application
+            # was not keeping up) is counted, not silently lost.
+            self._rx_dropped += len(batch)
+            queue.reader_done.set()
+
+    async def _writer(self, queue: _Queue) -> None:
+        stream = queue.stream
+        try:
+            with queue.writer_scope:
+                async for batch in queue.receive:
+                    packets = list(batch)
+                    # Gather what else is queued so that GRO sees whole flows.
+                    while len(packets) < WRITER_GATHER:
+                        try:
+                            packets.extend(queue.receive.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._write(stream, packets)
+        finally:
+            queue.writer_done.set()
+
+    async def _write(self, stream: PacketStream, packets: list[Packet]) -> None:
+        before = stream._counters.tx_packets
+        try:
+            await stream.send_batch(packets)
+        finally:
+            # Whatever the kernel did not take (refused, or we were stopped
+            # mid-batch) is dropped; tx_packets counts segments exactly.
+            written = stream._counters.tx_packets - before
+            self._written += written
+            self._dropped += len(packets) - written
+
+    # -- application side ----------------------------------------------
+
+    async def receive_batch(self) -> list[bytes]:
+        """The next batch of packets read from any queue.
+
+        Raises:
+            anyio.EndOfStream: the engine has shut down and every batch was taken.
+        """
+        try:
+            batch = await self._inbound_receive.receive()
+        except anyio.ClosedResourceError:
+            raise anyio.EndOfStream from None
+        self._delivered += len(batch)
+        return batch
+
+    def __aiter__(self) -> AsyncIterator[list[bytes]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[list[bytes]]:
+        while True:
+            try:
+                yield await self.receive_batch()
+            except anyio.EndOfStream:
+                return
+
+    def _writable(self) -> list[_Queue]:
+        return [q for q in self._queues if q.enabled]
+
+    async def send_batch(self, packets: Iterable[Packet]) -> None:
+        """Hand packets to the writers (one flow always to the same writer).
+
+        Waits while a writer's channel is full (backpressure).  If cancelled
+        while waiting, the sub-batches already handed over were accepted and
+        will be written or counted; the rest were not accepted.
+
+        Raises:
+            ValueError: a packet is empty or larger than the device accepts
+                (nothing of the batch was accepted).
+            ClosedResourceError: the engine is shutting down or closed.
+        """
+        batch = list(packets)
+        limit = self._queues[0].stream._max_packet
+        for packet in batch:
+            if not 0 < len(packet) <= limit:
+                raise ValueError(
+                    f"packet of {len(packet)} bytes: packets must be 1..{limit} bytes long"
+                )
+        pending = batch
+        while pending:
+            if self._closing:
+                raise ClosedResourceError("the engine is shutting down")
+            queues = self._writable()
+            buckets: dict[int, list[Packet]] = {}
+            width = len(queues)
+            for packet in pending:
+                slot = flow_hash(packet) % width if width > 1 else 0
+                buckets.setdefault(slot, []).append(packet)
+            pending = []
+            for slot, bucket in buckets.items():
+                try:
+                    await queues[slot].send.send(bucket)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    # That queue was detached while we chose it: re-route.
+                    pending.extend(bucket)
+                    continue
+                self._accepted += len(bucket)
+
+    async def serve(self, handler: Handler) -> None:
+        """Run ``replies = handler(batch)`` for every inbound batch and send the replies.
+
+        *handler* may be a plain or an async function and may return ``None``
+        for no replies.  Returns when the engine shuts down.
+        """
+        async for batch in self:
+            replies = handler(batch)
+            if inspect.isawaitable(replies):
+                replies = await replies
+            if replies:
+                await self.send_batch(replies)
+
+    # -- queues --------------------------------------------------------
+
+    @property
+    def queues(self) -> tuple[PacketStream, ...]:
+        return tuple(q.stream for q in self._queues)
+
+    def enabled_queues(self) -> list[int]:
+        """Indexes of the queues currently attached and in use."""
+        return [q.index for q in self._queues if q.enabled]
+
+    async def detach_queue(self, index: int) -> None:
+        """Take queue *index* out of service while traffic flows.
+
+        New packets go to the remaining writers; this queue's writer writes
+        what it had accepted, its reader stops, and the kernel is told to stop
+        steering flows to it (``TUNSETQUEUE``).  The device stays up.
+        """
+        queue = self._queues[index]
+        if not queue.enabled:
+            return
+        if len(self._writable()) == 1:
+            raise ValueError("can't detach the last attached queue of an engine")
+        queue.enabled = False
+        queue.send.close()
+        await queue.writer_done.wait()
+        queue.reader_scope.cancel()
+        await queue.reader_done.wait()
+        queue.stream.detach_queue()
+
+    async def attach_queue(self, index: int) -> None:
+        """Put a queue taken out with :meth:`detach_queue` back into service."""
+        queue = self._queues[index]
+        if queue.enabled:
+            return
+        if self._closing:
+            raise ClosedResourceError("the engine is shutting down")
+        queue.stream.attach_queue()
+        queue.send, queue.receive = anyio.create_memory_object_stream[list[Packet]](
+            self._channel_batches
+        )
+        queue.enabled = True
+        self._start_queue(queue)
+        await anyio.lowlevel.checkpoint()
+
+    # -- statistics ----------------------------------------------------
+
+    def statistics(self) -> EngineStatistics:
+        """A snapshot of the engine's counters (see :class:`EngineStatistics`)."""
+        return EngineStatistics(
+            accepted=self._accepted,
+            written=self._written,
+            dropped=self._dropped,
+            in_flight=self._accepted - self._written - self._dropped,
+            received=self._received,
+            delivered=self._delivered,
+            rx_dropped=self._rx_dropped,
+            queues=tuple(q.stream.statistics() for q in self._queues),
+        )
