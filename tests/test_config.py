@@ -98,7 +98,9 @@ def test_open_tun_validates_before_any_syscall(monkeypatch: pytest.MonkeyPatch) 
 
 
 @given(st.ip_addresses(), st.integers(0, 128))
-def test_parse_address_roundtrip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, plen: int) -> None:
+def test_parse_address_roundtrip(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, plen: int
+) -> None:
     plen = min(plen, ip.max_prefixlen)
     parsed = parse_address(f"{ip}/{plen}")
     assert parsed.ip == ip and parsed.network.prefixlen == plen

@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
@@ -24,6 +25,16 @@ from ._config import Address, parse_address
 from ._errors import BrokenResourceError, TunPermissionError
 
 IFA_F_NODAD: Final = 0x02
+# Fix (tests/test_device.py, tests/test_tap.py): even with IFA_F_NODAD the
+# kernel installs an IPv6 address's local route from its addrconf work queue,
+# a moment *after* the netlink call returns; a packet for the address arriving
+# in between is dropped (Ip6InAddrErrors).  So adding IPv6 addresses to an up
+# device waits, bounded, until each one routes as local.
+RTN_LOCAL: Final = 2
+IFF_UP: Final = 0x1
+IFF_LOWER_UP: Final = 0x10000
+IPV6_READY_TIMEOUT: Final = 2.0
+IPV6_READY_POLL: Final = 0.002
 T = TypeVar("T")
 
 
@@ -116,8 +127,32 @@ class DeviceControl:
                 self._add_address(ipr, addr)
             if up:
                 ipr.link("set", index=self.index, state="up")
+                self._wait_ipv6_ready(ipr, addresses)
 
         self._run("configuring", op)
+
+    def _wait_ipv6_ready(self, ipr: Any, addresses: Sequence[Address]) -> None:
+        """Return once every IPv6 address in *addresses* routes as local (bounded; see top)."""
+        pending = [addr for addr in addresses if addr.version == 6]
+        if not pending:
+            return
+        (link,) = ipr.get_links(self.index)
+        if link["flags"] & (IFF_UP | IFF_LOWER_UP) != IFF_UP | IFF_LOWER_UP:
+            return  # not running: the kernel finishes the addresses when it is
+        deadline = time.monotonic() + IPV6_READY_TIMEOUT
+        while True:
+            pending = [addr for addr in pending if not self._routes_as_local(ipr, addr)]
+            if not pending or time.monotonic() >= deadline:
+                return
+            time.sleep(IPV6_READY_POLL)
+
+    @staticmethod
+    def _routes_as_local(ipr: Any, addr: Address) -> bool:
+        try:
+            answer = ipr.route("get", family=socket.AF_INET6, dst=str(addr.ip))
+        except Exception:  # no route yet (ENETUNREACH): not ready
+            return False
+        return bool(answer) and answer[0]["type"] == RTN_LOCAL
 
     def _add_address(self, ipr: Any, addr: Address) -> None:
         extra: dict[str, Any] = {}
@@ -143,24 +178,36 @@ class DeviceControl:
 
     def set_up(self, up: bool) -> None:
         state = "up" if up else "down"
-        self._run(f"setting {state}", lambda ipr: ipr.link("set", index=self.index, state=state))
+
+        def op(ipr: Any) -> None:
+            ipr.link("set", index=self.index, state=state)
+            if up:
+                # Same gap as in configure(): addresses added while down get
+                # their local routes only now.
+                self._wait_ipv6_ready(ipr, self._addresses(ipr))
+
+        self._run(f"setting {state}", op)
 
     def is_up(self) -> bool:
         links = self._run("reading flags", lambda ipr: ipr.get_links(self.index))
         return bool(links[0]["flags"] & 1)
 
-    def addresses(self) -> list[Address]:
-        def op(ipr: Any) -> list[Address]:
-            out = []
-            for msg in ipr.get_addr(index=self.index):
-                ip = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-                out.append(parse_address(f"{ip}/{msg['prefixlen']}"))
-            return out
+    def _addresses(self, ipr: Any) -> list[Address]:
+        out = []
+        for msg in ipr.get_addr(index=self.index):
+            ip = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+            out.append(parse_address(f"{ip}/{msg['prefixlen']}"))
+        return out
 
-        return self._run("listing addresses", op)
+    def addresses(self) -> list[Address]:
+        return self._run("listing addresses", self._addresses)
 
     def add_address(self, addr: Address) -> None:
-        self._run(f"adding {addr}", lambda ipr: self._add_address(ipr, addr))
+        def op(ipr: Any) -> None:
+            self._add_address(ipr, addr)
+            self._wait_ipv6_ready(ipr, [addr])
+
+        self._run(f"adding {addr}", op)
 
     def remove_address(self, addr: Address) -> None:
         self._run(

@@ -127,9 +127,11 @@ def set_iff(fd: int, name: str | None, flags: int) -> str:
         what = f"device {name!r}" if name else "a device"
         kind = "TAP" if flags & IFF_TAP else "TUN"
         if exc.errno == errno.EPERM:
+            # Fixed wording: without a name this used to read "to TUN a device".
+            subject = f"{kind} device {name!r}" if name else f"a {kind} device"
             raise TunPermissionError(
                 errno.EPERM,
-                f"creating or attaching to {kind} {what} {NEEDS_CAP}; an unprivileged user "
+                f"creating or attaching to {subject} {NEEDS_CAP}; an unprivileged user "
                 "can only attach to a persistent device created with owner=/group= for them",
             ) from None
         if exc.errno == errno.EBUSY:
