@@ -250,7 +250,7 @@ async def test_coalesced_write_rejected_falls_back_to_segments(
     two_namespaces: tuple[NetNamespace, NetNamespace], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Some kernels refuse coalesced writes with EINVAL: we must resend split up."""
-    real_writev = os.writev
+    real_writev = trio_tun._stream.writev
     refused = 0
 
     def picky_writev(fd: int, buffers: list[bytes]) -> int:
@@ -261,7 +261,7 @@ async def test_coalesced_write_rejected_falls_back_to_segments(
             raise OSError(errno.EINVAL, "refused for the test")
         return real_writev(fd, buffers)
 
-    monkeypatch.setattr("trio_tun._stream.os.writev", picky_writev)
+    monkeypatch.setattr("trio_tun._stream.writev", picky_writev)
     a_ns, b_ns = two_namespaces
     with trio.fail_after(DEADLINE):
         async with forwarder(a_ns, b_ns) as (_, b):

@@ -172,8 +172,16 @@ class OffloadEngine:
         assert task_group is not None
         # The first cancellation is usually why we are leaving: shield the
         # bounded flush from it.
-        with anyio.CancelScope(shield=True):
-            await self._shutdown(self._grace)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown(self._grace)
+        except BaseException as interrupted:
+            # Trio delivers KeyboardInterrupt even inside a shielded scope, so a
+            # second Ctrl-C ends the flush early (_shutdown still stops and
+            # counts everything).  The task group must be exited all the same,
+            # or Trio finds its nursery stack corrupted.
+            await task_group.__aexit__(type(interrupted), interrupted, interrupted.__traceback__)
+            raise
         return await task_group.__aexit__(exc_type, exc, tb)
 
     async def aclose(self, grace: float | None = None) -> None:

@@ -38,6 +38,10 @@ from ._errors import ClosedResourceError
 from ._stream import PacketStream
 from .platform.linux import OffloadFlags
 
+# Queue fds travel to the workers over Unix sockets (SCM_RIGHTS): POSIX only.
+# (This also tells mypy to skip the rest of the module for Windows.)
+assert sys.platform != "win32", "trio_tun.workers needs Unix-domain fd passing"
+
 #: Seconds a worker gets to finish after SIGTERM before it is killed.
 DEFAULT_STOP_GRACE: Final = 5.0
 _ENV_SOCKET: Final = "TRIO_TUN_WORKER_FD"
@@ -132,12 +136,24 @@ class WorkerPool:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._task_group is not None
+        task_group = self._task_group
+        assert task_group is not None
         self._closing = True
-        with anyio.CancelScope(shield=True):
-            await self._stop_all()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._stop_all()
+        except BaseException as interrupted:
+            # KeyboardInterrupt gets through the shield; the task group must be
+            # exited all the same (as in OffloadEngine.__aexit__).  Kill what is
+            # left so no worker outlives the pool.
+            for worker in self._workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    worker.process.kill()
+            self._failures_send.close()
+            await task_group.__aexit__(type(interrupted), interrupted, interrupted.__traceback__)
+            raise
         self._failures_send.close()
-        return await self._task_group.__aexit__(exc_type, exc, tb)
+        return await task_group.__aexit__(exc_type, exc, tb)
 
     @property
     def size(self) -> int:
