@@ -6,10 +6,8 @@ package ``__init__`` then falls back to the pure-Python modules.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from . import _speedups, gro
-from .virtio import VIRTIO_NET_HDR_LEN, VirtioNetHdr
+from .virtio import VirtioNetHdr
 
 __all__ = [
     "GroTable",
@@ -26,6 +24,11 @@ _Buffer = bytes | bytearray | memoryview
 ones_complement_sum = _speedups.ones_complement_sum
 checksum = _speedups.checksum
 split_fields = _speedups.split
+# Both take the reference's arguments (positional or keyword) and hand
+# arguments of unusual types to the reference, so they can stand in for it
+# without a Python frame in between.
+split_with_header = _speedups.split_with_header
+coalesce = _speedups.coalesce
 
 
 def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:
@@ -41,29 +44,63 @@ def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:
     )
 
 
-def split_with_header(buf: _Buffer) -> list[bytes]:
-    """See :func:`trio_tun.offload.gso.split_with_header`."""
-    hdr = VirtioNetHdr.unpack(buf)
-    return split(hdr, memoryview(buf).cast("B")[VIRTIO_NET_HDR_LEN:])
+def _plain(*args: object) -> bool:
+    # Arguments whose truth value and comparisons run no code of their own,
+    # so evaluating them once up front is what the reference would see.
+    return all(a is None or type(a) in (bool, int) for a in args)
 
 
 class GroTable(gro.GroTable):
-    """:class:`trio_tun.offload.gro.GroTable` with the per-packet parsing and
-    the super-packet assembly done in C; the merge decisions are shared."""
+    """:class:`trio_tun.offload.gro.GroTable` done entirely in C.
+
+    It subclasses the reference so that ``isinstance`` checks keep working;
+    the state lives in a ``_speedups.GroTable``.  With arguments of unusual
+    types (whose truth value or comparison is Python code the reference
+    would run on every packet) it falls back to the reference's logic with
+    the C parser and builder.
+    """
 
     _parse = staticmethod(_speedups.gro_parse)
     _build = staticmethod(_speedups.gro_build)
 
+    def __init__(
+        self, *, uso: bool = False, max_size: int = 65535, allow_short_last: bool = True
+    ) -> None:
+        # The reference's own checks and state, for the fallback and so that
+        # errors are exactly the reference's.
+        super().__init__(uso=uso, max_size=max_size, allow_short_last=allow_short_last)
+        self._table: _speedups.GroTable | None = None
+        if _plain(uso, allow_short_last) and type(max_size) in (bool, int):
+            self._table = _speedups.GroTable(
+                uso=uso, max_size=max_size, allow_short_last=allow_short_last
+            )
 
-def coalesce(
-    packets: Iterable[_Buffer],
-    *,
-    uso: bool = False,
-    max_size: int = 65535,
-    allow_short_last: bool = True,
-) -> list[bytes]:
-    """See :func:`trio_tun.offload.gro.coalesce`."""
-    table = GroTable(uso=uso, max_size=max_size, allow_short_last=allow_short_last)
-    for packet in packets:
-        table.add(packet)
-    return table.flush()
+    def __len__(self) -> int:
+        if self._table is None:
+            return super().__len__()
+        return len(self._table)
+
+    @property
+    def pending_packets(self) -> int:
+        """Number of input packets held until the next :meth:`flush`."""
+        if self._table is None:
+            return super().pending_packets
+        return self._table.pending_packets
+
+    @property
+    def pending_buffers(self) -> int:
+        """Number of buffers the next :meth:`flush` would return."""
+        if self._table is None:
+            return super().pending_buffers
+        return self._table.pending_buffers
+
+    def add(self, packet: _Buffer) -> None:
+        if self._table is None:
+            super().add(packet)
+        else:
+            self._table.add(packet)
+
+    def flush(self) -> list[bytes]:
+        if self._table is None:
+            return super().flush()
+        return self._table.flush()

@@ -3,20 +3,31 @@
  *
  * Every function here has a pure-Python reference (checksum.py, gso.py,
  * gro.py) and must return byte-identical results and raise MalformedPacket
- * for exactly the inputs the reference rejects; the test suite compares the
- * two.  Everything runs with the GIL held: the work per call is a few
- * microseconds, far less than the cost of dropping and retaking the GIL, and
- * holding it keeps the buffers we read from stable.
+ * (with the same message) for exactly the inputs the reference rejects; the
+ * test suite compares the two.  Everything runs with the GIL held: the work
+ * per call is a few microseconds, far less than the cost of dropping and
+ * retaking the GIL, and holding it keeps the buffers we read from stable.
  *
  * All packet bytes are untrusted.  Every offset is checked against the
  * buffer length before it is dereferenced; lengths are Py_ssize_t and the
  * header fields are at most 16 bits, so none of the sums can overflow.
+ *
+ * Arguments of unusual types (objects whose truth value or comparison is
+ * their own Python code, buffers that are not C-contiguous, ...) are handed
+ * to the Python reference instead of being imitated here: that keeps the
+ * behaviour identical without making the fast path any slower.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(__i386__))
+#include <emmintrin.h>
+#define HAVE_SSE2_SUM 1
+#endif
 
 /* Strong reference to trio_tun.offload.errors.MalformedPacket. */
 static PyObject *MalformedPacket = NULL;
@@ -47,12 +58,16 @@ static PyObject *MalformedPacket = NULL;
 #define KIND_TCP 3
 #define KIND_UDP 4
 
+/* gro.UDP_MAX_SEGMENTS */
+#define UDP_MAX_SEGMENTS 64
+
 /* ------------------------------------------------------------------ */
 /* Internet checksum                                                   */
 /* ------------------------------------------------------------------ */
 
 /* Fold to 16 bits with end-around carry.  A non-zero input never folds to 0,
- * which is the convention the Python reference uses ((n - 1) % 0xFFFF + 1). */
+ * which is the convention the Python reference uses ((n - 1) % 0xFFFF + 1);
+ * the result is congruent to the input modulo 0xFFFF. */
 static inline uint32_t
 fold64(uint64_t s)
 {
@@ -64,52 +79,88 @@ fold64(uint64_t s)
     return (uint32_t)s;
 }
 
-static inline uint64_t
-add_carry(uint64_t acc, uint64_t v)
-{
-    acc += v;
-    return acc + (acc < v);
-}
-
 /* Folded ones'-complement sum of big-endian 16-bit words, the last odd byte
  * padded with zero.  0 only when every byte is 0.
  *
- * The sum is order-independent modulo 0xFFFF, so we add native 64-bit words
- * (the end-around carry keeps it exact modulo 2**64 - 1, a multiple of
- * 0xFFFF) and byte-swap the folded result on little-endian machines, as
- * RFC 1071 section 2(B) describes. */
+ * We add native 32-bit words into 64-bit accumulators: a 32-bit word is its
+ * two 16-bit halves modulo 0xFFFF (2**16 == 1), the accumulators cannot
+ * overflow for any buffer shorter than 2**32 words, and the sum is
+ * order-independent, so folding gives the sum of the native 16-bit words.
+ * On little-endian machines those are byte-swapped big-endian words, and the
+ * folded sum of swapped words is the swapped folded sum (RFC 1071 section
+ * 2(B)). */
 static uint32_t
 be_sum(const uint8_t *p, Py_ssize_t len)
 {
-    uint64_t acc = 0, w0, w1, w2, w3;
-    uint32_t f;
+    uint64_t s = 0;
+    uint32_t w, f;
 
-    while (len >= 32) {
-        memcpy(&w0, p, 8);
-        memcpy(&w1, p + 8, 8);
-        memcpy(&w2, p + 16, 8);
-        memcpy(&w3, p + 24, 8);
-        acc = add_carry(acc, w0);
-        acc = add_carry(acc, w1);
-        acc = add_carry(acc, w2);
-        acc = add_carry(acc, w3);
-        p += 32;
-        len -= 32;
+#ifdef HAVE_SSE2_SUM
+    if (len >= 16) {
+        const __m128i z = _mm_setzero_si128();
+        __m128i a0 = z, a1 = z, a2 = z, a3 = z;
+        uint64_t t[2];
+
+        while (len >= 64) {
+            __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+            __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 16));
+            __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(p + 32));
+            __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(p + 48));
+            a0 = _mm_add_epi64(a0, _mm_unpacklo_epi32(x0, z));
+            a1 = _mm_add_epi64(a1, _mm_unpackhi_epi32(x0, z));
+            a2 = _mm_add_epi64(a2, _mm_unpacklo_epi32(x1, z));
+            a3 = _mm_add_epi64(a3, _mm_unpackhi_epi32(x1, z));
+            a0 = _mm_add_epi64(a0, _mm_unpacklo_epi32(x2, z));
+            a1 = _mm_add_epi64(a1, _mm_unpackhi_epi32(x2, z));
+            a2 = _mm_add_epi64(a2, _mm_unpacklo_epi32(x3, z));
+            a3 = _mm_add_epi64(a3, _mm_unpackhi_epi32(x3, z));
+            p += 64;
+            len -= 64;
+        }
+        while (len >= 16) {
+            __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+            a0 = _mm_add_epi64(a0, _mm_unpacklo_epi32(x0, z));
+            a1 = _mm_add_epi64(a1, _mm_unpackhi_epi32(x0, z));
+            p += 16;
+            len -= 16;
+        }
+        a0 = _mm_add_epi64(_mm_add_epi64(a0, a1), _mm_add_epi64(a2, a3));
+        _mm_storeu_si128((__m128i *)(void *)t, a0);
+        s = t[0] + t[1];
     }
-    while (len >= 8) {
-        memcpy(&w0, p, 8);
-        acc = add_carry(acc, w0);
-        p += 8;
-        len -= 8;
+#else
+    {
+        uint64_t s1 = 0, s2 = 0, s3 = 0;
+        uint32_t w1, w2, w3;
+        while (len >= 16) {
+            memcpy(&w, p, 4);
+            memcpy(&w1, p + 4, 4);
+            memcpy(&w2, p + 8, 4);
+            memcpy(&w3, p + 12, 4);
+            s += w;
+            s1 += w1;
+            s2 += w2;
+            s3 += w3;
+            p += 16;
+            len -= 16;
+        }
+        s += s1 + s2 + s3;
+    }
+#endif
+    while (len >= 4) {
+        memcpy(&w, p, 4);
+        s += w;
+        p += 4;
+        len -= 4;
     }
     if (len > 0) {
         /* Zero padding after the data keeps every word where it was. */
-        uint8_t tail[8] = {0};
+        uint8_t tail[4] = {0, 0, 0, 0};
         memcpy(tail, p, (size_t)len);
-        memcpy(&w0, tail, 8);
-        acc = add_carry(acc, w0);
+        memcpy(&w, tail, 4);
+        s += w;
     }
-    f = fold64(acc);
+    f = fold64(s);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     return f;
 #else
@@ -150,9 +201,8 @@ wr32(uint8_t *p, uint32_t v)
 /* ------------------------------------------------------------------ */
 
 /* Get a contiguous byte view of obj.  Anything bytes() accepts but that is not
- * a simple buffer (a non-contiguous memoryview, ...) is copied first, which is
- * what the Python reference does by calling bytes() on it.  On success the
- * caller must release(view, tmp). */
+ * a simple buffer (a non-contiguous memoryview, ...) is copied first.  On
+ * success the caller must release(view, tmp). */
 static int
 get_bytes(PyObject *obj, Py_buffer *view, PyObject **tmp)
 {
@@ -183,6 +233,71 @@ release(Py_buffer *view, PyObject *tmp)
     Py_XDECREF(tmp);
 }
 
+/* The bytes of a packet argument, as the reference gets them with
+ * `packet if type(packet) is bytes else bytes(packet)`.
+ *
+ * Exact bytes, bytearray and memoryview objects are read in place (bytes()
+ * of those is a plain copy and runs no Python code); anything else goes
+ * through bytes() itself, which may call the object's own __bytes__ or
+ * __iter__.  With `copy` set, bytearray and memoryview go through bytes()
+ * too: a caller that keeps the data past its return, or that lets Python
+ * code run before it is done, must not hold on to a buffer somebody else
+ * may write to.
+ *
+ * On success *owned is a new reference to an exact bytes object, or NULL and
+ * *view holds a buffer to release. */
+static int
+get_packet(PyObject *obj, int copy, PyObject **owned, Py_buffer *view, const uint8_t **d,
+           Py_ssize_t *n)
+{
+    PyObject *b;
+
+    if (PyBytes_CheckExact(obj)) {
+        Py_INCREF(obj);
+        *owned = obj;
+        *d = (const uint8_t *)PyBytes_AS_STRING(obj);
+        *n = PyBytes_GET_SIZE(obj);
+        return 0;
+    }
+    if (!copy && (PyByteArray_CheckExact(obj) || PyMemoryView_Check(obj))) {
+        if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) == 0) {
+            *owned = NULL;
+            *d = (const uint8_t *)view->buf;
+            *n = view->len;
+            return 0;
+        }
+        /* Not C-contiguous, released, ...: bytes() copies it or raises
+         * exactly what the reference raises. */
+        PyErr_Clear();
+    }
+    b = PyObject_CallOneArg((PyObject *)&PyBytes_Type, obj);
+    if (b == NULL) {
+        return -1;
+    }
+    if (!PyBytes_CheckExact(b)) {
+        /* A bytes subclass from __bytes__: keep only its bytes. */
+        Py_SETREF(b, PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b)));
+        if (b == NULL) {
+            return -1;
+        }
+    }
+    *owned = b;
+    *d = (const uint8_t *)PyBytes_AS_STRING(b);
+    *n = PyBytes_GET_SIZE(b);
+    return 0;
+}
+
+static void
+put_packet(PyObject *owned, Py_buffer *view)
+{
+    if (owned != NULL) {
+        Py_DECREF(owned);
+    }
+    else {
+        PyBuffer_Release(view);
+    }
+}
+
 static PyObject *
 malformed(const char *msg)
 {
@@ -190,10 +305,32 @@ malformed(const char *msg)
     return NULL;
 }
 
+/* Call the Python reference trio_tun.offload.<module>.<name>. */
+static PyObject *
+call_reference(const char *module, const char *name, PyObject *const *args, size_t nargs,
+               PyObject *kwnames)
+{
+    PyObject *mod, *fn, *result;
+
+    mod = PyImport_ImportModule(module);
+    if (mod == NULL) {
+        return NULL;
+    }
+    fn = PyObject_GetAttrString(mod, name);
+    Py_DECREF(mod);
+    if (fn == NULL) {
+        return NULL;
+    }
+    result = PyObject_Vectorcall(fn, args, nargs, kwnames);
+    Py_DECREF(fn);
+    return result;
+}
+
 /* An int in [0, max] or -1 with an exception set.  Out of range (including
- * values too big for a C long long) raises `exc`. */
+ * values too big for a C long long) raises `exc` with message `range_msg`. */
 static long long
-int_in_range(PyObject *obj, long long max, PyObject *exc, const char *what)
+int_in_range(PyObject *obj, long long max, PyObject *exc, const char *what,
+             const char *range_msg)
 {
     int overflow = 0;
     long long v;
@@ -207,10 +344,62 @@ int_in_range(PyObject *obj, long long max, PyObject *exc, const char *what)
         return -1;
     }
     if (overflow || v < 0 || v > max) {
-        PyErr_Format(exc, "%s out of range", what);
+        if (range_msg != NULL) {
+            PyErr_SetString(exc, range_msg);
+        }
+        else {
+            PyErr_Format(exc, "%s out of range", what);
+        }
         return -1;
     }
     return v;
+}
+
+/* Match keyword arguments of a METH_FASTCALL | METH_KEYWORDS function against
+ * `names` (positional-or-keyword first, then keyword-only), imitating the
+ * messages of a Python def.  `values` must hold NULL for every name and is
+ * filled with borrowed references. */
+static int
+parse_args(const char *fname, const char *const *names, Py_ssize_t npositional, Py_ssize_t nnames,
+           PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **values)
+{
+    Py_ssize_t i, j, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+
+    if (nargs > npositional) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional argument%s but %zd were given",
+                     fname, npositional, npositional == 1 ? "" : "s", nargs);
+        return -1;
+    }
+    for (i = 0; i < nargs; i++) {
+        values[i] = args[i];
+    }
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        for (j = 0; j < nnames; j++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) {
+                break;
+            }
+        }
+        if (j == nnames) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
+                         key);
+            return -1;
+        }
+        if (values[j] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                         names[j]);
+            return -1;
+        }
+        values[j] = args[nargs + i];
+    }
+    for (j = 0; j < npositional; j++) {
+        if (values[j] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                         fname, names[j]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -230,7 +419,8 @@ sum_args(PyObject *args, PyObject *kwargs, const char *fmt, uint32_t *out)
         return -1;
     }
     if (initial_obj != NULL) {
-        initial = int_in_range(initial_obj, 0xFFFFFFFFLL, PyExc_ValueError, "initial");
+        initial =
+            int_in_range(initial_obj, 0xFFFFFFFFLL, PyExc_ValueError, "initial", NULL);
         if (initial < 0) {
             return -1;
         }
@@ -245,7 +435,7 @@ sum_args(PyObject *args, PyObject *kwargs, const char *fmt, uint32_t *out)
 }
 
 static PyObject *
-py_ones_complement_sum(PyObject *self, PyObject *args, PyObject *kwargs)
+py_ones_complement_sum(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs)
 {
     uint32_t s;
     if (sum_args(args, kwargs, "O|O:ones_complement_sum", &s) < 0) {
@@ -255,7 +445,7 @@ py_ones_complement_sum(PyObject *self, PyObject *args, PyObject *kwargs)
 }
 
 static PyObject *
-py_checksum(PyObject *self, PyObject *args, PyObject *kwargs)
+py_checksum(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs)
 {
     uint32_t s;
     if (sum_args(args, kwargs, "O|O:checksum", &s) < 0) {
@@ -268,7 +458,7 @@ py_checksum(PyObject *self, PyObject *args, PyObject *kwargs)
 /* split                                                               */
 /* ------------------------------------------------------------------ */
 
-/* virtio._validate_fields */
+/* virtio._validate_fields, after its range check */
 static int
 validate_fields(unsigned flags, unsigned gso_type, unsigned hdr_len, unsigned gso_size,
                 unsigned csum_start, unsigned csum_offset, Py_ssize_t n)
@@ -276,20 +466,21 @@ validate_fields(unsigned flags, unsigned gso_type, unsigned hdr_len, unsigned gs
     unsigned base = gso_type & ~(unsigned)GSO_ECN;
 
     if (flags & ~(unsigned)(NEEDS_CSUM | DATA_VALID)) {
-        malformed("unknown virtio flags");
+        PyErr_Format(MalformedPacket, "unknown virtio flags 0x%x", flags);
         return -1;
     }
     if (base != GSO_NONE && base != GSO_TCPV4 && base != GSO_UDP && base != GSO_TCPV6 &&
         base != GSO_UDP_L4) {
-        malformed("unknown gso_type");
+        PyErr_Format(MalformedPacket, "unknown gso_type 0x%x", gso_type);
         return -1;
     }
     if ((Py_ssize_t)hdr_len > n) {
-        malformed("hdr_len exceeds the packet length");
+        PyErr_Format(MalformedPacket, "hdr_len %u exceeds packet length %zd", hdr_len, n);
         return -1;
     }
     if ((flags & NEEDS_CSUM) && (Py_ssize_t)csum_start + (Py_ssize_t)csum_offset + 2 > n) {
-        malformed("checksum field lies outside the packet");
+        PyErr_Format(MalformedPacket, "checksum field at %u+%u lies outside a %zd-byte packet",
+                     csum_start, csum_offset, n);
         return -1;
     }
     if (base == GSO_NONE) {
@@ -324,7 +515,9 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
     PyObject *list;
 
     if (csum_offset != (tcp ? 16 : 6)) {
-        return malformed("csum_offset is not the L4 checksum field");
+        PyErr_Format(MalformedPacket, "csum_offset %zd is not the L4 checksum field",
+                     csum_offset);
+        return NULL;
     }
     /* validate_fields guaranteed n >= 2 */
     if ((d[0] >> 4) == 4) {
@@ -337,10 +530,13 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
         }
         ihl = (Py_ssize_t)(d[0] & 0x0F) * 4;
         if (ihl < 20) {
-            return malformed("IPv4 header length < 20");
+            PyErr_Format(MalformedPacket, "IPv4 header length %zd < 20", ihl);
+            return NULL;
         }
         if (csum_start != ihl) {
-            return malformed("csum_start != IPv4 header length");
+            PyErr_Format(MalformedPacket, "csum_start %zd != IPv4 header length %zd",
+                         csum_start, ihl);
+            return NULL;
         }
         if ((Py_ssize_t)rd16(d + 2) != n) {
             return malformed("IPv4 total length does not match the packet");
@@ -349,7 +545,9 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
             return malformed("GSO packet is an IPv4 fragment");
         }
         if (d[9] != proto) {
-            return malformed("IPv4 protocol does not match gso_type");
+            PyErr_Format(MalformedPacket, "IPv4 protocol %u does not match gso_type",
+                         (unsigned)d[9]);
+            return NULL;
         }
         addr_sum = be_sum(d + 12, 8);
         ip_id = rd16(d + 4);
@@ -363,19 +561,24 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
             return malformed("truncated IPv6 header");
         }
         if (csum_start != 40) {
-            return malformed("csum_start != 40 (IPv6 extension headers?)");
+            PyErr_Format(MalformedPacket, "csum_start %zd != 40 (IPv6 extension headers?)",
+                         csum_start);
+            return NULL;
         }
         if ((Py_ssize_t)rd16(d + 4) != n - 40) {
             return malformed("IPv6 payload length does not match the packet");
         }
         if (d[6] != proto) {
-            return malformed("IPv6 next header does not match gso_type");
+            PyErr_Format(MalformedPacket, "IPv6 next header %u does not match gso_type",
+                         (unsigned)d[6]);
+            return NULL;
         }
         addr_sum = be_sum(d + 8, 32);
         ihl = 40;
     }
     else {
-        return malformed("unknown IP version in a GSO packet");
+        PyErr_Format(MalformedPacket, "IP version %u in a GSO packet", (unsigned)(d[0] >> 4));
+        return NULL;
     }
 
     if (tcp) {
@@ -385,7 +588,8 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
         }
         doff = d[ihl + 12] >> 4;
         if (doff < 5) {
-            return malformed("TCP data offset < 5");
+            PyErr_Format(MalformedPacket, "TCP data offset %u < 5", doff);
+            return NULL;
         }
         hlen = ihl + (Py_ssize_t)doff * 4;
         if (hlen > n) {
@@ -464,18 +668,71 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
     return list;
 }
 
+/* gso.split_fields once the fields are known to be in range and the packet
+ * bytes are in hand.  `same` is the packet object if it is an exact bytes
+ * object (returned as is when nothing changes), else NULL. */
 static PyObject *
-py_split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+split_impl(const long long *f, const uint8_t *d, Py_ssize_t n, PyObject *same)
+{
+    unsigned base;
+    PyObject *seg, *result;
+
+    if (validate_fields((unsigned)f[0], (unsigned)f[1], (unsigned)f[2], (unsigned)f[3],
+                        (unsigned)f[4], (unsigned)f[5], n) < 0) {
+        return NULL;
+    }
+    base = (unsigned)f[1] & ~(unsigned)GSO_ECN;
+    if (base == GSO_UDP) {
+        return malformed("GSO_UDP (UFO) cannot be segmented");
+    }
+    if (base != GSO_NONE) {
+        return segment(base, (Py_ssize_t)f[3], (Py_ssize_t)f[4], (Py_ssize_t)f[5], d, n);
+    }
+    if (f[0] & NEEDS_CSUM) {
+        Py_ssize_t cs = (Py_ssize_t)f[4], pos = cs + (Py_ssize_t)f[5];
+        uint32_t c;
+        uint8_t *o;
+        /* validate_fields checked pos + 2 <= n */
+        seg = PyBytes_FromStringAndSize((const char *)d, n);
+        if (seg == NULL) {
+            return NULL;
+        }
+        o = (uint8_t *)PyBytes_AS_STRING(seg);
+        /* The field holds the pseudo-header sum and is summed with the
+         * rest; a 0 result goes out as 0xFFFF, as the kernel writes it. */
+        c = ~be_sum(o + cs, n - cs) & M16;
+        wr16(o + pos, c ? c : M16);
+    }
+    else if (same != NULL) {
+        seg = same;
+        Py_INCREF(seg);
+    }
+    else {
+        seg = PyBytes_FromStringAndSize((const char *)d, n);
+        if (seg == NULL) {
+            return NULL;
+        }
+    }
+    result = PyList_New(1);
+    if (result == NULL) {
+        Py_DECREF(seg);
+        return NULL;
+    }
+    PyList_SET_ITEM(result, 0, seg);
+    return result;
+}
+
+static PyObject *
+py_split(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
     static const char *names[6] = {"flags",    "gso_type",   "hdr_len",
                                    "gso_size", "csum_start", "csum_offset"};
     static const long long maxes[6] = {0xFF, 0xFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
     long long f[6];
     Py_buffer view;
-    PyObject *tmp, *result = NULL;
+    PyObject *owned = NULL, *result;
     const uint8_t *d;
     Py_ssize_t n;
-    unsigned base;
     int i;
 
     if (nargs != 7) {
@@ -486,211 +743,188 @@ py_split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     /* The reference converts the packet with bytes() before looking at the
      * header, so a non-buffer packet fails first there too. */
-    if (get_bytes(args[6], &view, &tmp) < 0) {
+    if (get_packet(args[6], 0, &owned, &view, &d, &n) < 0) {
         return NULL;
     }
     for (i = 0; i < 6; i++) {
-        f[i] = int_in_range(args[i], maxes[i], MalformedPacket, names[i]);
+        f[i] = int_in_range(args[i], maxes[i], MalformedPacket, names[i],
+                            "virtio header field out of range");
         if (f[i] < 0) {
-            release(&view, tmp);
+            put_packet(owned, &view);
             return NULL;
         }
     }
+    result = split_impl(f, d, n, owned);
+    put_packet(owned, &view);
+    return result;
+}
+
+/* gso.split_with_header(buf) */
+static PyObject *
+py_split_with_header(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    static const char *const names[] = {"buf"};
+    PyObject *buf = NULL, *result;
+    Py_buffer view;
+    const uint8_t *d;
+    long long f[6];
+    uint16_t u[4];
+
+    if (kwnames == NULL && nargs == 1) {
+        buf = args[0];
+    }
+    else if (parse_args("split_with_header", names, 1, 1, args, nargs, kwnames, &buf) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) != 0) {
+        /* Not a contiguous buffer: let the reference decide what it is. */
+        PyErr_Clear();
+        return call_reference("trio_tun.offload.gso", "split_with_header", &buf, 1, NULL);
+    }
+    if (view.len < VIRTIO_NET_HDR_LEN) {
+        PyBuffer_Release(&view);
+        return malformed("virtio header needs 10 bytes");
+    }
     d = (const uint8_t *)view.buf;
-    n = view.len;
-    if (validate_fields((unsigned)f[0], (unsigned)f[1], (unsigned)f[2], (unsigned)f[3],
-                        (unsigned)f[4], (unsigned)f[5], n) < 0) {
-        goto done;
-    }
-    base = (unsigned)f[1] & ~(unsigned)GSO_ECN;
-    if (base == GSO_NONE) {
-        PyObject *seg;
-        if (f[0] & NEEDS_CSUM) {
-            Py_ssize_t cs = (Py_ssize_t)f[4], pos = cs + (Py_ssize_t)f[5];
-            uint32_t c;
-            uint8_t *o;
-            /* validate_fields checked pos + 2 <= n */
-            seg = PyBytes_FromStringAndSize((const char *)d, n);
-            if (seg == NULL) {
-                goto done;
-            }
-            o = (uint8_t *)PyBytes_AS_STRING(seg);
-            /* The field holds the pseudo-header sum and is summed with the
-             * rest; a 0 result goes out as 0xFFFF, as the kernel writes it. */
-            c = ~be_sum(o + cs, n - cs) & M16;
-            wr16(o + pos, c ? c : M16);
-        }
-        else if (tmp != NULL) {
-            seg = tmp;
-            Py_INCREF(seg);
-        }
-        else if (PyBytes_CheckExact(args[6])) {
-            seg = args[6];
-            Py_INCREF(seg);
-        }
-        else {
-            seg = PyBytes_FromStringAndSize((const char *)d, n);
-            if (seg == NULL) {
-                goto done;
-            }
-        }
-        result = PyList_New(1);
-        if (result == NULL) {
-            Py_DECREF(seg);
-            goto done;
-        }
-        PyList_SET_ITEM(result, 0, seg);
-        goto done;
-    }
-    if (base == GSO_UDP) {
-        malformed("GSO_UDP (UFO) cannot be segmented");
-        goto done;
-    }
-    result = segment(base, (Py_ssize_t)f[3], (Py_ssize_t)f[4], (Py_ssize_t)f[5], d, n);
-done:
-    release(&view, tmp);
+    /* struct "=BBHHHH": native byte order, no padding */
+    memcpy(u, d + 2, 8);
+    f[0] = d[0];
+    f[1] = d[1];
+    f[2] = u[0];
+    f[3] = u[1];
+    f[4] = u[2];
+    f[5] = u[3];
+    result = split_impl(f, d + VIRTIO_NET_HDR_LEN, view.len - VIRTIO_NET_HDR_LEN, NULL);
+    PyBuffer_Release(&view);
     return result;
 }
 
 /* ------------------------------------------------------------------ */
-/* GRO                                                                 */
+/* GRO: classifying one packet (gro.parse)                             */
 /* ------------------------------------------------------------------ */
 
-static PyObject *
-parsed_tuple(int kind, PyObject *key, PyObject *match, Py_ssize_t ihl, Py_ssize_t hlen,
-             Py_ssize_t plen, uint32_t seq, uint32_t ip_id, int id_free, unsigned psh)
+/* Flow key: protocol, addresses, ports (13 bytes for IPv4, 37 for IPv6). */
+#define KEY_MAX 37
+
+typedef struct {
+    int kind;
+    int v6;
+    Py_ssize_t ihl, hlen, plen; /* TCP/UDP kinds only */
+    uint32_t seq, ip_id;        /* TCP/UDP kinds only */
+    int id_free;                /* TCP/UDP kinds only */
+    unsigned psh;               /* TCP kind only */
+    unsigned klen;              /* 0 for OTHER and BARRIER */
+    uint8_t key[KEY_MAX];
+} gro_parsed;
+
+static int
+ipv6_ext_header(unsigned proto)
 {
-    /* Steals key and match (either may be NULL after a failed allocation). */
-    PyObject *t;
-    if (key == NULL || match == NULL) {
-        Py_XDECREF(key);
-        Py_XDECREF(match);
-        return NULL;
+    switch (proto) {
+        case 0:
+        case 43:
+        case 44:
+        case 51:
+        case 60:
+        case 135:
+        case 139:
+        case 140:
+        case 253:
+        case 254:
+            return 1;
+        default:
+            return 0;
     }
-    t = Py_BuildValue("(iNNnnnkkiI)", kind, key, match, ihl, hlen, plen, (unsigned long)seq,
-                      (unsigned long)ip_id, id_free, psh);
-    return t;
 }
 
-static PyObject *
-no_flow(int kind)
+/* gro.parse without building the tuple: 0, or -1 with MalformedPacket set. */
+static int
+gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p)
 {
-    return parsed_tuple(kind, PyBytes_FromStringAndSize(NULL, 0),
-                        PyBytes_FromStringAndSize(NULL, 0), 0, 0, 0, 0, 0, 0, 0);
-}
+    Py_ssize_t ihl, total, l4len, thl, plen;
+    unsigned version, proto;
+    uint32_t addr_sum;
 
-static PyObject *
-solo(PyObject *key)
-{
-    return parsed_tuple(KIND_SOLO, key, PyBytes_FromStringAndSize(NULL, 0), 0, 0, 0, 0, 0, 0,
-                        0);
-}
-
-/* gro.parse */
-static PyObject *
-gro_parse_impl(const uint8_t *d, Py_ssize_t n)
-{
-    Py_ssize_t ihl, total, l4len, thl, plen, hlen;
-    unsigned proto;
-    uint8_t ip_match[5];
-    Py_ssize_t ip_match_len;
-    uint32_t addr_sum, ip_id, seq;
-    int id_free;
-    PyObject *key, *match;
-    uint8_t *k;
-
+    memset(p, 0, offsetof(gro_parsed, key));
     if (n == 0) {
-        return malformed("empty packet");
+        malformed("empty packet");
+        return -1;
     }
-    if ((d[0] >> 4) == 4) {
+    version = d[0] >> 4;
+    if (version == 4) {
         if (n < 20) {
-            return malformed("truncated IPv4 header");
+            malformed("truncated IPv4 header");
+            return -1;
         }
         ihl = (Py_ssize_t)(d[0] & 0x0F) * 4;
         if (ihl < 20) {
-            return malformed("IPv4 header length < 20");
+            PyErr_Format(MalformedPacket, "IPv4 header length %zd < 20", ihl);
+            return -1;
         }
         total = (Py_ssize_t)rd16(d + 2);
         if (total < ihl || total > n) {
-            return malformed("IPv4 total length outside the packet");
+            malformed("IPv4 total length outside the packet");
+            return -1;
         }
         proto = d[9];
         if (proto != PROTO_TCP && proto != PROTO_UDP) {
-            return no_flow(KIND_OTHER);
+            return 0;
         }
         if ((d[6] & 0x3F) || d[7] || total - ihl < 4) {
-            return no_flow(KIND_BARRIER);
+            /* Only the first fragment has ports, so we cannot tell the flow. */
+            p->kind = KIND_BARRIER;
+            return 0;
         }
-        key = PyBytes_FromStringAndSize(NULL, 13);
-        if (key == NULL) {
-            return NULL;
-        }
-        k = (uint8_t *)PyBytes_AS_STRING(key);
-        k[0] = d[9];
-        memcpy(k + 1, d + 12, 8);
-        memcpy(k + 9, d + ihl, 4);
+        p->kind = KIND_SOLO;
+        p->klen = 13;
+        p->key[0] = d[9];
+        memcpy(p->key + 1, d + 12, 8);
+        memcpy(p->key + 9, d + ihl, 4);
         if (ihl != 20 || total != n || be_sum(d, 20) != M16) {
-            return solo(key);
+            return 0;
         }
-        ip_match[0] = d[1];
-        ip_match[1] = d[6];
-        ip_match[2] = d[8];
-        ip_match_len = 3;
         addr_sum = be_sum(d + 12, 8);
-        ip_id = rd16(d + 4);
-        id_free = (d[6] & 0x40) ? 1 : 0;
+        p->ip_id = rd16(d + 4);
+        p->id_free = (d[6] & 0x40) ? 1 : 0;
     }
-    else if ((d[0] >> 4) == 6) {
+    else if (version == 6) {
         Py_ssize_t pl;
         if (n < 40) {
-            return malformed("truncated IPv6 header");
+            malformed("truncated IPv6 header");
+            return -1;
         }
         pl = (Py_ssize_t)rd16(d + 4);
         if (40 + pl > n) {
-            return malformed("IPv6 payload length past the packet");
+            malformed("IPv6 payload length past the packet");
+            return -1;
         }
         proto = d[6];
         if (proto != PROTO_TCP && proto != PROTO_UDP) {
-            switch (proto) {
-                case 0:
-                case 43:
-                case 44:
-                case 51:
-                case 60:
-                case 135:
-                case 139:
-                case 140:
-                case 253:
-                case 254:
-                    return no_flow(KIND_BARRIER);
-                default:
-                    return no_flow(KIND_OTHER);
-            }
+            p->kind = ipv6_ext_header(proto) ? KIND_BARRIER : KIND_OTHER;
+            return 0;
         }
         if (pl < 4) {
-            return no_flow(KIND_BARRIER);
+            p->kind = KIND_BARRIER;
+            return 0;
         }
         ihl = 40;
         total = 40 + pl;
-        key = PyBytes_FromStringAndSize(NULL, 37);
-        if (key == NULL) {
-            return NULL;
-        }
-        k = (uint8_t *)PyBytes_AS_STRING(key);
-        k[0] = d[6];
-        memcpy(k + 1, d + 8, 36);
+        p->kind = KIND_SOLO;
+        p->klen = 37;
+        p->key[0] = d[6];
+        memcpy(p->key + 1, d + 8, 36);
         if (total != n) {
-            return solo(key);
+            return 0;
         }
-        memcpy(ip_match, d, 4);
-        ip_match[4] = d[7];
-        ip_match_len = 5;
         addr_sum = be_sum(d + 8, 32);
-        ip_id = 0;
-        id_free = 1;
+        p->ip_id = 0;
+        p->id_free = 1;
+        p->v6 = 1;
     }
     else {
-        return malformed("unknown IP version");
+        PyErr_Format(MalformedPacket, "IP version %u", version);
+        return -1;
     }
 
     /* From here on total == n. */
@@ -698,66 +932,193 @@ gro_parse_impl(const uint8_t *d, Py_ssize_t n)
     if (proto == PROTO_TCP) {
         unsigned flags;
         if (l4len < 20) {
-            return solo(key);
+            return 0;
         }
         thl = (Py_ssize_t)(d[ihl + 12] >> 4) * 4;
         flags = d[ihl + 13];
         plen = l4len - thl;
+        /* Only plain data segments. */
         if (thl < 20 || plen <= 0 || (flags != TCP_ACK && flags != (TCP_ACK | TCP_PSH))) {
-            return solo(key);
+            return 0;
         }
     }
     else {
         thl = 8;
         plen = l4len - 8;
+        /* Checksum 0 is "none" for IPv4 (unverifiable) and invalid for IPv6. */
         if (plen <= 0 || (Py_ssize_t)rd16(d + ihl + 4) != l4len ||
             !(d[ihl + 6] || d[ihl + 7])) {
-            return solo(key);
+            return 0;
         }
     }
     if (fold64((uint64_t)addr_sum + proto + (uint64_t)l4len + be_sum(d + ihl, l4len)) != M16) {
-        return solo(key);
+        return 0;
     }
-    hlen = ihl + thl;
+    p->ihl = ihl;
+    p->hlen = ihl + thl;
+    p->plen = plen;
     if (proto == PROTO_TCP) {
-        uint8_t *m;
-        /* ip_match + ACK, data offset + window + urgent pointer, options */
-        match = PyBytes_FromStringAndSize(NULL, ip_match_len + 5 + 2 + (thl - 18));
-        if (match == NULL) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        m = (uint8_t *)PyBytes_AS_STRING(match);
-        memcpy(m, ip_match, (size_t)ip_match_len);
-        m += ip_match_len;
-        memcpy(m, d + ihl + 8, 5);
-        memcpy(m + 5, d + ihl + 14, 2);
-        memcpy(m + 7, d + ihl + 18, (size_t)(thl - 18));
-        seq = rd32(d + ihl + 4);
-        return parsed_tuple(KIND_TCP, key, match, ihl, hlen, plen, seq, ip_id, id_free,
-                            (unsigned)(d[ihl + 13] & TCP_PSH));
+        p->kind = KIND_TCP;
+        p->seq = rd32(d + ihl + 4);
+        p->psh = d[ihl + 13] & TCP_PSH;
     }
-    match = PyBytes_FromStringAndSize((const char *)ip_match, ip_match_len);
-    return parsed_tuple(KIND_UDP, key, match, ihl, hlen, plen, 0, ip_id, id_free, 0);
+    else {
+        p->kind = KIND_UDP;
+    }
+    return 0;
+}
+
+/* The header bytes that must be equal between two segments merged together
+ * (gro.parse's match key), compared in place: a and b are TCP/UDP packets of
+ * one flow key (so one IP version and one IP header length). */
+static int
+same_match(const uint8_t *a, Py_ssize_t a_thl, const uint8_t *b, Py_ssize_t b_thl,
+           Py_ssize_t ihl, int v6, int tcp)
+{
+    if (v6) {
+        /* version, traffic class, flow label; hop limit */
+        if (memcmp(a, b, 4) != 0 || a[7] != b[7]) {
+            return 0;
+        }
+    }
+    else if (a[1] != b[1] || a[6] != b[6] || a[8] != b[8]) {
+        /* TOS; flags and fragment offset high bits; TTL */
+        return 0;
+    }
+    if (!tcp) {
+        return 1;
+    }
+    if (a_thl != b_thl) {
+        return 0;
+    }
+    a += ihl;
+    b += ihl;
+    /* ACK number and data offset; window; urgent pointer and options */
+    return memcmp(a + 8, b + 8, 5) == 0 && a[14] == b[14] && a[15] == b[15] &&
+           memcmp(a + 18, b + 18, (size_t)(a_thl - 18)) == 0;
+}
+
+/* gro.parse's match key as bytes. */
+static PyObject *
+match_bytes(const uint8_t *d, const gro_parsed *p)
+{
+    uint8_t m[5 + 5 + 2 + 60];
+    Py_ssize_t len;
+    Py_ssize_t ihl = p->ihl, thl = p->hlen - p->ihl;
+
+    if (p->v6) {
+        memcpy(m, d, 4);
+        m[4] = d[7];
+        len = 5;
+    }
+    else {
+        m[0] = d[1];
+        m[1] = d[6];
+        m[2] = d[8];
+        len = 3;
+    }
+    if (p->kind == KIND_TCP) {
+        memcpy(m + len, d + ihl + 8, 5);
+        memcpy(m + len + 5, d + ihl + 14, 2);
+        memcpy(m + len + 7, d + ihl + 18, (size_t)(thl - 18));
+        len += 7 + thl - 18;
+    }
+    return PyBytes_FromStringAndSize((const char *)m, len);
 }
 
 static PyObject *
-py_gro_parse(PyObject *self, PyObject *packet)
+py_gro_parse(PyObject *Py_UNUSED(self), PyObject *packet)
 {
     Py_buffer view;
-    PyObject *tmp, *result;
+    PyObject *owned, *key, *match;
+    const uint8_t *d;
+    Py_ssize_t n;
+    gro_parsed p;
+    int r;
 
-    if (get_bytes(packet, &view, &tmp) < 0) {
+    if (get_packet(packet, 0, &owned, &view, &d, &n) < 0) {
         return NULL;
     }
-    result = gro_parse_impl((const uint8_t *)view.buf, view.len);
-    release(&view, tmp);
-    return result;
+    r = gro_classify(d, n, &p);
+    if (r < 0) {
+        put_packet(owned, &view);
+        return NULL;
+    }
+    key = PyBytes_FromStringAndSize((const char *)p.key, p.klen);
+    if (p.kind == KIND_TCP || p.kind == KIND_UDP) {
+        match = match_bytes(d, &p);
+    }
+    else {
+        match = PyBytes_FromStringAndSize(NULL, 0);
+    }
+    put_packet(owned, &view);
+    if (key == NULL || match == NULL) {
+        Py_XDECREF(key);
+        Py_XDECREF(match);
+        return NULL;
+    }
+    if (p.kind != KIND_TCP && p.kind != KIND_UDP) {
+        return Py_BuildValue("(iNNiiiiiii)", p.kind, key, match, 0, 0, 0, 0, 0, 0, 0);
+    }
+    return Py_BuildValue("(iNNnnnkkiI)", p.kind, key, match, p.ihl, p.hlen, p.plen,
+                         (unsigned long)p.seq, (unsigned long)p.ip_id, p.id_free, p.psh);
+}
+
+/* ------------------------------------------------------------------ */
+/* GRO: assembling a super-packet (gro.build)                          */
+/* ------------------------------------------------------------------ */
+
+/* Fill in the virtio header at o and fix up the IP and L4 headers at
+ * o + VIRTIO_NET_HDR_LEN of a merged packet of `total` IP bytes, whose
+ * headers and payloads are already in place. */
+static void
+finish_merged(uint8_t *o, Py_ssize_t ihl, Py_ssize_t hlen, Py_ssize_t total, unsigned psh,
+              unsigned gso_size, int v6)
+{
+    uint8_t *h = o + VIRTIO_NET_HDR_LEN;
+    Py_ssize_t l4len = total - ihl;
+    unsigned proto, csum_offset, gso_type;
+    uint32_t addr_sum;
+    uint16_t vh[4];
+
+    if (v6) {
+        wr16(h + 4, (uint32_t)l4len);
+        addr_sum = be_sum(h + 8, 32);
+    }
+    else {
+        wr16(h + 2, (uint32_t)total);
+        h[10] = h[11] = 0;
+        wr16(h + 10, ~fold64(be_sum(h, ihl)) & M16);
+        addr_sum = be_sum(h + 12, 8);
+    }
+    if (hlen - ihl != 8) {
+        h[ihl + 13] |= (uint8_t)psh;
+        proto = PROTO_TCP;
+        csum_offset = 16;
+        gso_type = v6 ? GSO_TCPV6 : GSO_TCPV4;
+    }
+    else {
+        wr16(h + ihl + 4, (uint32_t)l4len);
+        proto = PROTO_UDP;
+        csum_offset = 6;
+        gso_type = GSO_UDP_L4;
+    }
+    /* NEEDS_CSUM wants the folded, non-inverted pseudo-header sum; never 0
+     * because the protocol number is not. */
+    wr16(h + ihl + csum_offset, fold64((uint64_t)addr_sum + proto + (uint64_t)l4len));
+    /* struct "=BBHHHH": native byte order, no padding */
+    o[0] = NEEDS_CSUM;
+    o[1] = (uint8_t)gso_type;
+    vh[0] = (uint16_t)hlen;
+    vh[1] = (uint16_t)gso_size;
+    vh[2] = (uint16_t)ihl;
+    vh[3] = (uint16_t)csum_offset;
+    memcpy(o + 2, vh, 8);
 }
 
 /* gro.build(first, ihl, hlen, gso_size, psh, payloads) */
 static PyObject *
-py_gro_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+py_gro_build(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
     long long ihl, hlen, gso_size, psh;
     Py_buffer first;
@@ -765,12 +1126,9 @@ py_gro_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer *views = NULL;
     PyObject **tmps = NULL;
     Py_ssize_t count = 0, got = 0, i, total, l4len;
-    int v6, tcp;
+    int v6;
     const uint8_t *f;
     uint8_t *o, *h;
-    unsigned proto, csum_offset, gso_type;
-    uint32_t addr_sum;
-    uint16_t vh[3];
 
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
@@ -781,10 +1139,10 @@ py_gro_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     f = (const uint8_t *)first.buf;
-    if ((ihl = int_in_range(args[1], 0xFFFF, PyExc_ValueError, "ihl")) < 0 ||
-        (hlen = int_in_range(args[2], 0xFFFF, PyExc_ValueError, "hlen")) < 0 ||
-        (gso_size = int_in_range(args[3], 0xFFFF, PyExc_ValueError, "gso_size")) < 0 ||
-        (psh = int_in_range(args[4], 0xFF, PyExc_ValueError, "psh")) < 0) {
+    if ((ihl = int_in_range(args[1], 0xFFFF, PyExc_ValueError, "ihl", NULL)) < 0 ||
+        (hlen = int_in_range(args[2], 0xFFFF, PyExc_ValueError, "hlen", NULL)) < 0 ||
+        (gso_size = int_in_range(args[3], 0xFFFF, PyExc_ValueError, "gso_size", NULL)) < 0 ||
+        (psh = int_in_range(args[4], 0xFF, PyExc_ValueError, "psh", NULL)) < 0) {
         goto done;
     }
     if (!(20 <= ihl && hlen <= first.len && (hlen - ihl == 8 || hlen - ihl >= 20))) {
@@ -840,39 +1198,8 @@ py_gro_build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             p += views[i].len;
         }
     }
-    if (v6) {
-        wr16(h + 4, (uint32_t)l4len);
-        addr_sum = be_sum(h + 8, 32);
-    }
-    else {
-        wr16(h + 2, (uint32_t)total);
-        h[10] = h[11] = 0;
-        wr16(h + 10, ~fold64(be_sum(h, ihl)) & M16);
-        addr_sum = be_sum(h + 12, 8);
-    }
-    tcp = hlen - ihl != 8;
-    if (tcp) {
-        h[ihl + 13] |= (uint8_t)psh;
-        proto = PROTO_TCP;
-        csum_offset = 16;
-        gso_type = v6 ? GSO_TCPV6 : GSO_TCPV4;
-    }
-    else {
-        wr16(h + ihl + 4, (uint32_t)l4len);
-        proto = PROTO_UDP;
-        csum_offset = 6;
-        gso_type = GSO_UDP_L4;
-    }
-    wr16(h + ihl + csum_offset, fold64((uint64_t)addr_sum + proto + (uint64_t)l4len));
-    /* struct "=BBHHHH": native byte order, no padding */
-    o[0] = NEEDS_CSUM;
-    o[1] = (uint8_t)gso_type;
-    vh[0] = (uint16_t)hlen;
-    vh[1] = (uint16_t)gso_size;
-    vh[2] = (uint16_t)ihl;
-    memcpy(o + 2, vh, 6);
-    vh[0] = (uint16_t)csum_offset;
-    memcpy(o + 8, vh, 2);
+    finish_merged(o, (Py_ssize_t)ihl, (Py_ssize_t)hlen, total, (unsigned)psh,
+                  (unsigned)gso_size, v6);
 done:
     for (i = 0; i < got; i++) {
         release(&views[i], tmps[i]);
@@ -883,6 +1210,680 @@ done:
     release(&first, first_tmp);
     return result;
 }
+
+/* ------------------------------------------------------------------ */
+/* GRO: the table (gro.GroTable)                                       */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The state mirrors gro.GroTable.  Every packet added gets a gro_pkt; the
+ * output slots are the packets that start one (`head`), in arrival order, so
+ * no separate slot list is needed: a head that may grow (a super-packet under
+ * construction) carries the _Item fields, and the packets merged into it hang
+ * off it in a singly linked list (`next`).
+ *
+ * `_open` (flow key -> the flow's most recent slot, if it can still grow) is
+ * an open-addressing hash table with linear probing.  Entries are never
+ * deleted: popping a key sets its slot to -1.  Clearing the table (a
+ * barrier, a flush) bumps the generation; entries of older generations count
+ * as free, so clearing is O(1) and probing stays correct because within one
+ * generation entries are only ever added.
+ */
+
+typedef struct {
+    PyObject *owned; /* a bytes object, or NULL when `view` holds the data */
+    Py_buffer view;
+    const uint8_t *d;
+    Py_ssize_t n;
+    Py_ssize_t next; /* the next packet merged into the same slot, or -1 */
+    Py_ssize_t hoff; /* where this packet's payload starts */
+    /* Heads only: */
+    int head;
+    Py_ssize_t nseg; /* 0: goes out unchanged; else segments merged so far */
+    Py_ssize_t last, total, ihl, hlen, gso_size;
+    uint32_t next_seq, next_id;
+    int tcp, v6, id_free;
+    unsigned psh;
+} gro_pkt;
+
+typedef struct {
+    uint32_t gen;
+    uint32_t hash;
+    Py_ssize_t slot; /* index of the head packet, or -1 */
+    unsigned klen;
+    uint8_t key[KEY_MAX];
+} gro_entry;
+
+#define GRO_SMALL_PKTS 16
+#define GRO_SMALL_ENTRIES 16 /* a power of 2 */
+
+typedef struct {
+    int uso, allow_short;
+    Py_ssize_t max_size;
+    gro_pkt *pkts;
+    Py_ssize_t npkts, cap, nheads;
+    gro_entry *entries;
+    size_t mask; /* number of entries - 1 */
+    Py_ssize_t used;
+    uint32_t gen;
+    gro_pkt small_pkts[GRO_SMALL_PKTS];
+    gro_entry small_entries[GRO_SMALL_ENTRIES];
+} gro_state;
+
+/* Keyed so that nobody can line up flow keys that all land in one chain. */
+static uint64_t hash_seed[2] = {0x243F6A8885A308D3ull, 0x13198A2E03707344ull};
+
+static inline uint64_t
+mix64(uint64_t a, uint64_t b)
+{
+#ifdef __SIZEOF_INT128__
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+#else
+    uint64_t x = (a ^ (b >> 29)) * 0x9E3779B97F4A7C15ull;
+    return x ^ (x >> 32) ^ b;
+#endif
+}
+
+static uint32_t
+key_hash(const uint8_t *k, unsigned len)
+{
+    uint64_t h = hash_seed[0] ^ len, w;
+
+    while (len >= 8) {
+        memcpy(&w, k, 8);
+        h = mix64(h ^ w, hash_seed[1] ^ 0xA0761D6478BD642Full);
+        k += 8;
+        len -= 8;
+    }
+    w = 0;
+    memcpy(&w, k, len);
+    h = mix64(h ^ w, hash_seed[1] ^ 0xE7037ED1A0B428DBull);
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static void
+gro_init(gro_state *st, int uso, Py_ssize_t max_size, int allow_short)
+{
+    st->uso = uso;
+    st->allow_short = allow_short;
+    st->max_size = max_size;
+    st->pkts = st->small_pkts;
+    st->npkts = st->nheads = 0;
+    st->cap = GRO_SMALL_PKTS;
+    st->entries = st->small_entries;
+    st->mask = GRO_SMALL_ENTRIES - 1;
+    st->used = 0;
+    st->gen = 1;
+    memset(st->small_entries, 0, sizeof(st->small_entries));
+}
+
+/* Forget every open flow. */
+static void
+gro_new_generation(gro_state *st)
+{
+    st->used = 0;
+    if (++st->gen == 0) {
+        memset(st->entries, 0, (st->mask + 1) * sizeof(gro_entry));
+        st->gen = 1;
+    }
+}
+
+/* Drop every packet. */
+static void
+gro_clear(gro_state *st)
+{
+    Py_ssize_t i;
+    for (i = 0; i < st->npkts; i++) {
+        put_packet(st->pkts[i].owned, &st->pkts[i].view);
+    }
+    st->npkts = st->nheads = 0;
+    gro_new_generation(st);
+}
+
+static void
+gro_free(gro_state *st)
+{
+    gro_clear(st);
+    if (st->pkts != st->small_pkts) {
+        PyMem_Free(st->pkts);
+        st->pkts = st->small_pkts;
+        st->cap = GRO_SMALL_PKTS;
+    }
+    if (st->entries != st->small_entries) {
+        PyMem_Free(st->entries);
+        st->entries = st->small_entries;
+        st->mask = GRO_SMALL_ENTRIES - 1;
+        memset(st->small_entries, 0, sizeof(st->small_entries));
+    }
+}
+
+/* Room for `need` packets.  Moving a gro_pkt is fine: a PyBUF_SIMPLE
+ * Py_buffer holds no pointer into itself. */
+static int
+gro_reserve(gro_state *st, Py_ssize_t need)
+{
+    Py_ssize_t cap;
+    gro_pkt *pkts;
+
+    if (need <= st->cap) {
+        return 0;
+    }
+    cap = st->cap * 2 > need ? st->cap * 2 : need;
+    if ((size_t)cap > PY_SSIZE_T_MAX / sizeof(gro_pkt)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (st->pkts == st->small_pkts) {
+        pkts = PyMem_Malloc((size_t)cap * sizeof(gro_pkt));
+        if (pkts != NULL) {
+            memcpy(pkts, st->small_pkts, (size_t)st->npkts * sizeof(gro_pkt));
+        }
+    }
+    else {
+        pkts = PyMem_Realloc(st->pkts, (size_t)cap * sizeof(gro_pkt));
+    }
+    if (pkts == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->pkts = pkts;
+    st->cap = cap;
+    return 0;
+}
+
+/* The entry holding `key` in the current generation, or the free entry where
+ * it would go.  The table is never more than half full, so this ends. */
+static gro_entry *
+gro_probe(gro_state *st, const uint8_t *key, unsigned klen, uint32_t hash)
+{
+    size_t i = hash & st->mask;
+    for (;;) {
+        gro_entry *e = &st->entries[i];
+        if (e->gen != st->gen) {
+            return e;
+        }
+        if (e->hash == hash && e->klen == klen && memcmp(e->key, key, klen) == 0) {
+            return e;
+        }
+        i = (i + 1) & st->mask;
+    }
+}
+
+/* Room for one more key. */
+static int
+gro_reserve_entry(gro_state *st)
+{
+    size_t n = st->mask + 1, i;
+    gro_entry *old = st->entries, *fresh;
+    uint32_t gen = st->gen;
+
+    if ((size_t)(st->used + 1) * 2 <= n) {
+        return 0;
+    }
+    if (n > PY_SSIZE_T_MAX / 2 / sizeof(gro_entry)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    fresh = PyMem_Calloc(n * 2, sizeof(gro_entry));
+    if (fresh == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->entries = fresh;
+    st->mask = n * 2 - 1;
+    st->gen = 1;
+    for (i = 0; i < n; i++) {
+        if (old[i].gen == gen) {
+            gro_entry *e = gro_probe(st, old[i].key, old[i].klen, old[i].hash);
+            *e = old[i];
+            e->gen = 1;
+        }
+    }
+    if (old != st->small_entries) {
+        PyMem_Free(old);
+    }
+    return 0;
+}
+
+/* Whether segment `pk` (parsed as p) is exactly what segmenting the slot
+ * headed by h further would produce next. */
+static inline int
+gro_can_merge(const gro_state *st, const gro_pkt *h, const gro_pkt *pk, const gro_parsed *p)
+{
+    return same_match(h->d, h->hlen - h->ihl, pk->d, p->hlen - p->ihl, h->ihl, h->v6,
+                      h->tcp) &&
+           p->plen <= h->gso_size && h->total + p->plen <= st->max_size &&
+           (h->id_free || p->ip_id == h->next_id) &&
+           (h->tcp ? p->seq == h->next_seq : h->nseg < UDP_MAX_SEGMENTS) &&
+           (st->allow_short || p->plen == h->gso_size);
+}
+
+/* GroTable.add's decisions for packet i, already parsed and stored.  Cannot
+ * fail: the caller reserved room for one more key. */
+static void
+gro_commit(gro_state *st, Py_ssize_t i, const gro_parsed *p)
+{
+    gro_pkt *pk = &st->pkts[i];
+    gro_entry *e;
+    uint32_t hash;
+    Py_ssize_t slot = -1;
+    int found;
+
+    pk->head = 1;
+    pk->nseg = 0;
+    pk->next = -1;
+    st->nheads++;
+    if (p->kind == KIND_OTHER) {
+        return;
+    }
+    if (p->kind == KIND_BARRIER) {
+        /* Could belong to any open flow: nothing may be merged past it. */
+        gro_new_generation(st);
+        return;
+    }
+    hash = key_hash(p->key, p->klen);
+    e = gro_probe(st, p->key, p->klen, hash);
+    found = e->gen == st->gen;
+    if (found) {
+        slot = e->slot;
+        e->slot = -1;
+    }
+    if (p->kind == KIND_SOLO || (p->kind == KIND_UDP && !st->uso)) {
+        return;
+    }
+    if (slot >= 0) {
+        gro_pkt *h = &st->pkts[slot];
+        if (gro_can_merge(st, h, pk, p)) {
+            st->pkts[h->last].next = i;
+            h->last = i;
+            pk->head = 0;
+            pk->hoff = p->hlen;
+            st->nheads--;
+            h->nseg++;
+            h->total += p->plen;
+            h->next_seq = p->seq + (uint32_t)p->plen;
+            h->next_id = (p->ip_id + 1) & M16;
+            if (p->psh || p->plen < h->gso_size) {
+                /* PSH or a short segment is where a sender's burst ends. */
+                h->psh = p->psh;
+            }
+            else {
+                e->slot = slot;
+            }
+            return;
+        }
+    }
+    /* Otherwise it starts the flow's next slot (any previous one is closed). */
+    if (p->psh) {
+        return;
+    }
+    pk->nseg = 1;
+    pk->last = i;
+    pk->hoff = p->hlen;
+    pk->ihl = p->ihl;
+    pk->hlen = p->hlen;
+    pk->gso_size = p->plen;
+    pk->total = p->hlen + p->plen;
+    pk->tcp = p->kind == KIND_TCP;
+    pk->v6 = p->v6;
+    pk->next_seq = p->seq + (uint32_t)p->plen;
+    pk->next_id = (p->ip_id + 1) & M16;
+    pk->id_free = p->id_free;
+    pk->psh = 0;
+    if (!found) {
+        e->gen = st->gen;
+        e->hash = hash;
+        e->klen = p->klen;
+        memcpy(e->key, p->key, p->klen);
+        st->used++;
+    }
+    e->slot = i;
+}
+
+/* GroTable.add: 0, or -1 with an exception set and the state unchanged. */
+static int
+gro_add(gro_state *st, PyObject *obj, int copy)
+{
+    gro_pkt tmp;
+    gro_parsed p;
+
+    /* Everything that may run Python code (bytes()) comes first. */
+    if (get_packet(obj, copy, &tmp.owned, &tmp.view, &tmp.d, &tmp.n) < 0) {
+        return -1;
+    }
+    if (gro_classify(tmp.d, tmp.n, &p) < 0 || gro_reserve(st, st->npkts + 1) < 0 ||
+        (p.klen != 0 && gro_reserve_entry(st) < 0)) {
+        put_packet(tmp.owned, &tmp.view);
+        return -1;
+    }
+    st->pkts[st->npkts] = tmp;
+    st->npkts++;
+    gro_commit(st, st->npkts - 1, &p);
+    return 0;
+}
+
+/* One output buffer: virtio header + packet. */
+static PyObject *
+gro_output(const gro_state *st, Py_ssize_t i)
+{
+    const gro_pkt *h = &st->pkts[i];
+    PyObject *b;
+    uint8_t *o, *q;
+    Py_ssize_t j;
+
+    if (h->nseg <= 1) {
+        b = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_LEN + h->n);
+        if (b == NULL) {
+            return NULL;
+        }
+        o = (uint8_t *)PyBytes_AS_STRING(b);
+        memset(o, 0, VIRTIO_NET_HDR_LEN);
+        memcpy(o + VIRTIO_NET_HDR_LEN, h->d, (size_t)h->n);
+        return b;
+    }
+    /* Every merged packet is hlen + payload bytes long, and their payloads
+     * add up to total - hlen, which max_size bounds by 65535. */
+    b = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_LEN + h->total);
+    if (b == NULL) {
+        return NULL;
+    }
+    o = (uint8_t *)PyBytes_AS_STRING(b);
+    memcpy(o + VIRTIO_NET_HDR_LEN, h->d, (size_t)h->hlen);
+    q = o + VIRTIO_NET_HDR_LEN + h->hlen;
+    for (j = i; j >= 0; j = st->pkts[j].next) {
+        const gro_pkt *pk = &st->pkts[j];
+        memcpy(q, pk->d + pk->hoff, (size_t)(pk->n - pk->hoff));
+        q += pk->n - pk->hoff;
+    }
+    finish_merged(o, h->ihl, h->hlen, h->total, h->psh, (unsigned)h->gso_size, h->v6);
+    return b;
+}
+
+/* GroTable.flush: append every output buffer to `out`, then empty the table.
+ * On failure the table is left as it was. */
+static int
+gro_flush(gro_state *st, PyObject *out)
+{
+    Py_ssize_t i;
+
+    for (i = 0; i < st->npkts; i++) {
+        PyObject *b;
+        int r;
+        if (!st->pkts[i].head) {
+            continue;
+        }
+        b = gro_output(st, i);
+        if (b == NULL) {
+            return -1;
+        }
+        r = PyList_Append(out, b);
+        Py_DECREF(b);
+        if (r < 0) {
+            return -1;
+        }
+    }
+    gro_clear(st);
+    return 0;
+}
+
+/* max_size as GroTable checks it; 0 with an exception set when invalid. */
+static Py_ssize_t
+max_size_arg(PyObject *obj)
+{
+    int overflow = 0;
+    long long v;
+
+    if (obj == NULL) {
+        return 65535;
+    }
+    v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return 0;
+    }
+    if (overflow || v < 1 || v > 65535) {
+        PyErr_Format(PyExc_ValueError, "max_size must be in 1..65535, got %R", obj);
+        return 0;
+    }
+    return (Py_ssize_t)v;
+}
+
+/* Arguments whose use by the reference (truth value, comparisons) runs no
+ * Python code of their own. */
+static int
+plain_flag(PyObject *obj)
+{
+    return obj == NULL || obj == Py_None || PyBool_Check(obj) || PyLong_CheckExact(obj);
+}
+
+static int
+plain_int(PyObject *obj)
+{
+    return obj == NULL || PyBool_Check(obj) || PyLong_CheckExact(obj);
+}
+
+static int
+flag_arg(PyObject *obj, int dflt)
+{
+    return obj == NULL ? dflt : PyObject_IsTrue(obj);
+}
+
+/* gro.coalesce(packets, *, uso=False, max_size=65535, allow_short_last=True) */
+static PyObject *
+py_coalesce(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"packets", "uso", "max_size", "allow_short_last"};
+    PyObject *v[4] = {NULL, NULL, NULL, NULL};
+    PyObject *packets, *out = NULL, *it = NULL, *item;
+    gro_state st;
+    Py_ssize_t max_size, i, n;
+    int uso, allow_short, copy, is_list;
+
+    if (kwnames == NULL && nargs == 1) {
+        v[0] = args[0];
+    }
+    else if (parse_args("coalesce", names, 1, 4, args, nargs, kwnames, v) < 0) {
+        return NULL;
+    }
+    packets = v[0];
+    if (!plain_flag(v[1]) || !plain_int(v[2]) || !plain_flag(v[3])) {
+        /* Arguments with behaviour of their own: the reference knows best. */
+        return call_reference("trio_tun.offload.gro", "coalesce", args, (size_t)nargs,
+                              kwnames);
+    }
+    max_size = max_size_arg(v[2]);
+    if (max_size == 0) {
+        return NULL;
+    }
+    uso = flag_arg(v[1], 0);
+    allow_short = flag_arg(v[3], 1);
+
+    /* Created first: nothing below allocates a container until the packets
+     * are copied out, so no garbage collection (and no finalizer that could
+     * write to a bytearray we are reading) runs in between. */
+    out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    gro_init(&st, uso, max_size, allow_short);
+    is_list = PyList_CheckExact(packets);
+    if (is_list || PyTuple_CheckExact(packets)) {
+        n = is_list ? PyList_GET_SIZE(packets) : PyTuple_GET_SIZE(packets);
+        /* bytearray and memoryview items are read in place, which is only
+         * the same as the reference's copy if no Python code can write to
+         * them before we are done: so only when every item is plain. */
+        copy = 0;
+        for (i = 0; i < n && !copy; i++) {
+            item = is_list ? PyList_GET_ITEM(packets, i) : PyTuple_GET_ITEM(packets, i);
+            copy = !(PyBytes_CheckExact(item) || PyByteArray_CheckExact(item) ||
+                     PyMemoryView_Check(item));
+        }
+        if (gro_reserve(&st, n) < 0) {
+            goto error;
+        }
+        /* With copy set, bytes() may run code that changes the list: check
+         * the length each time, as a list iterator does. */
+        for (i = 0; i < (is_list ? PyList_GET_SIZE(packets) : n); i++) {
+            int r;
+            item = is_list ? PyList_GET_ITEM(packets, i) : PyTuple_GET_ITEM(packets, i);
+            Py_INCREF(item);
+            r = gro_add(&st, item, copy);
+            Py_DECREF(item);
+            if (r < 0) {
+                goto error;
+            }
+        }
+    }
+    else {
+        /* Any other iterable runs its own code between items. */
+        it = PyObject_GetIter(packets);
+        if (it == NULL) {
+            goto error;
+        }
+        while ((item = PyIter_Next(it)) != NULL) {
+            int r = gro_add(&st, item, 1);
+            Py_DECREF(item);
+            if (r < 0) {
+                goto error;
+            }
+        }
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+        Py_CLEAR(it);
+    }
+    if (gro_flush(&st, out) < 0) {
+        goto error;
+    }
+    gro_free(&st);
+    return out;
+error:
+    Py_XDECREF(it);
+    gro_free(&st);
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* The table as a type, for callers that add packets one at a time.  It
+ * always copies what it is given (bytes objects are immutable and merely
+ * referenced), so the caller may reuse its buffers after add() returns. */
+typedef struct {
+    PyObject_HEAD
+    gro_state st;
+} GroTableObject;
+
+static PyObject *
+GroTable_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"uso", "max_size", "allow_short_last", NULL};
+    PyObject *uso_o = NULL, *max_o = NULL, *short_o = NULL;
+    GroTableObject *self;
+    Py_ssize_t max_size;
+    int uso, allow_short;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$OOO:GroTable", kwlist, &uso_o, &max_o,
+                                     &short_o)) {
+        return NULL;
+    }
+    if (max_o != NULL && !PyLong_Check(max_o)) {
+        PyErr_SetString(PyExc_TypeError, "max_size must be an int");
+        return NULL;
+    }
+    max_size = max_size_arg(max_o);
+    if (max_size == 0) {
+        return NULL;
+    }
+    if ((uso = flag_arg(uso_o, 0)) < 0 || (allow_short = flag_arg(short_o, 1)) < 0) {
+        return NULL;
+    }
+    self = (GroTableObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    gro_init(&self->st, uso, max_size, allow_short);
+    return (PyObject *)self;
+}
+
+static void
+GroTable_dealloc(GroTableObject *self)
+{
+    gro_free(&self->st);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+GroTable_add(GroTableObject *self, PyObject *packet)
+{
+    if (gro_add(&self->st, packet, 1) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+GroTable_flush(GroTableObject *self, PyObject *Py_UNUSED(unused))
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    if (gro_flush(&self->st, out) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static Py_ssize_t
+GroTable_len(GroTableObject *self)
+{
+    return self->st.npkts;
+}
+
+static PyObject *
+GroTable_pending_packets(GroTableObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->st.npkts);
+}
+
+static PyObject *
+GroTable_pending_buffers(GroTableObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->st.nheads);
+}
+
+static PyMethodDef GroTable_methods[] = {
+    {"add", (PyCFunction)GroTable_add, METH_O,
+     "add(packet)\n--\n\nSee trio_tun.offload.gro.GroTable.add."},
+    {"flush", (PyCFunction)GroTable_flush, METH_NOARGS,
+     "flush()\n--\n\nSee trio_tun.offload.gro.GroTable.flush."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef GroTable_getset[] = {
+    {"pending_packets", (getter)GroTable_pending_packets, NULL,
+     "Number of input packets held until the next flush.", NULL},
+    {"pending_buffers", (getter)GroTable_pending_buffers, NULL,
+     "Number of buffers the next flush would return.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods GroTable_as_sequence = {
+    .sq_length = (lenfunc)GroTable_len,
+};
+
+static PyTypeObject GroTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trio_tun.offload._speedups.GroTable",
+    .tp_basicsize = sizeof(GroTableObject),
+    .tp_dealloc = (destructor)GroTable_dealloc,
+    .tp_as_sequence = &GroTable_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "GroTable(*, uso=False, max_size=65535, allow_short_last=True)\n--\n\n"
+              "The whole of trio_tun.offload.gro.GroTable in C.",
+    .tp_methods = GroTable_methods,
+    .tp_getset = GroTable_getset,
+    .tp_new = GroTable_new,
+};
 
 /* ------------------------------------------------------------------ */
 /* Module                                                              */
@@ -897,11 +1898,17 @@ static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))py_split, METH_FASTCALL,
      "split(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, packet)\n--\n\n"
      "See trio_tun.offload.gso.split_fields."},
+    {"split_with_header", (PyCFunction)(void (*)(void))py_split_with_header,
+     METH_FASTCALL | METH_KEYWORDS,
+     "split_with_header(buf)\n--\n\nSee :func:`trio_tun.offload.gso.split_with_header`."},
     {"gro_parse", (PyCFunction)py_gro_parse, METH_O,
      "gro_parse(packet)\n--\n\nSee trio_tun.offload.gro.parse."},
     {"gro_build", (PyCFunction)(void (*)(void))py_gro_build, METH_FASTCALL,
      "gro_build(first, ihl, hlen, gso_size, psh, payloads)\n--\n\n"
      "See trio_tun.offload.gro.build."},
+    {"coalesce", (PyCFunction)(void (*)(void))py_coalesce, METH_FASTCALL | METH_KEYWORDS,
+     "coalesce(packets, *, uso=False, max_size=65535, allow_short_last=True)\n--\n\n"
+     "See :func:`trio_tun.offload.gro.coalesce`."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -916,6 +1923,33 @@ static struct PyModuleDef module = {
     NULL,
     NULL,
 };
+
+/* Seed the flow-key hash from os.urandom. */
+static int
+seed_hash(void)
+{
+    PyObject *os, *r;
+    int rc = -1;
+
+    os = PyImport_ImportModule("os");
+    if (os == NULL) {
+        return -1;
+    }
+    r = PyObject_CallMethod(os, "urandom", "i", (int)sizeof(hash_seed));
+    Py_DECREF(os);
+    if (r == NULL) {
+        return -1;
+    }
+    if (PyBytes_Check(r) && PyBytes_GET_SIZE(r) == (Py_ssize_t)sizeof(hash_seed)) {
+        memcpy(hash_seed, PyBytes_AS_STRING(r), sizeof(hash_seed));
+        rc = 0;
+    }
+    else {
+        PyErr_SetString(PyExc_RuntimeError, "os.urandom returned an unexpected value");
+    }
+    Py_DECREF(r);
+    return rc;
+}
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
@@ -932,8 +1966,20 @@ PyInit__speedups(void)
     if (MalformedPacket == NULL) {
         return NULL;
     }
+    if (seed_hash() < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&GroTableType) < 0) {
+        return NULL;
+    }
     m = PyModule_Create(&module);
     if (m == NULL) {
+        return NULL;
+    }
+    Py_INCREF(&GroTableType);
+    if (PyModule_AddObject(m, "GroTable", (PyObject *)&GroTableType) < 0) {
+        Py_DECREF(&GroTableType);
+        Py_DECREF(m);
         return NULL;
     }
     return m;
