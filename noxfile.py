@@ -36,6 +36,9 @@ def tests(session: nox.Session) -> None:
     session.run("ruff", "check", "src", "tests", "examples", "noxfile.py", "bench")
     session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py", "bench")
     session.run("mypy", "src")
+    # Every backend type-checks as the code of its own system too.
+    for platform in ("darwin", "win32", "freebsd"):
+        session.run("mypy", "--platform", platform, "src")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", "docs/_build/html"
     )
@@ -66,3 +69,26 @@ def bench(session: nox.Session) -> None:
     _ensure_debian_packages(session, BENCH_TOOLS)
     session.install("-e", ".[bench]")
     session.run("python", "bench/forward.py", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the offload parsers with atheris (bounded).
+
+    Every harness in tests/fuzz runs for ``--runs`` iterations (default
+    100,000), seeded from tests/fuzz/corpus; the counts and coverage are
+    printed at the end.  E.g. ``nox -s fuzz -- --runs 20000 gso_split``.
+    """
+    session.install("-e", ".[test,fuzz]")
+    session.run("python", "tests/fuzz/run.py", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Engine forwarder under iperf3 load with random restarts (needs root; 10 min).
+
+    Not part of ``tests``.  E.g. ``nox -s soak -- --duration 120``.
+    """
+    _ensure_debian_packages(session, {"iperf3": "iperf3"})
+    session.install("-e", ".")
+    session.run("python", "bench/soak.py", *session.posargs)

@@ -179,11 +179,16 @@ async def _run(out: list[str]) -> bool:
         out.append("namespaces, veth pair and TUN devices removed")
 
 
+def _root_on_linux() -> bool:
+    return sys.platform == "linux" and os.geteuid() == 0
+
+
 def main() -> int:
     """Entry point of ``python -m trio_tun demo``; returns the exit status."""
-    if os.geteuid() != 0:
+    if not _root_on_linux():
         print(
-            "the demo creates network namespaces and TUN devices: run it as root", file=sys.stderr
+            "the demo creates network namespaces and TUN devices: run it as root on Linux",
+            file=sys.stderr,
         )
         return 2
     # Even the first instant of a device's life stays off the host's own

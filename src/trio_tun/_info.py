@@ -1,15 +1,16 @@
-"""``python -m trio_tun info``: what this host's TUN/TAP driver supports."""
+"""``python -m trio_tun info``: which backend runs here and what the driver supports."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import sys
 import threading
 
 from . import _netns
 from . import offload as _offload
-from .platform import linux
+from .platform import _dispatch, linux
 
 
 def _probe_offload() -> list[str]:
@@ -67,17 +68,70 @@ def _probe_offload() -> list[str]:
     return results
 
 
+def _probe_other(backend: str) -> list[str]:
+    """A harmless check that the platform's driver is there (no device is made)."""
+    if backend == "windows":
+        from .platform._winapi import load_wintun
+
+        try:
+            api = load_wintun()
+        except OSError as exc:
+            return [f"wintun: unavailable: {exc}"]
+        version = api.get_running_driver_version()
+        if not version:
+            return ["wintun: DLL loaded; no driver running yet (it loads on first adapter)"]
+        return [f"wintun: driver {version >> 16}.{version & 0xFFFF} running"]
+    if backend == "darwin":
+        return [f"utun kernel control: {'yes' if _utun_control_exists() else 'no'}"]
+    if backend in ("freebsd", "openbsd", "netbsd"):
+        paths = ["/dev/tun", "/dev/tap", "/dev/tun0", "/dev/tap0"]
+        present = [path for path in paths if os.path.exists(path)]
+        return [f"device nodes: {', '.join(present) if present else 'none found'}"]
+    return []
+
+
+def _utun_control_exists() -> bool:
+    if sys.platform == "win32":
+        return False
+    else:
+        from .platform import darwin
+        from .platform._posix import PosixSyscalls
+
+        syscalls = PosixSyscalls()
+        try:
+            fd = syscalls.socket(darwin.PF_SYSTEM, darwin.SOCK_DGRAM, darwin.SYSPROTO_CONTROL)
+        except OSError:
+            return False
+        try:
+            syscalls.ioctl(fd, darwin.CTLIOCGINFO, darwin.ctl_info(darwin.UTUN_CONTROL_NAME))
+        except OSError:
+            return False
+        finally:
+            syscalls.close(fd)
+        return True
+
+
+def _is_root() -> bool:
+    return sys.platform != "win32" and os.geteuid() == 0
+
+
 def main() -> int:
     lines = [
         f"platform: {platform.system()} {platform.release()} ({platform.machine()})",
         f"python: {platform.python_version()}",
         f"offload implementation: {_offload.implementation}",
     ]
-    if platform.system() != "Linux":
-        lines.append("backend: not available on this platform yet")
+    backend = _dispatch.backend_name()
+    if backend != "linux":
+        lines.extend(_dispatch.describe())
+        try:
+            lines.extend(_probe_other(backend))
+        except Exception as exc:  # reported, not raised: info must always print
+            lines.append(f"probe failed: {exc}")
         print("\n".join(lines))
         return 0
     lines.append(f"backend: linux ({linux.TUN_PATH})")
+    lines.extend(_dispatch.describe()[1:])
     try:
         fd = linux.open_tun_file()
     except OSError as exc:
@@ -94,7 +148,7 @@ def main() -> int:
         ("multi-queue (IFF_MULTI_QUEUE)", linux.IFF_MULTI_QUEUE),
     ):
         lines.append(f"{label}: {'yes' if feats & flag else 'no'}")
-    if os.geteuid() == 0:
+    if _is_root():
         lines.append("probing on a throw-away device in a private namespace:")
         lines.extend(_probe_offload())
     else:

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
+import sys
 import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 CLONE_NEWNET: Final = 0x40000000
 NETNS_RUN_DIR: Final = "/run/netns"
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+if sys.platform == "win32":
+    # Imported everywhere (through _config), used only on Linux.
+    _libc: Any = None
+    _O_RDONLY_CLOEXEC: Final = os.O_RDONLY
+else:
+    # CDLL(None): the already-loaded libc; find_library would run ldconfig,
+    # and importing the library must never start a process.
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _O_RDONLY_CLOEXEC: Final = os.O_RDONLY | os.O_CLOEXEC
 
 
 def _check(result: int, what: str) -> None:
@@ -42,7 +50,7 @@ def unshare_net() -> None:
 
 def open_current() -> int:
     """Return a new close-on-exec fd referring to this thread's network namespace."""
-    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open("/proc/thread-self/ns/net", _O_RDONLY_CLOEXEC)
 
 
 def same_namespace(fd_a: int, fd_b: int) -> bool:
@@ -62,7 +70,7 @@ def resolve(netns: str | os.PathLike[str]) -> str:
 
 def open_path(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, _O_RDONLY_CLOEXEC)
     except FileNotFoundError:
         raise ValueError(f"network namespace {path!r} does not exist") from None
 

@@ -17,7 +17,8 @@ from ._config import AddressLike, Layer, NetnsLike, OffloadMode, TunConfig
 from ._errors import OffloadUnavailableError
 from ._netlink import DeviceControl
 from ._stream import PacketStream, TapStream, TunStream
-from .platform import linux
+from .platform import _dispatch, linux
+from .platform._dispatch import HeaderMode
 from .platform.linux import NO_OFFLOAD, OffloadFlags
 
 #: Upper bound on the shielded clean-up when leaving ``open_tun``.
@@ -184,6 +185,8 @@ def open_tun(
     netns: NetnsLike = None,
     offload: OffloadMode = "auto",
     queues: int = 1,
+    wintun_dll: str | os.PathLike[str] | None = None,
+    ring_capacity: int | None = None,
 ) -> contextlib.AbstractAsyncContextManager[TunStream]:
     """Create (or attach to) a TUN device and yield its first queue as a :class:`TunStream`.
 
@@ -203,15 +206,38 @@ def open_tun(
             ``True`` (require it) or ``False`` (off; also clears a persistent
             device's offload mask).
         queues: Number of queues (``IFF_MULTI_QUEUE`` when more than one).
+        wintun_dll: Windows only: path of ``wintun.dll`` (default: next to the
+            application, then the DLL search path).  Ignored elsewhere.
+        ring_capacity: Windows only: the wintun session ring, a power of two
+            from 128 KiB to 64 MiB (default 4 MiB).  Ignored elsewhere.
 
     Raises:
         ValueError: bad configuration, raised before any system call.
         TunPermissionError: missing CAP_NET_ADMIN (the message says so).
         TunUnavailableError: no ``/dev/net/tun`` (the message says how to load it).
+        NotImplementedError: an option the platform lacks (see :doc:`platforms`).
 
     Leaving the block by any path closes every queue and deletes the device
-    unless ``persist=True``.
+    unless ``persist=True``.  On macOS, the BSDs and Windows the same call
+    makes a utun, tun or wintun device (see :doc:`platforms`).
     """
+    if _dispatch.OTHER_PLATFORM:
+        return _dispatch.open_device(
+            Layer.L3,
+            name,
+            addresses=addresses,
+            mtu=mtu,
+            up=up,
+            persist=persist,
+            owner=owner,
+            group=group,
+            packet_info=packet_info,
+            netns=netns,
+            offload=offload,
+            queues=queues,
+            wintun_dll=wintun_dll,
+            ring_capacity=ring_capacity,
+        )
     config = TunConfig(
         layer=Layer.L3,
         name=name,
@@ -249,7 +275,24 @@ def open_tap(
         mac: The device's MAC address (``"02:00:00:00:00:01"``); random when omitted.
 
     Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
+    TAP exists on Linux and the BSDs; elsewhere this raises ``NotImplementedError``.
     """
+    if _dispatch.OTHER_PLATFORM:
+        return _dispatch.open_device(
+            Layer.L2,
+            name,
+            addresses=addresses,
+            mac=mac,
+            mtu=mtu,
+            up=up,
+            persist=persist,
+            owner=owner,
+            group=group,
+            packet_info=packet_info,
+            netns=netns,
+            offload=False,
+            queues=queues,
+        )
     config = TunConfig(
         layer=Layer.L2,
         name=name,
@@ -276,6 +319,7 @@ def from_fd(
     vnet_hdr: bool | None = None,
     packet_info: bool | None = None,
     offload: OffloadFlags | None = None,
+    header: HeaderMode = None,
 ) -> PacketStream:
     """Wrap a TUN/TAP fd obtained elsewhere (Android ``VpnService``, fd passing, ...).
 
@@ -292,10 +336,27 @@ def from_fd(
             the kernel does not report back.  It decides whether UDP segments
             are coalesced on send (only with USO).  Default: CSUM+TSO4+TSO6
             when the fd has a virtio header, else none.
+        header: ``None``/``"none"``: every read is one bare packet (Linux,
+            Android's ``VpnService``).  ``"af4"``: packets carry the 4-byte
+            big-endian address-family header of macOS/iOS utun and BSD tun fds,
+            numbered as this system numbers ``AF_INET6``; the stream strips it
+            on receive and adds it on send, so users see bare IP packets.
 
     On Linux, when the fd is a ``/dev/net/tun`` fd, the stream also gets device
-    control (name, MTU, addresses) for the device in the caller's namespace.
+    control (name, MTU, addresses) for the device in the caller's namespace;
+    on macOS and FreeBSD an ``"af4"`` fd whose interface can be named gets it
+    too.  See :doc:`platforms` for the Android and iOS recipes.
     """
+    if header == "af4" or _dispatch.OTHER_PLATFORM or header not in (None, "none"):
+        return _dispatch.wrap_fd(
+            fd,
+            owned=owned,
+            layer=layer,
+            vnet_hdr=vnet_hdr,
+            packet_info=packet_info,
+            offload=offload,
+            header=header,
+        )
     kind = Layer(layer) if isinstance(layer, str) else layer
     control: DeviceControl | None = None
     try:

@@ -243,7 +243,8 @@ class NetNamespace:
     ) -> socket.socket:
         """A socket that lives in this namespace (wrap it with trio/anyio as usual)."""
         with self.entered():
-            return socket.socket(family, type | socket.SOCK_CLOEXEC, proto)
+            # Python creates sockets close-on-exec (PEP 446).
+            return socket.socket(family, type, proto)
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start *argv* inside this namespace (for tools such as ``ping`` in tests)."""

@@ -7,10 +7,10 @@ Every function here is synchronous and quick; nothing here talks netlink
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import struct
-from typing import Final
+import sys
+from typing import Any, Final
 
 import attrs
 
@@ -20,6 +20,22 @@ from .._errors import (
     TunPermissionError,
     TunUnavailableError,
 )
+
+if sys.platform == "win32":
+    # OffloadFlags lives here, so every platform imports this module; only
+    # Linux calls into it.  Windows has neither fcntl nor these open flags.
+
+    class _NoFcntl:
+        @staticmethod
+        def ioctl(fd: int, request: int, arg: int | bytes = 0, /) -> Any:
+            raise OSError(errno.ENOTSUP, "ioctl() does not exist on Windows")
+
+    fcntl = _NoFcntl()
+    _OPEN_FLAGS: Final = 0
+else:
+    import fcntl
+
+    _OPEN_FLAGS: Final = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
 
 TUN_PATH: Final = "/dev/net/tun"
 
@@ -97,7 +113,7 @@ FULL_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True, uso4=True, u
 def open_tun_file() -> int:
     """Open ``/dev/net/tun`` non-blocking and close-on-exec, with errors a user can act on."""
     try:
-        return os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.open(TUN_PATH, _OPEN_FLAGS)
     except FileNotFoundError:
         raise TunUnavailableError(
             errno.ENOENT,
@@ -222,7 +238,8 @@ def get_mtu(name: str) -> int:
     """MTU of *name* in the calling thread's namespace (a quick ioctl, no netlink)."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    # Python creates sockets close-on-exec (PEP 446) on every platform.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         answer = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, _IFREQ_INT.pack(name.encode(), 0))
     return int(_IFREQ_INT.unpack(answer)[1])
 

@@ -1,0 +1,753 @@
+"""Windows: layer-3 devices through wintun.
+
+wintun (https://www.wintun.net/) is a small signed driver plus ``wintun.dll``.
+An adapter is created by name, a *session* on it maps two rings into the
+process, and packets move without system calls: ``WintunReceivePacket``
+hands out the next received packet in the ring (released with
+``WintunReleaseReceivePacket``), ``WintunAllocateSendPacket`` reserves room
+for an outgoing one that ``WintunSendPacket`` commits.  When the receive
+ring is empty (``ERROR_NO_MORE_ITEMS``) a reader waits on the session's
+auto-reset read event; when the send ring is full (``ERROR_BUFFER_OVERFLOW``)
+there is nothing to wait on, so a sender backs off and retries.
+
+:class:`WintunStream` gives this the public API of
+:class:`~trio_tun.TunStream` on Linux: the same receive/send/batch methods,
+statistics, typed attributes, device control (through the IP Helper API, by
+interface LUID) and the same promises:
+
+* a cancelled ``receive`` never loses a packet and never leaks a ring slot:
+  a packet is taken, copied and released with no checkpoint in between, and
+  waiting happens only while the ring is empty;
+* a cancelled ``send`` sent the packet whole or not at all: allocation,
+  copy and commit happen together, and cancellation can only strike while
+  backing off from a full ring, before anything was allocated.
+
+Waiting for the read event is the only part that depends on the event loop.
+Under Trio it is ``trio.lowlevel.WaitForSingleObject``; otherwise (asyncio
+through anyio) a worker thread waits on the read event *and* a private
+cancel event, which a cancelled or closed receive sets so the thread stops
+waiting at once — the read event is auto-reset, so there must never be a
+second waiter.  The strategy is injectable, which is how the logic above it
+is tested on Linux against a faithful fake of the ring and the events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import anyio
+import anyio.to_thread
+import trio
+
+from .._config import Address, Layer, TunConfig
+from .._errors import (
+    BrokenResourceError,
+    ClosedResourceError,
+    DeviceBusyError,
+    TunPermissionError,
+)
+from .._stats import Counters
+from .._stream import _WOULD_BLOCK, MAX_PACKET, SCHEDULE_EVERY, TunAttribute, TunStream, _Guard
+from ._control import InterfaceControl, Network, PlatformControlMixin, device_context
+from ._winapi import (
+    AF_INET,
+    AF_INET6,
+    AF_UNSPEC,
+    ERROR_ACCESS_DENIED,
+    ERROR_ALREADY_EXISTS,
+    ERROR_BUFFER_OVERFLOW,
+    ERROR_FILE_NOT_FOUND,
+    ERROR_HANDLE_EOF,
+    ERROR_INVALID_DATA,
+    ERROR_NO_MORE_ITEMS,
+    ERROR_NOT_FOUND,
+    ERROR_OBJECT_ALREADY_EXISTS,
+    INFINITE,
+    IP_DAD_STATE_PREFERRED,
+    MAX_ADAPTER_NAME,
+    MIB_IPFORWARD_ROW2,
+    MIB_IPINTERFACE_ROW,
+    MIB_IPPROTO_NETMGMT,
+    MIB_UNICASTIPADDRESS_ROW,
+    NO_ERROR,
+    SOCKADDR_INET,
+    WINTUN_MAX_RING_CAPACITY,
+    WINTUN_MIN_RING_CAPACITY,
+    EventApi,
+    IpHelperApi,
+    WinApiError,
+    WintunApi,
+    default_events,
+    default_iphelper,
+    load_wintun,
+)
+from .linux import NO_OFFLOAD
+
+PLATFORM: Final = "Windows"
+#: Default session ring: 4 MiB (wintun allows powers of two from 128 KiB to 64 MiB).
+DEFAULT_RING_CAPACITY: Final = 0x400000
+#: Name used when ``open_tun`` gets none: the first free ``trio-tun0``, ``trio-tun1``...
+DEFAULT_NAME: Final = "trio-tun%d"
+#: The tunnel type wintun shows for our adapters.
+TUNNEL_TYPE: Final = "trio-tun"
+#: Back-off while the send ring is full: from 50 us doubling to 2 ms.
+SEND_BACKOFF_MIN: Final = 0.00005
+SEND_BACKOFF_MAX: Final = 0.002
+#: How many ``%d`` names are tried before giving up.
+MAX_NAME_TRIES: Final = 1000
+
+
+# -- validation (before any system call) ------------------------------------------
+
+
+def check_ring_capacity(capacity: int | None) -> int:
+    """The session ring size: a power of two from 128 KiB to 64 MiB (default 4 MiB)."""
+    if capacity is None:
+        return DEFAULT_RING_CAPACITY
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"ring_capacity must be an int, not {capacity!r}")
+    if not WINTUN_MIN_RING_CAPACITY <= capacity <= WINTUN_MAX_RING_CAPACITY or capacity & (
+        capacity - 1
+    ):
+        raise ValueError(
+            f"ring_capacity {capacity} must be a power of two from {WINTUN_MIN_RING_CAPACITY} "
+            f"(128 KiB) to {WINTUN_MAX_RING_CAPACITY} (64 MiB)"
+        )
+    return capacity
+
+
+def check_adapter_name(name: str | None) -> str:
+    """A wintun adapter name: up to 127 characters, optionally with one ``%d``."""
+    if name is None:
+        return DEFAULT_NAME
+    if not isinstance(name, str):
+        raise TypeError(f"device name must be a string, not {name!r}")
+    if not name or len(name) >= MAX_ADAPTER_NAME or "\0" in name:
+        raise ValueError(
+            f"device name {name!r}: a wintun adapter name has 1 to {MAX_ADAPTER_NAME - 1} "
+            "characters"
+        )
+    if name.count("%") > 1 or ("%" in name and "%d" not in name):
+        raise ValueError(f"device name {name!r}: the only pattern allowed is a single '%d'")
+    return name
+
+
+# -- waiting for the read event -----------------------------------------------------------
+
+
+class HandleWaiter(Protocol):
+    """Waits for the session's read event; one wait at a time."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def wait(self, handle: int) -> None:
+        """Return once *handle* was signalled, or :meth:`abort` was called."""
+
+    def abort(self) -> None:
+        """Make a wait in progress return promptly (synchronous; from any task)."""
+
+
+class _CancelToken:
+    """A private manual-reset event, shared by one waiting thread and its task.
+
+    Whichever side finishes last closes the event, and a thread that starts
+    only after its task gave up does not wait at all.  Setting the event
+    satisfies the thread's ``WaitForMultipleObjects`` at once, so from then on
+    the thread can no longer consume a signal of the read event.
+    """
+
+    def __init__(self, events: EventApi) -> None:
+        self._events = events
+        self._handle: int | None = events.create_event(True)
+        self._lock = threading.Lock()
+        self._started = False
+        self._thread_done = False
+        self._task_done = False
+
+    def wait_in_thread(self, handle: int) -> int:
+        with self._lock:
+            if self._task_done or self._handle is None:
+                return -1  # the task gave up before this thread ran
+            self._started = True
+            cancel = self._handle
+        try:
+            return self._events.wait_any([handle, cancel], INFINITE)
+        finally:
+            self._thread_finished()
+
+    def _thread_finished(self) -> None:
+        with self._lock:
+            self._thread_done = True
+            if self._task_done:
+                self._close()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._events.set_event(self._handle)
+
+    def task_done(self) -> None:
+        with self._lock:
+            self._task_done = True
+            if self._handle is None:
+                return
+            self._events.set_event(self._handle)
+            if self._thread_done or not self._started:
+                self._close()
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._events.close_handle(self._handle)
+            self._handle = None
+
+
+class ThreadWaiter:
+    """Waits in a worker thread (anyio), interruptible through a private cancel event."""
+
+    def __init__(self, events: EventApi) -> None:
+        self._events = events
+        self._token: _CancelToken | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._token is not None
+
+    async def wait(self, handle: int) -> None:
+        if self._limiter is None:
+            # Our own limiter: a long wait must not hold one of the default
+            # pool's tokens that other to_thread work (device control) needs.
+            self._limiter = anyio.CapacityLimiter(1)
+        token = self._token = _CancelToken(self._events)
+        try:
+            await anyio.to_thread.run_sync(
+                token.wait_in_thread, handle, abandon_on_cancel=True, limiter=self._limiter
+            )
+        finally:
+            self._token = None
+            token.task_done()
+
+    def abort(self) -> None:
+        token = self._token
+        if token is not None:
+            token.cancel()
+
+
+class TrioWaiter:
+    """Waits with ``trio.lowlevel.WaitForSingleObject`` (injected, so it can be faked)."""
+
+    def __init__(self, wait_for_single_object: Callable[[int], Awaitable[object]]) -> None:
+        self._wait = wait_for_single_object
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._scope is not None
+
+    async def wait(self, handle: int) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                await self._wait(handle)
+            finally:
+                self._scope = None
+
+    def abort(self) -> None:
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
+
+
+WaiterFactory = Callable[[str], HandleWaiter]
+
+
+def default_waiter_factory(events: EventApi) -> WaiterFactory:
+    """Trio's own wait under Trio on Windows, a worker-thread wait otherwise."""
+
+    def factory(backend: str) -> HandleWaiter:
+        if sys.platform == "win32" and backend == "trio":
+            return TrioWaiter(trio.lowlevel.WaitForSingleObject)
+        return ThreadWaiter(events)
+
+    return factory
+
+
+# -- device control through the IP Helper API --------------------------------------------
+
+
+def _set_sockaddr(
+    target: SOCKADDR_INET, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> None:
+    if isinstance(address, ipaddress.IPv4Address):
+        target.Ipv4.sin_family = AF_INET
+        target.Ipv4.sin_addr[:] = address.packed
+    else:
+        target.Ipv6.sin6_family = AF_INET6
+        target.Ipv6.sin6_addr[:] = address.packed
+
+
+def _get_sockaddr(source: SOCKADDR_INET) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if source.si_family == AF_INET:
+        return ipaddress.IPv4Address(bytes(source.Ipv4.sin_addr))
+    if source.si_family == AF_INET6:
+        return ipaddress.IPv6Address(bytes(source.Ipv6.sin6_addr))
+    return None
+
+
+def _check(code: int, what: str) -> None:
+    if code == NO_ERROR:
+        return
+    if code == ERROR_ACCESS_DENIED:
+        raise TunPermissionError(errno.EACCES, f"{what} needs Administrator rights")
+    if code in (ERROR_OBJECT_ALREADY_EXISTS, ERROR_ALREADY_EXISTS):
+        raise FileExistsError(errno.EEXIST, f"{what}: already there")
+    if code in (ERROR_NOT_FOUND, ERROR_FILE_NOT_FOUND):
+        raise LookupError(f"{what}: not found")
+    raise WinApiError(code, what)
+
+
+class WindowsControl:
+    """Addresses, MTU and routes of a wintun adapter, by LUID, through :class:`IpHelperApi`."""
+
+    def __init__(self, iphelper: IpHelperApi, luid: int, name: str, index: int) -> None:
+        self._ip = iphelper
+        self._luid = luid
+        self._name = name
+        self._index = index
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def index(self) -> int:
+        return self._index
+
+    @property
+    def luid(self) -> int:
+        return self._luid
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _interface_row(self, family: int) -> tuple[MIB_IPINTERFACE_ROW, int]:
+        row = MIB_IPINTERFACE_ROW()
+        row.Family = family
+        row.InterfaceLuid = self._luid
+        return row, self._ip.get_ip_interface_entry(row)
+
+    def get_mtu(self) -> int:
+        row, code = self._interface_row(AF_INET)
+        _check(code, f"reading the MTU of {self._name}")
+        return int(row.NlMtu)
+
+    def set_mtu(self, mtu: int) -> None:
+        for family in (AF_INET, AF_INET6):
+            row, code = self._interface_row(family)
+            if code == ERROR_NOT_FOUND and family == AF_INET6:
+                continue  # IPv6 is off on this adapter
+            _check(code, f"reading the interface of {self._name}")
+            row.NlMtu = mtu
+            if family == AF_INET:
+                row.SitePrefixLength = 0  # SetIpInterfaceEntry rejects IPv4 rows otherwise
+            _check(self._ip.set_ip_interface_entry(row), f"setting the MTU of {self._name}")
+
+    def set_up(self, up: bool) -> None:
+        if not up:
+            raise NotImplementedError(
+                "a wintun adapter is up while its session runs; close the stream to take it down"
+            )
+
+    def is_up(self) -> bool:
+        return not self._closed
+
+    def addresses(self) -> list[Address]:
+        found: list[Address] = []
+        for row in self._ip.unicast_ip_addresses(AF_UNSPEC):
+            if row.InterfaceLuid != self._luid:
+                continue
+            address = _get_sockaddr(row.Address)
+            if address is not None:
+                found.append(ipaddress.ip_interface(f"{address}/{row.OnLinkPrefixLength}"))
+        return found
+
+    def _address_row(self, address: Address) -> MIB_UNICASTIPADDRESS_ROW:
+        row = MIB_UNICASTIPADDRESS_ROW()
+        self._ip.initialize_unicast_ip_address_entry(row)
+        _set_sockaddr(row.Address, address.ip)
+        row.InterfaceLuid = self._luid
+        row.OnLinkPrefixLength = address.network.prefixlen
+        row.DadState = IP_DAD_STATE_PREFERRED
+        return row
+
+    def add_address(self, address: Address) -> None:
+        row = self._address_row(address)
+        _check(self._ip.create_unicast_ip_address_entry(row), f"adding {address} to {self._name}")
+
+    def remove_address(self, address: Address) -> None:
+        row = self._address_row(address)
+        code = self._ip.delete_unicast_ip_address_entry(row)
+        _check(code, f"removing {address} from {self._name}")
+
+    def _route_row(self, network: Network) -> MIB_IPFORWARD_ROW2:
+        row = MIB_IPFORWARD_ROW2()
+        self._ip.initialize_ip_forward_entry(row)
+        row.InterfaceLuid = self._luid
+        _set_sockaddr(row.DestinationPrefix.Prefix, network.network_address)
+        row.DestinationPrefix.PrefixLength = network.prefixlen
+        # An unspecified next hop of the right family: the prefix is on-link.
+        row.NextHop.si_family = AF_INET if network.version == 4 else AF_INET6
+        row.Protocol = MIB_IPPROTO_NETMGMT
+        return row
+
+    def add_route(self, network: Network, metric: int | None) -> None:
+        row = self._route_row(network)
+        row.Metric = 0 if metric is None else metric
+        _check(self._ip.create_ip_forward_entry2(row), f"adding a route to {network}")
+
+    def remove_route(self, network: Network) -> None:
+        row = self._route_row(network)
+        _check(self._ip.delete_ip_forward_entry2(row), f"removing the route to {network}")
+
+    def routes(self) -> list[Network]:
+        found: list[Network] = []
+        for row in self._ip.ip_forward_rows(AF_UNSPEC):
+            if row.InterfaceLuid != self._luid:
+                continue
+            destination = _get_sockaddr(row.DestinationPrefix.Prefix)
+            if destination is None or destination.is_multicast or destination.is_link_local:
+                continue
+            prefixlen = int(row.DestinationPrefix.PrefixLength)
+            if prefixlen == destination.max_prefixlen and row.Protocol != MIB_IPPROTO_NETMGMT:
+                continue  # the stack's own host routes (the address, the broadcast)
+            network = ipaddress.ip_network(f"{destination}/{prefixlen}", strict=False)
+            if network not in found:
+                found.append(network)
+        return found
+
+
+# -- the stream -------------------------------------------------------------------------------
+
+
+class WintunStream(PlatformControlMixin, TunStream):
+    """A wintun session as a :class:`~trio_tun.TunStream`: bare IP packets.
+
+    Not instantiated directly: use :func:`trio_tun.open_tun` on Windows.
+    There is no file descriptor (``fileno()`` is -1), no offload and one
+    queue.
+    """
+
+    def __init__(
+        self,
+        api: WintunApi,
+        events: EventApi,
+        *,
+        adapter: int,
+        session: int,
+        read_event: int,
+        control: InterfaceControl | None,
+        waiter_factory: WaiterFactory | None = None,
+    ) -> None:
+        # PacketStream.__init__ wants an fd; set up the same state by hand
+        # (tests/platform check that nothing is missing).
+        self._fd = -1
+        self._owned = True
+        self._original_blocking = True
+        self._vnet_hdr = False
+        self._offload = NO_OFFLOAD
+        self._packet_info = False
+        self._control = None
+        self._owns_control = False
+        self._queues = [self]
+        self._backend = None
+        self._receive_guard = _Guard("receiving")
+        self._send_guard = _Guard("sending")
+        self._receive_budget = 0
+        self._send_budget = 0
+        self._pending: deque[bytes] = deque()
+        self._counters = Counters()
+        self._coalesce = False
+        self._refused_errno = 0
+        self._attached = True
+        self._max_packet = MAX_PACKET
+        self._read_buffer = bytearray()
+        self._read_view = memoryview(self._read_buffer)
+        # wintun state
+        self._api = api
+        self._adapter = adapter
+        self._session = session
+        self._read_event = read_event
+        self._ifcontrol = control
+        self._waiter_factory = waiter_factory or default_waiter_factory(events)
+        self._waiter: HandleWaiter | None = None
+        self._closing = False
+        self._finalized = False
+        self._send_delay = SEND_BACKOFF_MIN
+
+    # -- introspection
+
+    def fileno(self) -> int:
+        """Always -1: a wintun session has no file descriptor."""
+        return -1
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attrs: dict[Any, Callable[[], Any]] = {
+            TunAttribute.layer: lambda: self.layer,
+            TunAttribute.offload: lambda: self._offload,
+        }
+        attrs.update(self._control_attributes())
+        return attrs
+
+    # -- ring access (synchronous: no checkpoint between taking and releasing)
+
+    def _check_open(self) -> int:
+        if self._closing:
+            raise ClosedResourceError("this stream was closed")
+        return self._session
+
+    def _pull_one(self) -> bool:
+        """Move one packet from the ring to the pending queue; False if the ring is empty."""
+        session = self._check_open()
+        api = self._api
+        pointer, size = api.receive_packet(session)
+        if not pointer:
+            code = size
+            if code == ERROR_NO_MORE_ITEMS:
+                return False
+            if code == ERROR_HANDLE_EOF:
+                raise BrokenResourceError("receiving failed: the wintun adapter was removed")
+            if code == ERROR_INVALID_DATA:
+                raise BrokenResourceError("receiving failed: the wintun ring is corrupt")
+            raise WinApiError(code, "WintunReceivePacket")
+        try:
+            packet = api.copy_from(pointer, size)
+        finally:
+            api.release_receive_packet(session, pointer)
+        counters = self._counters
+        counters.reads += 1
+        counters.read_bytes += size
+        self._pending.append(packet)
+        return True
+
+    def _fill(self, wanted: int) -> None:
+        pending = self._pending
+        while len(pending) < wanted:
+            if not self._pull_one():
+                return
+
+    def _fill_reads(self, reads: int) -> None:
+        for _ in range(reads):
+            if not self._pull_one():
+                return
+
+    def _write_once(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+        session = self._check_open()
+        data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
+        size = len(data)
+        api = self._api
+        pointer, code = api.allocate_send_packet(session, size)
+        if not pointer:
+            if code == ERROR_BUFFER_OVERFLOW:
+                return _WOULD_BLOCK
+            if code == ERROR_HANDLE_EOF:
+                raise BrokenResourceError("sending failed: the wintun adapter was removed")
+            raise WinApiError(code, "WintunAllocateSendPacket")
+        # Allocated ring space must be committed, or the ring stalls behind it.
+        try:
+            api.copy_to(pointer, data)
+        finally:
+            api.send_packet(session, pointer)
+        self._send_delay = SEND_BACKOFF_MIN
+        counters = self._counters
+        counters.writes += 1
+        counters.write_bytes += size
+        return size
+
+    # -- waiting
+
+    async def _wait(self, readable: bool) -> None:
+        if not readable:
+            # A full send ring has no event to wait on: back off, then retry.
+            # Cancellation here is safe: nothing was allocated.
+            delay = self._send_delay
+            self._send_delay = min(delay * 2, SEND_BACKOFF_MAX)
+            await anyio.sleep(delay)
+            self._send_budget = SCHEDULE_EVERY
+            return
+        self._check_open()
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = self._waiter_factory(self._get_backend().name)
+        try:
+            await waiter.wait(self._read_event)
+        finally:
+            if self._closing:
+                self._finalize()
+        if self._closing:
+            raise ClosedResourceError("another task closed this stream")
+        self._receive_budget = SCHEDULE_EVERY
+
+    # -- raw variants: a wintun ring slot is one bare packet
+
+    async def receive_raw(self) -> bytes:
+        """Same as :meth:`receive`: wintun packets carry no headers."""
+        return await self.receive()
+
+    async def send_raw(self, frame: bytes | bytearray | memoryview) -> None:
+        """Same as :meth:`send`: wintun packets carry no headers."""
+        await self.send(frame)
+
+    # -- single queue
+
+    def detach_queue(self) -> None:
+        raise NotImplementedError("multi-queue devices are Linux-only")
+
+    def attach_queue(self) -> None:
+        raise NotImplementedError("multi-queue devices are Linux-only")
+
+    # -- closing
+
+    def close(self) -> None:
+        """End the session and close (which removes) the adapter.
+
+        A task blocked in :meth:`receive` is woken with ``ClosedResourceError``;
+        if one is waiting, it ends the session itself once its wait has
+        returned, so the read event is never closed under a waiter.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._counters.rx_dropped += len(self._pending)
+        self._pending.clear()
+        if self._ifcontrol is not None:
+            self._ifcontrol.close()
+        waiter = self._waiter
+        if waiter is not None and waiter.busy:
+            waiter.abort()
+        else:
+            self._finalize()
+
+    def _finalize(self) -> None:
+        if self._finalized:
+            return
+        self._finalized = True
+        try:
+            self._api.end_session(self._session)
+        finally:
+            self._api.close_adapter(self._adapter)
+
+    def __del__(self) -> None:
+        if getattr(self, "_finalized", True):
+            return
+        with contextlib.suppress(Exception):
+            self._finalize()
+
+    def __repr__(self) -> str:
+        name = self._ifcontrol.name if self._ifcontrol is not None else "?"
+        return f"<WintunStream {name!r}{' closed' if self._closing else ''}>"
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def create_adapter(api: WintunApi, name: str) -> tuple[int, str]:
+    """Create the adapter; with ``%d`` in *name*, the first number not taken."""
+    if "%d" not in name:
+        return _create(api, name), name
+    for number in range(MAX_NAME_TRIES):
+        candidate = name.replace("%d", str(number))
+        try:
+            existing = api.open_adapter(candidate)
+        except WinApiError as exc:
+            if exc.code not in (ERROR_FILE_NOT_FOUND, ERROR_NOT_FOUND):
+                raise
+            return _create(api, candidate), candidate
+        api.close_adapter(existing)
+    raise DeviceBusyError(errno.EBUSY, f"no free adapter name matching {name!r}")
+
+
+def _create(api: WintunApi, name: str) -> int:
+    try:
+        return api.create_adapter(name, TUNNEL_TYPE)
+    except WinApiError as exc:
+        if exc.code == ERROR_ACCESS_DENIED:
+            raise TunPermissionError(
+                errno.EACCES, f"creating wintun adapter {name!r} needs Administrator rights"
+            ) from None
+        raise
+
+
+def open_device(
+    config: TunConfig,
+    name: str | None,
+    *,
+    wintun_dll: str | os.PathLike[str] | None = None,
+    ring_capacity: int | None = None,
+    api: WintunApi | None = None,
+    events: EventApi | None = None,
+    iphelper: IpHelperApi | None = None,
+    waiter_factory: WaiterFactory | None = None,
+) -> contextlib.AbstractAsyncContextManager[WintunStream]:
+    """``open_tun`` on Windows.  Arguments are checked now; the adapter is made on entry."""
+    if config.layer is not Layer.L3:
+        raise NotImplementedError(f"TAP devices are not available on {PLATFORM} (wintun is L3)")
+    capacity = check_ring_capacity(ring_capacity)
+    adapter_name = check_adapter_name(name)
+    return _opened(
+        config, adapter_name, capacity, wintun_dll, api, events, iphelper, waiter_factory
+    )
+
+
+@contextlib.asynccontextmanager
+async def _opened(
+    config: TunConfig,
+    name: str,
+    capacity: int,
+    wintun_dll: str | os.PathLike[str] | None,
+    api: WintunApi | None,
+    events: EventApi | None,
+    iphelper: IpHelperApi | None,
+    waiter_factory: WaiterFactory | None,
+) -> AsyncIterator[WintunStream]:
+    api = api or load_wintun(wintun_dll)
+    events = events or default_events()
+    iphelper = iphelper or default_iphelper()
+    adapter, actual = create_adapter(api, name)
+    try:
+        luid = api.get_adapter_luid(adapter)
+        index = iphelper.convert_interface_luid_to_index(luid)
+        session = api.start_session(adapter, capacity)
+    except BaseException:
+        api.close_adapter(adapter)
+        raise
+    control = WindowsControl(iphelper, luid, actual, index)
+    stream = WintunStream(
+        api,
+        events,
+        adapter=adapter,
+        session=session,
+        read_event=api.get_read_wait_event(session),
+        control=control,
+        waiter_factory=waiter_factory,
+    )
+    async with device_context(stream, control, config) as opened:
+        yield opened

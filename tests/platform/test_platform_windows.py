@@ -1,0 +1,452 @@
+"""The wintun backend against faithful fakes of the ring, the events and IP Helper.
+
+Every stream test runs on both event loops, and on each with the waiting
+strategy Windows would use there: a worker thread with a private cancel
+event under asyncio, ``trio.lowlevel.WaitForSingleObject`` under Trio (here
+a stand-in built the way Trio builds it, on the fake events).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import pytest
+import sniffio
+import trio
+from win_fakes import FakeEvents, FakeIpHelper, FakeWintun
+
+import trio_tun
+from packets_util import udp4, udp6
+from trio_tun import Layer, TunAttribute, TunConfig
+from trio_tun.platform import _winapi as w
+from trio_tun.platform import windows
+
+pytestmark = pytest.mark.anyio
+
+V4 = udp4("10.8.0.2", "10.8.0.1", 1, 2, b"x" * 100)
+V6 = udp6("fd00:8::2", "fd00:8::1", 1, 2, b"y" * 100)
+
+
+def fake_wait_for_single_object(events: FakeEvents):  # type: ignore[no-untyped-def]
+    """What ``trio.lowlevel.WaitForSingleObject`` does, on the fake events."""
+
+    async def wait(handle: int) -> None:
+        if events.wait_any([handle], 0) == 0:  # already signalled: consumed
+            await trio.lowlevel.checkpoint()
+            return
+        cancel = events.create_event(True)
+        try:
+            await trio.to_thread.run_sync(
+                events.wait_any, [handle, cancel], w.INFINITE, abandon_on_cancel=True
+            )
+        finally:
+            events.set_event(cancel)
+            events.close_handle(cancel)
+
+    return wait
+
+
+class Rig:
+    def __init__(self, *, existing: tuple[str, ...] = (), strategy: str = "native") -> None:
+        self.events = FakeEvents()
+        self.wintun = FakeWintun(self.events, existing=existing)
+        self.iphelper = FakeIpHelper()
+        self.waiters: list[str] = []
+        self.strategy = strategy
+
+    def factory(self, backend: str) -> windows.HandleWaiter:
+        self.waiters.append(backend)
+        if backend == "trio" and self.strategy == "native":
+            return windows.TrioWaiter(fake_wait_for_single_object(self.events))
+        return windows.ThreadWaiter(self.events)
+
+    def open(self, name: str | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
+        ring = kwargs.pop("ring_capacity", None)
+        return windows.open_device(
+            TunConfig(layer=Layer.L3, **kwargs),  # type: ignore[arg-type]
+            name,
+            ring_capacity=ring,  # type: ignore[arg-type]
+            api=self.wintun,
+            events=self.events,
+            iphelper=self.iphelper,
+            waiter_factory=self.factory,
+        )
+
+    def check_clean(self) -> None:
+        assert self.events.errors == []
+        for session in self.wintun.sessions.values():
+            assert session.outstanding_rx == {}, "a ring packet leaked"
+            assert session.allocated == {}, "an allocated packet was never sent"
+            assert self.events.max_waiters.get(session.read_event, 0) <= 1
+
+
+@pytest.fixture(params=["native", "thread"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """``native``: each loop's Windows strategy; ``thread``: the worker-thread wait
+    on both loops (what the asyncio path does, run under Trio as well)."""
+    made = Rig(strategy=request.param)
+    yield made
+    made.check_clean()
+
+
+@pytest.fixture
+async def dev(rig: Rig) -> AsyncIterator[windows.WintunStream]:
+    async with rig.open() as stream:
+        yield stream
+
+
+def later(delay: float, fn, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
+    thread = threading.Thread(target=lambda: (time.sleep(delay), fn(*args)), daemon=True)
+    thread.start()
+    return thread
+
+
+# -- opening, configuration, closing -------------------------------------------------
+
+
+async def test_open_configure_close(rig: Rig) -> None:
+    rig.wintun.existing.add("trio-tun0")
+    async with rig.open(addresses=["10.8.0.1/24", "fd00:8::1/64"], mtu=1400) as dev:
+        assert isinstance(dev, trio_tun.TunStream)
+        assert dev.name == "trio-tun1"  # trio-tun0 belongs to someone else
+        assert ("create", "trio-tun1", "trio-tun") in rig.wintun.calls
+        start = next(c for c in rig.wintun.calls if c[0] == "start")
+        assert start[2] == 4 * 1024 * 1024
+        assert dev.extra(TunAttribute.name) == "trio-tun1"
+        assert dev.extra(TunAttribute.layer) is Layer.L3
+        with pytest.raises(anyio.TypedAttributeLookupError):
+            dev.extra(TunAttribute.fileno)
+        assert dev.fileno() == -1
+        assert dev.mtu == 1400
+        assert set(map(str, await dev.addresses())) == {"10.8.0.1/24", "fd00:8::1/64"}
+        assert await dev.is_up()
+        with pytest.raises(NotImplementedError, match="session"):
+            await dev.set_down()
+        session = rig.wintun.session()
+    assert dev.closed
+    names = [c[0] for c in rig.wintun.calls]
+    assert names[-2:] == ["end", "close"]  # session ended, then the adapter closed
+    assert session.ended
+    assert "trio-tun1" not in rig.wintun.existing  # closing a created adapter removes it
+
+
+async def test_names_and_ring_are_checked_before_any_call(rig: Rig) -> None:
+    for capacity in (3 << 20, 0x10000, 0x8000000, 0):
+        with pytest.raises(ValueError, match="power of two"):
+            rig.open(ring_capacity=capacity)
+    with pytest.raises(TypeError):
+        rig.open(ring_capacity=True)
+    for name in ("", "x" * 128, "a%sb", "vpn%d%d"):
+        with pytest.raises(ValueError):
+            rig.open(name)
+    assert rig.wintun.calls == []
+    async with rig.open("My VPN", ring_capacity=0x20000) as dev:
+        assert dev.name == "My VPN"
+        assert next(c for c in rig.wintun.calls if c[0] == "start")[2] == 0x20000
+
+
+async def test_create_errors(rig: Rig) -> None:
+    rig.wintun.fail_create = w.ERROR_ACCESS_DENIED
+    with pytest.raises(trio_tun.TunPermissionError, match="Administrator"):
+        async with rig.open():
+            pass
+
+
+async def test_failed_configuration_removes_the_adapter(rig: Rig) -> None:
+    rig.iphelper.create_address_error = w.ERROR_ACCESS_DENIED
+    with pytest.raises(trio_tun.TunPermissionError, match="Administrator"):
+        async with rig.open(addresses=["10.8.0.1/24"]):
+            pytest.fail("the block must not run")
+    assert all(a.closed for a in rig.wintun.adapters.values())
+    assert all(s.ended for s in rig.wintun.sessions.values())
+
+
+def test_missing_dll_says_where_to_get_it() -> None:
+    def loader(path: str) -> w.WintunApi:
+        raise OSError(2, "The specified module could not be found")
+
+    with pytest.raises(trio_tun.TunUnavailableError) as info:
+        w.load_wintun(loader=loader)
+    message = str(info.value)
+    assert "https://www.wintun.net/" in message
+    assert "next to your application" in message
+    assert "wintun_dll=" in message
+    assert "wintun.dll" in message
+    with pytest.raises(trio_tun.TunUnavailableError, match=r"C:\\x\\wintun.dll"):
+        w.load_wintun("C:\\x\\wintun.dll", loader=loader)
+    # The default search: next to the script and the interpreter, then the search path.
+    candidates = w.wintun_candidates(None)
+    assert candidates[-1] == "wintun.dll"
+    assert all(c.endswith("wintun.dll") for c in candidates)
+    # Off Windows the real loader refuses cleanly.
+    with pytest.raises(trio_tun.TunUnavailableError):
+        w.load_wintun("/nonexistent/wintun.dll")
+
+
+def test_stream_has_every_attribute_a_packet_stream_sets() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with theirs:
+        reference = trio_tun.TunStream(ours.detach())
+        rig = Rig()
+        stream = windows.WintunStream(
+            rig.wintun, rig.events, adapter=1, session=2, read_event=3, control=None
+        )
+        assert set(vars(reference)) <= set(vars(stream))
+        reference.close()
+
+
+# -- receiving -------------------------------------------------------------------------
+
+
+async def test_receive_waits_for_the_read_event(rig: Rig, dev: windows.WintunStream) -> None:
+    later(0.05, rig.wintun.inject, V4)
+    with anyio.fail_after(5):
+        assert await dev.receive() == V4
+    for _ in range(5):
+        rig.wintun.inject(V6)
+    with anyio.fail_after(5):
+        assert await dev.receive_batch() == [V6] * 5
+    later(0.02, rig.wintun.inject, V4)
+    with anyio.fail_after(5):
+        assert await dev.receive_raw() == V4
+    stats = dev.statistics()
+    assert stats.rx_packets == 7 and stats.reads == 7
+    # The factory is asked once, with the backend's name.
+    assert rig.waiters == ["trio" if sniffio.current_async_library() == "trio" else "anyio"]
+
+
+async def test_cancelled_receives_never_lose_or_leak(rig: Rig, dev: windows.WintunStream) -> None:
+    rng = random.Random(6)
+    injected: list[bytes] = []
+    received: list[bytes] = []
+    threads = []
+    for round_ in range(25):
+        packet = V4[:-1] + bytes([round_])
+        injected.append(packet)
+        # Inject around the moment the receive is cancelled.
+        threads.append(later(rng.uniform(0, 0.01), rig.wintun.inject, packet))
+        with anyio.move_on_after(rng.uniform(0, 0.01)):
+            received.append(await dev.receive())
+    for thread in threads:
+        thread.join()
+    while len(received) < len(injected):
+        with anyio.fail_after(5):
+            received.append(await dev.receive())
+    # Every packet exactly once (the injecting threads may overtake each other).
+    assert sorted(received) == sorted(injected)
+    session = rig.wintun.session()
+    assert session.outstanding_rx == {}
+    assert rig.events.max_waiters[session.read_event] <= 1
+
+
+async def test_close_wakes_a_blocked_receive(rig: Rig, dev: windows.WintunStream) -> None:
+    session = rig.wintun.session()
+
+    async def closer() -> None:
+        await anyio.sleep(0.05)
+        assert not session.ended or rig.events.waiters_on(session.read_event) == 0
+        await dev.aclose()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(closer)
+            with pytest.raises(trio_tun.ClosedResourceError):
+                await dev.receive()
+    assert session.ended
+    assert rig.events.errors == []  # the read event was not closed under a waiter
+    with pytest.raises(trio_tun.ClosedResourceError):
+        await dev.send(V4)
+    await dev.aclose()  # idempotent
+
+
+async def test_adapter_removal_is_broken(rig: Rig, dev: windows.WintunStream) -> None:
+    later(0.05, rig.wintun.remove_adapter)
+    with anyio.fail_after(5), pytest.raises(trio_tun.BrokenResourceError, match="removed"):
+        await dev.receive()
+    with pytest.raises(trio_tun.BrokenResourceError):
+        await dev.send(V4)
+
+
+async def test_one_receiver_at_a_time(rig: Rig, dev: windows.WintunStream) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dev.receive)
+        await anyio.sleep(0.02)
+        with pytest.raises(trio_tun.BusyResourceError):
+            await dev.receive()
+        rig.wintun.inject(V4)
+    assert rig.events.max_waiters[rig.wintun.session().read_event] == 1
+
+
+# -- sending ---------------------------------------------------------------------------
+
+
+async def test_send_and_batch(rig: Rig, dev: windows.WintunStream) -> None:
+    await dev.send(V4)
+    await dev.send_batch([V6, V4])
+    await dev.send_raw(V6)
+    assert rig.wintun.drain() == [V4, V6, V4, V6]
+    stats = dev.statistics()
+    assert stats.tx_packets == 4 and stats.writes == 4
+    with pytest.raises(ValueError):
+        await dev.send(b"")
+    with pytest.raises(ValueError):
+        await dev.send(b"\x45" * 70000)
+
+
+async def test_full_ring_waits_without_spinning() -> None:
+    rig = Rig()
+    async with rig.open(ring_capacity=0x20000) as dev:
+        packet = V4 + bytes(1400 - len(V4))
+        session = rig.wintun.session()
+        sent = 0
+        while session.overflows == 0:
+            with anyio.move_on_after(0.2) as scope:
+                await dev.send(packet)
+            if scope.cancelled_caught:
+                break
+            sent += 1
+        assert sent == 0x20000 // (4 + 1400)
+        # The send that found the ring full was cancelled: nothing allocated.
+        assert session.allocated == {}
+        assert dev.statistics().tx_packets == sent
+        # A blocked send backs off (tens of attempts, not millions) and goes
+        # through once the driver drains the ring.
+        before = session.allocations
+        later(0.1, rig.wintun.drain)
+        with anyio.fail_after(5):
+            await dev.send(packet)
+        assert session.allocations - before < 120
+        assert rig.wintun.drain() == [packet]
+    rig.check_clean()
+
+
+# -- device control through IP Helper -------------------------------------------------
+
+
+async def test_ip_helper_rows(rig: Rig, dev: windows.WintunStream) -> None:
+    control = dev._ifcontrol
+    assert isinstance(control, windows.WindowsControl)
+    luid = control.luid
+    await dev.add_address("10.8.0.1/24")
+    await dev.add_address("fd00:8::1/64")
+    with pytest.raises(FileExistsError):
+        await dev.add_address("10.8.0.1/24")
+    v4, v6 = rig.iphelper.addresses
+    # MIB_UNICASTIPADDRESS_ROW (netioapi.h): Address (SOCKADDR_INET) 0, InterfaceLuid 32,
+    # ValidLifetime 52, OnLinkPrefixLength 60, DadState 64.
+    assert struct.unpack_from("<H", v4, 0)[0] == 2  # AF_INET
+    assert v4[4:8] == ipaddress.IPv4Address("10.8.0.1").packed  # SOCKADDR_IN.sin_addr
+    assert struct.unpack_from("<Q", v4, 32)[0] == luid
+    assert struct.unpack_from("<I", v4, 52)[0] == 0xFFFFFFFF
+    assert v4[60] == 24
+    assert struct.unpack_from("<i", v4, 64)[0] == 4  # IpDadStatePreferred
+    assert struct.unpack_from("<H", v6, 0)[0] == 23  # AF_INET6 (ws2def.h)
+    assert v6[8:24] == ipaddress.IPv6Address("fd00:8::1").packed  # SOCKADDR_IN6.sin6_addr
+    assert v6[60] == 64
+    await dev.remove_address("10.8.0.1/24")
+    with pytest.raises(LookupError):
+        await dev.remove_address("10.8.0.1/24")
+
+    await dev.set_mtu(1420)
+    v4row, v6row = rig.iphelper.set_rows
+    # MIB_IPINTERFACE_ROW: Family 0, InterfaceLuid 8, SitePrefixLength 144, NlMtu 152.
+    assert struct.unpack_from("<H", v4row, 0)[0] == 2
+    assert struct.unpack_from("<Q", v4row, 8)[0] == luid
+    assert struct.unpack_from("<I", v4row, 144)[0] == 0
+    assert struct.unpack_from("<I", v4row, 152)[0] == 1420
+    assert struct.unpack_from("<H", v6row, 0)[0] == 23
+    assert dev.mtu == 1420
+    rig.iphelper.ipv6 = False
+    await dev.set_mtu(1400)  # IPv6 off on the adapter: IPv4 alone
+    assert dev.mtu == 1400
+
+    await dev.add_route("192.0.2.0/24", metric=7)
+    await dev.add_route("2001:db8::/32")
+    with pytest.raises(FileExistsError):
+        await dev.add_route("192.0.2.0/24")
+    route = rig.iphelper.routes[0]
+    # MIB_IPFORWARD_ROW2: InterfaceLuid 0, DestinationPrefix 12 (Prefix 12, PrefixLength 40),
+    # NextHop 44, Metric 84, Protocol 88.
+    assert struct.unpack_from("<Q", route, 0)[0] == luid
+    assert struct.unpack_from("<H", route, 12)[0] == 2
+    assert route[16:20] == bytes([192, 0, 2, 0])
+    assert route[40] == 24
+    assert struct.unpack_from("<H", route, 44)[0] == 2 and route[48:52] == bytes(4)
+    assert struct.unpack_from("<I", route, 84)[0] == 7
+    assert struct.unpack_from("<i", route, 88)[0] == 3  # MIB_IPPROTO_NETMGMT
+    assert await dev.routes() == [
+        ipaddress.ip_network("192.0.2.0/24"),
+        ipaddress.ip_network("2001:db8::/32"),
+    ]
+    await dev.remove_route("192.0.2.0/24")
+    with pytest.raises(LookupError):
+        await dev.remove_route("192.0.2.0/24")
+
+
+def test_platform_refusals() -> None:
+    from trio_tun.platform import _dispatch
+
+    common = {
+        "addresses": (),
+        "mtu": None,
+        "up": True,
+        "persist": False,
+        "owner": None,
+        "group": None,
+        "packet_info": False,
+        "netns": None,
+        "offload": "auto",
+        "queues": 1,
+    }
+    with pytest.raises(NotImplementedError, match=r"TAP.*Windows"):
+        _dispatch.open_device(Layer.L2, None, platform="win32", **common)  # type: ignore[arg-type]
+    with pytest.raises(NotImplementedError, match=r"persist.*Windows"):
+        _dispatch.open_device(
+            Layer.L3,
+            None,
+            platform="win32",
+            **{**common, "persist": True},  # type: ignore[arg-type]
+        )
+    with pytest.raises(NotImplementedError, match="up=False"):
+        _dispatch.open_device(
+            Layer.L3,
+            None,
+            platform="win32",
+            **{**common, "up": False},  # type: ignore[arg-type]
+        )
+    with pytest.raises(ValueError, match="power of two"):
+        _dispatch.open_device(
+            Layer.L3,
+            None,
+            platform="win32",
+            ring_capacity=5,
+            **common,  # type: ignore[arg-type]
+        )
+    with pytest.raises(NotImplementedError, match="wintun has no fd"):
+        _dispatch.wrap_fd(
+            0,
+            owned=False,
+            layer=Layer.L3,
+            vnet_hdr=None,
+            packet_info=None,
+            offload=None,
+            header=None,
+            platform="win32",
+        )
+
+
+def test_default_strategy_off_windows() -> None:
+    # On Windows under Trio the factory returns TrioWaiter(trio.lowlevel.WaitForSingleObject);
+    # everywhere else (asyncio, and any system without that function) the thread wait.
+    factory = windows.default_waiter_factory(FakeEvents())
+    assert isinstance(factory("anyio"), windows.ThreadWaiter)
+    if sys.platform != "win32":
+        assert isinstance(factory("trio"), windows.ThreadWaiter)
