@@ -55,3 +55,18 @@ def netns() -> Iterator[NetNamespace]:
     finally:
         os.close(home)
         ns.close()
+
+
+@pytest.fixture
+def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
+    """Two fresh namespaces (left, right) for topologies with a forwarder between them.
+
+    The test's thread stays where it is; devices are placed with ``netns=``.
+    """
+    a = NetNamespace.create()
+    b = NetNamespace.create()
+    try:
+        yield a, b
+    finally:
+        b.close()
+        a.close()

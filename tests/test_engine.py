@@ -36,17 +36,6 @@ DEADLINE = 120
 SERVER = "10.40.2.1"
 
 
-@pytest.fixture
-def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
-    a = NetNamespace.create()
-    b = NetNamespace.create()
-    try:
-        yield a, b
-    finally:
-        b.close()
-        a.close()
-
-
 @asynccontextmanager
 async def devices(
     a_ns: NetNamespace, b_ns: NetNamespace, queues: int = QUEUES

@@ -30,7 +30,7 @@ import hashlib
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -51,17 +51,6 @@ pytestmark = [pytest.mark.kernel]
 DEADLINE = 120
 FLOW_BYTES = 4 * 1024 * 1024
 A_ROUTE = "10.40.2.0/24"
-
-
-@pytest.fixture
-def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
-    a = NetNamespace.create()
-    b = NetNamespace.create()
-    try:
-        yield a, b
-    finally:
-        b.close()
-        a.close()
 
 
 async def wait_for_traffic(engine: OffloadEngine, packets: int = 300) -> None:

@@ -11,7 +11,7 @@ import errno
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -30,17 +30,6 @@ TCP_BYTES = 200 * 1024 * 1024
 CHUNK = 1 << 16
 UDP_SEGMENT = 103  # <linux/udp.h>
 DEADLINE = 120
-
-
-@pytest.fixture
-def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
-    a = NetNamespace.create()
-    b = NetNamespace.create()
-    try:
-        yield a, b
-    finally:
-        b.close()
-        a.close()
 
 
 @pytest.fixture(params=["speedups", "python"])

@@ -6,7 +6,6 @@ import hashlib
 import os
 import signal
 import socket
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -18,17 +17,6 @@ from trio_tun.workers import WorkerPool
 pytestmark = [pytest.mark.kernel]
 
 DEADLINE = 120
-
-
-@pytest.fixture
-def two_namespaces() -> Iterator[tuple[NetNamespace, NetNamespace]]:
-    a = NetNamespace.create()
-    b = NetNamespace.create()
-    try:
-        yield a, b
-    finally:
-        b.close()
-        a.close()
 
 
 async def transfer(a_ns: NetNamespace, b_ns: NetNamespace, size: int) -> tuple[str, str]:

@@ -172,6 +172,15 @@ async def _device(config: TunConfig) -> AsyncIterator[Any]:
             await anyio.lowlevel.checkpoint()
 
 
+def _open_layer(
+    layer: Layer, name: str | None, options: dict[str, Any], platform_options: dict[str, Any]
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Validate and open on Linux; hand everything to another platform's backend elsewhere."""
+    if _dispatch.OTHER_PLATFORM:
+        return _dispatch.open_device(layer, name, **options, **platform_options)
+    return _device(TunConfig(layer=layer, name=name, **options))
+
+
 def open_tun(
     name: str | None = None,
     *,
@@ -221,26 +230,7 @@ def open_tun(
     unless ``persist=True``.  On macOS, the BSDs and Windows the same call
     makes a utun, tun or wintun device (see :doc:`platforms`).
     """
-    if _dispatch.OTHER_PLATFORM:
-        return _dispatch.open_device(
-            Layer.L3,
-            name,
-            addresses=addresses,
-            mtu=mtu,
-            up=up,
-            persist=persist,
-            owner=owner,
-            group=group,
-            packet_info=packet_info,
-            netns=netns,
-            offload=offload,
-            queues=queues,
-            wintun_dll=wintun_dll,
-            ring_capacity=ring_capacity,
-        )
-    config = TunConfig(
-        layer=Layer.L3,
-        name=name,
+    options = dict(
         addresses=addresses,
         mtu=mtu,
         up=up,
@@ -252,7 +242,9 @@ def open_tun(
         offload=offload,
         queues=queues,
     )
-    return _device(config)
+    return _open_layer(
+        Layer.L3, name, options, {"wintun_dll": wintun_dll, "ring_capacity": ring_capacity}
+    )
 
 
 def open_tap(
@@ -277,25 +269,7 @@ def open_tap(
     Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
     TAP exists on Linux and the BSDs; elsewhere this raises ``NotImplementedError``.
     """
-    if _dispatch.OTHER_PLATFORM:
-        return _dispatch.open_device(
-            Layer.L2,
-            name,
-            addresses=addresses,
-            mac=mac,
-            mtu=mtu,
-            up=up,
-            persist=persist,
-            owner=owner,
-            group=group,
-            packet_info=packet_info,
-            netns=netns,
-            offload=False,
-            queues=queues,
-        )
-    config = TunConfig(
-        layer=Layer.L2,
-        name=name,
+    options = dict(
         addresses=addresses,
         mac=mac,
         mtu=mtu,
@@ -308,7 +282,7 @@ def open_tap(
         offload=False,
         queues=queues,
     )
-    return _device(config)
+    return _open_layer(Layer.L2, name, options, {})
 
 
 def from_fd(
