@@ -42,14 +42,12 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 
 import trio
+from toy_vpn import DEFAULT_MTU, Endpoint, endpoint
 
 import trio_tun
 from trio_tun.engine import OffloadEngine
 
 #: Leaves room for the outer IPv4 (20 bytes) and UDP (8 bytes) headers on a 1500-byte link.
-DEFAULT_MTU = 1400
-
-Endpoint = tuple[str, int]
 
 
 class Tunnel:
@@ -97,19 +95,6 @@ async def watch_signals(signals: AsyncIterator[int], scope: trio.CancelScope, gr
             first = False
         else:
             print(f"{name} again: the flush is already bounded by the grace period", flush=True)
-
-
-def endpoint(text: str) -> Endpoint:
-    """Parse ``"192.0.2.1:51820"`` or ``"[2001:db8::1]:51820"``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected ADDRESS:PORT, not {text!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return str(address), int(port)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -271,16 +271,6 @@ class DeviceControl:
             raise BrokenResourceError(f"device {self.name!r} vanished while being moved")
         self.index = int(found[0])
 
-    def exists(self) -> bool:
-        try:
-            links = self._run("checking", lambda ipr: ipr.link_lookup(index=self.index))
-        except BrokenResourceError:
-            return False
-        return bool(links)
-
-    def delete(self) -> None:
-        self._run("deleting", lambda ipr: ipr.link("del", index=self.index))
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True

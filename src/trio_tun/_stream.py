@@ -560,24 +560,11 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             )
         with self._send_guard:
             await self._entry_checkpoint(False)
-            while True:
-                fd = self._check_open()
-                try:
-                    n = os.write(fd, frame)
-                except BlockingIOError:
-                    await self._wait(readable=False)
-                    continue
-                except OSError as exc:
-                    if exc.errno not in _DROP_ERRNOS:
-                        raise self._io_error(exc, "writing") from None
-                    self._counters.tx_dropped += 1
-                    return
-                counters = self._counters
-                counters.writes += 1
-                counters.write_bytes += n
-                counters.tx_packets += 1
-                counters.tx_bytes += n
-                return
+            n = await self._write((frame,))
+            if n >= 0:
+                self._sent(n, 1)
+            else:
+                self._counters.tx_dropped += 1
 
     # -- multi-queue ---------------------------------------------------
 
