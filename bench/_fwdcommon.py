@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from trio_tun import _netns
+from trio_tun.platform.linux import netns as _netns
 
 T = TypeVar("T")
 

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from trio_tun import _netns
-from trio_tun.platform import linux
+from trio_tun._config import NETNS_RUN_DIR
+from trio_tun.platform.linux import netns as _netns
+from trio_tun.platform.linux import tun as linux
 from trio_tun.testing import NetNamespace
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -198,7 +199,7 @@ class Topology:
 def _remove_stale_namespaces() -> None:
     """Unpublish namespaces left behind by an earlier run that was SIGKILLed."""
     with contextlib.suppress(FileNotFoundError):
-        for entry in os.listdir(_netns.NETNS_RUN_DIR):
+        for entry in os.listdir(NETNS_RUN_DIR):
             if not entry.startswith(NS_PREFIX + "-"):
                 continue
             pid = entry.removeprefix(NS_PREFIX + "-").split("-")[0]

@@ -30,7 +30,7 @@ import trio_tun
 import trio_tun.offload
 from trio_tun import PacketStream, Statistics
 from trio_tun.engine import OffloadEngine
-from trio_tun.platform import linux
+from trio_tun.platform.linux import tun as linux
 from trio_tun.workers import WorkerPool
 
 #: Seconds the engines get to flush on SIGTERM.

@@ -16,7 +16,7 @@ from typing import Any
 import _fwdcommon
 import pytun
 
-from trio_tun.platform import linux
+from trio_tun.platform.linux import tun as linux
 
 # No offload: a read never brings more than one MTU-sized packet, but be generous.
 READ_SIZE = 65535

@@ -28,7 +28,7 @@ import trio
 import trio_tun
 import trio_tun.offload
 from trio_tun import PacketStream, Statistics
-from trio_tun.platform import linux
+from trio_tun.platform.linux import tun as linux
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:

@@ -50,8 +50,9 @@ import attrs
 import trio
 
 import trio_tun
-from trio_tun import TunStream, _netns
+from trio_tun import TunStream
 from trio_tun.engine import OffloadEngine
+from trio_tun.platform.linux import netns as _netns
 from trio_tun.testing import NetNamespace, fd_count
 
 A_ADDR = "10.70.1.1"

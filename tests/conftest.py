@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_tun import _netns
+from trio_tun.platform.linux import netns as _netns
 from trio_tun.testing import NetNamespace
 
 IS_ROOT = os.geteuid() == 0

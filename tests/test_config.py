@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import trio_tun
 from trio_tun import Layer, TunConfig
 from trio_tun._config import parse_address, parse_mac, validate_name
+from trio_tun.platform.linux import tun
 
 
 @pytest.mark.parametrize(
@@ -18,13 +19,23 @@ from trio_tun._config import parse_address, parse_mac, validate_name
     ["a" * 16, "with/slash", "sp ace", "co:lon", "", "..", "two%d%d", "pct%s", "tab\tx"],
 )
 def test_bad_names_rejected(name: str) -> None:
+    # Name rules are each backend's; Linux's (IFNAMSIZ) are checked when open_tun
+    # is called, before the block is entered and before any system call.
     with pytest.raises(ValueError):
-        TunConfig(name=name)
+        validate_name(name)
+    with pytest.raises(ValueError):
+        trio_tun.open_tun(name)
 
 
 @pytest.mark.parametrize("name", ["a" * 15, "vpn%d", "tun0", "wg-home_1"])
 def test_good_names_accepted(name: str) -> None:
     assert TunConfig(name=name).name == name
+    validate_name(name)
+
+
+def test_name_must_be_a_string() -> None:
+    with pytest.raises(TypeError, match="string"):
+        TunConfig(name=123)  # type: ignore[arg-type]
 
 
 def test_name_length_counts_bytes_not_characters() -> None:
@@ -88,7 +99,7 @@ def test_open_tun_validates_before_any_syscall(monkeypatch: pytest.MonkeyPatch) 
     def boom() -> int:
         raise AssertionError("a syscall was attempted before validation")
 
-    monkeypatch.setattr(trio_tun.platform.linux, "open_tun_file", boom)
+    monkeypatch.setattr(tun, "open_tun_file", boom)
     with pytest.raises(ValueError):
         trio_tun.open_tun("x" * 20)
     with pytest.raises(ValueError):

@@ -81,7 +81,12 @@ async def tcp_flows(
 ) -> list[tuple[str, str, int]]:
     """*flows* concurrent TCP transfers A -> B; (sent sha256, received sha256, bytes) each."""
     listener = trio.socket.from_stdlib_socket(b_ns.socket(socket.AF_INET, socket.SOCK_STREAM))
-    await listener.bind((SERVER, 0))
+    try:
+        # bind() is a checkpoint: a cancellation there must not leak the socket.
+        await listener.bind((SERVER, 0))
+    except BaseException:
+        listener.close()
+        raise
     listener.listen(flows)
     port = listener.getsockname()[1]
     results: list[tuple[str, str, int]] = []

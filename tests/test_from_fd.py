@@ -21,7 +21,7 @@ from packets_util import (
     udp_socket,
 )
 from trio_tun import Layer, TunAttribute
-from trio_tun.platform import linux
+from trio_tun.platform.linux import tun as linux
 from trio_tun.testing import NetNamespace, fd_count
 
 pytestmark = [pytest.mark.anyio]

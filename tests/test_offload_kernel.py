@@ -21,7 +21,7 @@ import trio
 import trio_tun
 from trio_tun import TunStream
 from trio_tun._stream import PacketStream
-from trio_tun.platform import linux
+from trio_tun.platform.linux import tun as linux
 from trio_tun.testing import NetNamespace
 
 pytestmark = [pytest.mark.kernel]
@@ -40,7 +40,7 @@ def offload_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         if trio_tun.offload.implementation != "speedups":
             pytest.skip("compiled speedups not built (or TRIO_TUN_PURE_PYTHON=1)")
     else:
-        reference = trio_tun.offload.py
+        reference = trio_tun.offload.reference
         monkeypatch.setattr(trio_tun.offload, "split", reference.split)
         monkeypatch.setattr(trio_tun.offload, "split_with_header", reference.split_with_header)
         monkeypatch.setattr(trio_tun.offload, "GroTable", reference.GroTable)
@@ -239,7 +239,7 @@ async def test_coalesced_write_rejected_falls_back_to_segments(
     two_namespaces: tuple[NetNamespace, NetNamespace], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Some kernels refuse coalesced writes with EINVAL: we must resend split up."""
-    real_writev = trio_tun._stream.writev
+    real_writev = trio_tun._ports.writev
     refused = 0
 
     def picky_writev(fd: int, buffers: list[bytes]) -> int:
@@ -250,7 +250,7 @@ async def test_coalesced_write_rejected_falls_back_to_segments(
             raise OSError(errno.EINVAL, "refused for the test")
         return real_writev(fd, buffers)
 
-    monkeypatch.setattr("trio_tun._stream.writev", picky_writev)
+    monkeypatch.setattr("trio_tun._ports.writev", picky_writev)
     a_ns, b_ns = two_namespaces
     with trio.fail_after(DEADLINE):
         async with forwarder(a_ns, b_ns) as (_, b):

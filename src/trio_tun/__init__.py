@@ -5,7 +5,7 @@ Everything public is re-exported here; nothing else lives in this module.
 
 from __future__ import annotations
 
-from ._config import Layer, TunConfig
+from ._config import Layer, OffloadFlags, TunConfig
 from ._errors import (
     BrokenResourceError,
     BusyResourceError,
@@ -20,7 +20,6 @@ from ._errors import (
 from ._open import from_fd, open_tap, open_tun
 from ._stats import Statistics
 from ._stream import PacketStream, TapStream, TunAttribute, TunStream
-from .platform.linux import OffloadFlags
 
 __version__ = "0.1.0"
 

@@ -14,13 +14,20 @@ from typing import Final, Literal
 
 import attrs
 
-from . import _netns
-
 IFNAMSIZ: Final = 16  # includes the terminating NUL
 MIN_MTU: Final = 68  # RFC 791: every IPv4 host must take 68-byte datagrams
 MIN_MTU_IPV6: Final = 1280  # RFC 8200
 MAX_MTU: Final = 65535  # the TUN driver's own ceiling
 MAX_QUEUES: Final = 256  # the TUN driver's MAX_TAP_QUEUES
+#: Where ``ip netns add NAME`` publishes a namespace.
+NETNS_RUN_DIR: Final = "/run/netns"
+
+# TUNSETOFFLOAD feature bits, <linux/if_tun.h>.
+TUN_F_CSUM: Final = 0x01
+TUN_F_TSO4: Final = 0x02
+TUN_F_TSO6: Final = 0x04
+TUN_F_USO4: Final = 0x20
+TUN_F_USO6: Final = 0x40
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 AddressLike = str | ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -35,6 +42,44 @@ class Layer(enum.Enum):
     L3 = "tun"
     #: Ethernet frames (a TAP device).
     L2 = "tap"
+
+
+@attrs.frozen
+class OffloadFlags:
+    """What the kernel agreed to hand us as super-packets (Linux ``TUNSETOFFLOAD``)."""
+
+    csum: bool = False
+    tso4: bool = False
+    tso6: bool = False
+    uso4: bool = False
+    uso6: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """True when reads may bring segments that still need splitting."""
+        return self.tso4 or self.tso6 or self.uso4 or self.uso6
+
+    @property
+    def uso(self) -> bool:
+        return self.uso4 and self.uso6
+
+    def mask(self) -> int:
+        return (
+            (TUN_F_CSUM if self.csum else 0)
+            | (TUN_F_TSO4 if self.tso4 else 0)
+            | (TUN_F_TSO6 if self.tso6 else 0)
+            | (TUN_F_USO4 if self.uso4 else 0)
+            | (TUN_F_USO6 if self.uso6 else 0)
+        )
+
+    def __str__(self) -> str:
+        names = [f.name for f in attrs.fields(OffloadFlags) if getattr(self, f.name)]
+        return "+".join(names) if names else "none"
+
+
+NO_OFFLOAD: Final = OffloadFlags()
+TCP_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True)
+FULL_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True, uso4=True, uso6=True)
 
 
 def parse_address(value: AddressLike) -> Address:
@@ -63,7 +108,14 @@ def parse_network(
         raise ValueError(f"bad route prefix {value!r}: {exc}") from None
 
 
+def check_name_type(name: object) -> None:
+    """Every backend takes a string or ``None``; the rules beyond that are each system's own."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"device name must be a string or None, not {name!r}")
+
+
 def validate_name(name: str | None) -> None:
+    """The interface-name rules shared by Linux, macOS and the BSDs (``IFNAMSIZ``)."""
     if name is None:
         return
     encoded = name.encode("utf-8", "surrogateescape")
@@ -126,12 +178,24 @@ def _netns_value(value: NetnsLike) -> str | int | None:
         if isinstance(value, bool):
             raise TypeError("netns must be a name, a path or an fd")
         return value
-    path = _netns.resolve(value)
+    path = resolve_netns(value)
     if not os.path.exists(path):
         raise ValueError(
             f"network namespace {os.fspath(value)!r} does not exist ({path} is missing)"
         )
     return path
+
+
+def resolve_netns(netns: str | os.PathLike[str]) -> str:
+    """Map a namespace name (as made by ``ip netns add``) or a path to a path."""
+    text = os.fspath(netns)
+    if "/" in text:
+        return text
+    return os.path.join(NETNS_RUN_DIR, text)
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else os.fspath(value)
 
 
 def _owner(value: int | None) -> int | None:
@@ -157,10 +221,17 @@ class TunConfig:
     netns: str | int | None = attrs.field(default=None, converter=_netns_value)
     offload: OffloadMode = False
     queues: int = 1
+    #: Windows only: where ``wintun.dll`` is (default: beside the application,
+    #: then the DLL search path).
+    wintun_dll: str | None = attrs.field(default=None, converter=_optional_path)
+    #: Windows only: the wintun session ring in bytes (default 4 MiB).
+    ring_capacity: int | None = None
 
     @name.validator
     def _check_name(self, _: attrs.Attribute[str | None], value: str | None) -> None:
-        validate_name(value)
+        # The name rules differ per system; each backend checks its own when
+        # asked to open (still before any syscall).
+        check_name_type(value)
 
     def __attrs_post_init__(self) -> None:
         validate_mtu(self.mtu, ipv6=any(a.version == 6 for a in self.addresses))

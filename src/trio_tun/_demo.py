@@ -26,9 +26,9 @@ from typing import Final
 import attrs
 import trio
 
-from . import _netns
 from ._open import open_tun
 from ._stream import TunStream
+from .platform.linux import netns as _netns
 from .testing import NetNamespace, link_namespaces
 
 TUNNEL_PORT: Final = 51820

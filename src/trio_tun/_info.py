@@ -8,13 +8,16 @@ import platform
 import sys
 import threading
 
-from . import _netns
 from . import offload as _offload
-from .platform import _dispatch, linux
+from . import platform as _dispatch
+from ._config import FULL_OFFLOAD, TCP_OFFLOAD
 
 
 def _probe_offload() -> list[str]:
     """Try each offload mask on a throw-away device in a private namespace."""
+    from .platform.linux import netns as _netns
+    from .platform.linux import tun as linux
+
     results: list[str] = []
 
     def worker() -> None:
@@ -25,8 +28,8 @@ def _probe_offload() -> list[str]:
         try:
             linux.set_iff(fd, "probe%d", linux.IFF_TUN | linux.IFF_NO_PI | linux.IFF_VNET_HDR)
             for label, flags in (
-                ("CSUM|TSO4|TSO6", linux.TCP_OFFLOAD),
-                ("CSUM|TSO4|TSO6|USO4|USO6", linux.FULL_OFFLOAD),
+                ("CSUM|TSO4|TSO6", TCP_OFFLOAD),
+                ("CSUM|TSO4|TSO6|USO4|USO6", FULL_OFFLOAD),
             ):
                 try:
                     linux.set_offload(fd, flags)
@@ -130,6 +133,8 @@ def main() -> int:
             lines.append(f"probe failed: {exc}")
         print("\n".join(lines))
         return 0
+    from .platform.linux import tun as linux
+
     lines.append(f"backend: linux ({linux.TUN_PATH})")
     lines.extend(_dispatch.describe()[1:])
     try:

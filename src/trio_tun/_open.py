@@ -1,184 +1,112 @@
-"""open_tun / open_tap / from_fd: where devices are made, configured and torn down."""
+"""open_tun / open_tap / from_fd: build the config, pick the backend, assemble the streams.
+
+Every system goes through the same three steps; what differs lives in the
+backend (:mod:`trio_tun.platform`).  Leaving ``open_tun`` by any path closes
+every queue and releases the device in one shielded clean-up bounded by
+:data:`CLEANUP_TIMEOUT`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import socket
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Final, TypeVar, cast
 
 import anyio
-import anyio.to_thread
+import anyio.lowlevel
 
-from . import _netns
-from ._config import AddressLike, Layer, NetnsLike, OffloadMode, TunConfig
-from ._errors import OffloadUnavailableError
-from ._netlink import DeviceControl
-from ._stream import PacketStream, TapStream, TunStream
-from .platform import _dispatch, linux
-from .platform._dispatch import HeaderMode
-from .platform.linux import NO_OFFLOAD, OffloadFlags
+from . import platform as _platform
+from ._config import AddressLike, Layer, NetnsLike, OffloadFlags, OffloadMode, TunConfig
+from ._stream import PacketStream, TapStream, TunStream, link_queues, make_stream
+from .platform import Backend, Device, FdSpec, HeaderMode
 
 #: Upper bound on the shielded clean-up when leaving ``open_tun``.
-CLEANUP_TIMEOUT = 5.0
+CLEANUP_TIMEOUT: Final = 5.0
+
+S = TypeVar("S", bound=PacketStream)
 
 
-def _want_vnet_hdr(config: TunConfig, fd: int) -> bool:
-    if config.offload is False:
-        return False
-    problem = None
-    if config.layer is Layer.L2:
-        problem = "offload is only implemented for TUN devices"
-    elif config.packet_info:
-        problem = "offload can't be combined with packet_info=True"
-    elif not linux.features(fd) & linux.IFF_VNET_HDR:
-        problem = "this kernel's TUN driver has no IFF_VNET_HDR"
-    if problem is None:
-        return True
-    if config.offload is True:
-        raise OffloadUnavailableError(errno.EOPNOTSUPP, f"offload=True: {problem}")
-    return False
+def select_backend(platform: str | None = None) -> Backend:
+    """The backend for *platform* (default: the running system)."""
+    name = _platform.backend_name(platform)
+    if name == "linux":
+        from .platform.linux.backend import LinuxBackend
+
+        return LinuxBackend()
+    if name == "darwin":
+        from .platform.darwin import DarwinBackend
+
+        return DarwinBackend()
+    if name in _platform.BSD_NAMES:
+        from .platform.bsd import SYSTEMS, BsdBackend
+
+        return BsdBackend(SYSTEMS[name])
+    if name == "windows":
+        from .platform.windows import WindowsBackend
+
+        return WindowsBackend()
+    return _platform.FdOnlyBackend(name)
 
 
-def _iff_flags(config: TunConfig, vnet_hdr: bool) -> int:
-    flags = linux.IFF_TAP if config.layer is Layer.L2 else linux.IFF_TUN
-    if not config.packet_info:
-        flags |= linux.IFF_NO_PI
-    if vnet_hdr:
-        flags |= linux.IFF_VNET_HDR
-    if config.queues > 1:
-        flags |= linux.IFF_MULTI_QUEUE
-    return flags
-
-
-def _stream_class(layer: Layer) -> type[PacketStream]:
-    return TapStream if layer is Layer.L2 else TunStream
-
-
-class _Opened:
-    """The fds and netlink handle of a device being opened, for unified clean-up."""
-
-    def __init__(self) -> None:
-        self.fds: list[int] = []
-        self.control: DeviceControl | None = None
-        self.streams: list[PacketStream] = []
-        self.was_persistent = False
-        #: Set once the open succeeded: a persistent device we attached to but
-        #: were not asked to keep goes when we leave.  A failed open must never
-        #: delete somebody else's device.
-        self.clear_persist = False
-
-    def close(self) -> None:
-        if self.clear_persist and self.fds:
-            # We attached to a persistent device but were not asked to keep it.
-            with contextlib.suppress(OSError):
-                linux.set_persist(self.fds[0], False)
-        for stream in self.streams:
-            stream.close()
-        for fd in self.fds[len(self.streams) :]:
-            os.close(fd)
-        self.fds.clear()
-        if self.control is not None:
-            self.control.close()
-
-
-def _create_queues(config: TunConfig, opened: _Opened) -> tuple[str, bool, OffloadFlags]:
-    """The synchronous part: open the queue fds in the caller's namespace."""
-    first = linux.open_tun_file()
-    opened.fds.append(first)
-    vnet_hdr = _want_vnet_hdr(config, first)
-    flags = _iff_flags(config, vnet_hdr)
-    name = linux.set_iff(first, config.name, flags)
-    _, actual = linux.get_iff(first)
-    opened.was_persistent = bool(actual & linux.IFF_PERSIST)
-    if config.persist and not actual & linux.IFF_PERSIST:
-        linux.set_persist(first, True)
-    if config.owner is not None:
-        linux.set_owner(first, config.owner)
-    if config.group is not None:
-        linux.set_group(first, config.group)
-    offload = NO_OFFLOAD
-    if vnet_hdr:
-        offload = linux.negotiate_offload(first, required=config.offload is True)
-    else:
-        # A persistent device remembers its offload mask; without a virtio
-        # header the kernel would then hand us unsplit super-packets.
-        with contextlib.suppress(OSError):
-            linux.set_offload(first, NO_OFFLOAD)
-    for _ in range(config.queues - 1):
-        fd = linux.open_tun_file()
-        opened.fds.append(fd)
-        linux.set_iff(fd, name, flags)
-    return name, vnet_hdr, offload
-
-
-async def _open(config: TunConfig) -> _Opened:
-    opened = _Opened()
-    try:
-        name, vnet_hdr, offload = _create_queues(config, opened)
-        # The device was born in this thread's namespace: remember it, since
-        # netlink work happens on pooled threads that may be elsewhere.
-        here = _netns.open_current()
-        try:
-            index = socket.if_nametoindex(name)
-        except OSError:
-            os.close(here)
-            raise
-        control = opened.control = DeviceControl(name=name, index=index, netns_fd=here)
-        if config.netns is not None:
-            if isinstance(config.netns, int):
-                target = os.dup(config.netns)
-            else:
-                target = _netns.open_path(config.netns)
-            await anyio.to_thread.run_sync(control.move_to, target)
-        await anyio.to_thread.run_sync(
-            lambda: control.configure(
-                mtu=config.mtu, mac=config.mac, addresses=config.addresses, up=config.up
-            )
+def _streams(device: Device, *, owns_control: bool) -> list[PacketStream]:
+    streams = [
+        make_stream(
+            device.layer,
+            port,
+            framing,
+            control=device.control,
+            owns_control=owns_control,
+            offload=device.offload,
+            packet_info=device.packet_info,
         )
-        cls = _stream_class(config.layer)
-        for fd in opened.fds:
-            opened.streams.append(
-                cls(
-                    fd,
-                    owned=True,
-                    offload=offload,
-                    vnet_hdr=vnet_hdr,
-                    packet_info=config.packet_info,
-                    control=control,
-                )
-            )
-        for stream in opened.streams:
-            stream._queues = opened.streams
-        opened.clear_persist = opened.was_persistent and not config.persist
-    except BaseException:
-        opened.close()
-        raise
-    return opened
+        for port, framing in zip(device.ports, device.framings, strict=True)
+    ]
+    link_queues(streams)
+    return streams
+
+
+def _close(streams: Iterable[PacketStream], device: Device) -> None:
+    try:
+        for stream in streams:
+            stream.close()
+    finally:
+        try:
+            # Ports no stream was built around yet (closing twice is harmless).
+            for port in device.ports:
+                port.close()
+        finally:
+            if device.control is not None:
+                device.control.close()
 
 
 @contextlib.asynccontextmanager
-async def _device(config: TunConfig) -> AsyncIterator[Any]:
-    opened = await _open(config)
+async def open_device(backend: Backend, config: TunConfig) -> AsyncIterator[PacketStream]:
+    """Open *config* with *backend*; yield queue 0; release everything on the way out.
+
+    The backend leaves nothing behind if opening fails; once it succeeded, the
+    streams and the control are closed here, shielded from cancellation and
+    bounded in time, whichever way the block is left.
+    """
+    # Cancelled already?  Then do not make a device only to delete it again.
+    await anyio.lowlevel.checkpoint()
+    device = await backend.open(config)
+    streams: list[PacketStream] = []
     try:
-        yield opened.streams[0]
+        streams = _streams(device, owns_control=False)
+        yield streams[0]
     finally:
-        # Leaving by any path (exception, cancellation, KeyboardInterrupt) must
-        # still release the device; closing fds is synchronous and cannot hang.
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-            opened.close()
+            _close(streams, device)
             await anyio.lowlevel.checkpoint()
 
 
-def _open_layer(
-    layer: Layer, name: str | None, options: dict[str, Any], platform_options: dict[str, Any]
-) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Validate and open on Linux; hand everything to another platform's backend elsewhere."""
-    if _dispatch.OTHER_PLATFORM:
-        return _dispatch.open_device(layer, name, **options, **platform_options)
-    return _device(TunConfig(layer=layer, name=name, **options))
+def _open(config: TunConfig, backend: Backend | None) -> contextlib.AbstractAsyncContextManager[S]:
+    backend = backend or select_backend()
+    # Every refusal (name rules, options this system lacks) happens now, before
+    # the caller enters the block and before any system call.
+    backend.check(config)
+    return cast("contextlib.AbstractAsyncContextManager[S]", open_device(backend, config))
 
 
 def open_tun(
@@ -230,7 +158,9 @@ def open_tun(
     unless ``persist=True``.  On macOS, the BSDs and Windows the same call
     makes a utun, tun or wintun device (see :doc:`platforms`).
     """
-    options = dict(
+    config = TunConfig(
+        layer=Layer.L3,
+        name=name,
         addresses=addresses,
         mtu=mtu,
         up=up,
@@ -241,10 +171,10 @@ def open_tun(
         netns=netns,
         offload=offload,
         queues=queues,
+        wintun_dll=wintun_dll,
+        ring_capacity=ring_capacity,
     )
-    return _open_layer(
-        Layer.L3, name, options, {"wintun_dll": wintun_dll, "ring_capacity": ring_capacity}
-    )
+    return _open(config, None)
 
 
 def open_tap(
@@ -269,7 +199,9 @@ def open_tap(
     Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
     TAP exists on Linux and the BSDs; elsewhere this raises ``NotImplementedError``.
     """
-    options = dict(
+    config = TunConfig(
+        layer=Layer.L2,
+        name=name,
         addresses=addresses,
         mac=mac,
         mtu=mtu,
@@ -282,7 +214,7 @@ def open_tap(
         offload=False,
         queues=queues,
     )
-    return _open_layer(Layer.L2, name, options, {})
+    return _open(config, None)
 
 
 def from_fd(
@@ -321,44 +253,19 @@ def from_fd(
     on macOS and FreeBSD an ``"af4"`` fd whose interface can be named gets it
     too.  See :doc:`platforms` for the Android and iOS recipes.
     """
-    if header == "af4" or _dispatch.OTHER_PLATFORM or header not in (None, "none"):
-        return _dispatch.wrap_fd(
-            fd,
-            owned=owned,
-            layer=layer,
-            vnet_hdr=vnet_hdr,
-            packet_info=packet_info,
-            offload=offload,
-            header=header,
-        )
-    kind = Layer(layer) if isinstance(layer, str) else layer
-    control: DeviceControl | None = None
-    try:
-        name, flags = linux.get_iff(fd)
-    except OSError:
-        name, flags = "", 0
-    if name:
-        kind = Layer.L2 if flags & linux.IFF_TAP else Layer.L3
-        if vnet_hdr is None:
-            vnet_hdr = bool(flags & linux.IFF_VNET_HDR)
-        if packet_info is None:
-            packet_info = not flags & linux.IFF_NO_PI
-        try:
-            control = DeviceControl(
-                name=name, index=socket.if_nametoindex(name), netns_fd=_netns.open_current()
-            )
-        except OSError:
-            control = None
-    if offload is None:
-        # The kernel can't tell us the mask; TCP-only is the safe guess, since
-        # received segments are split whatever the mask says.
-        offload = linux.TCP_OFFLOAD if vnet_hdr else NO_OFFLOAD
-    return _stream_class(kind)(
-        fd,
+    spec = FdSpec(
+        fd=fd,
         owned=owned,
+        layer=Layer(layer) if isinstance(layer, str) else layer,
+        vnet_hdr=vnet_hdr,
+        packet_info=packet_info,
         offload=offload,
-        vnet_hdr=bool(vnet_hdr),
-        packet_info=bool(packet_info),
-        control=control,
-        owns_control=True,
+        header=header,
     )
+    return wrap_fd(select_backend(), spec)
+
+
+def wrap_fd(backend: Backend, spec: FdSpec) -> PacketStream:
+    """:func:`from_fd` through a given backend."""
+    (stream,) = _streams(backend.wrap_fd(spec), owns_control=True)
+    return stream

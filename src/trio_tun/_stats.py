@@ -5,9 +5,12 @@ from __future__ import annotations
 import attrs
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class Statistics:
-    """A snapshot of one stream's counters since it was opened.
+    """One stream's counters since it was opened.
+
+    The stream bumps its own instance on the hot path; :meth:`~PacketStream.statistics`
+    hands out a copy (a snapshot).
 
     ``rx_*``/``tx_*`` count what crossed the stream's API; ``reads``/``writes``
     count system calls, so ``read_bytes / reads`` shows how well offload batches.
@@ -38,24 +41,6 @@ class Statistics:
     #: Super-packets written (more than one segment each).
     tx_coalesced: int = 0
 
-
-@attrs.define(slots=True)
-class Counters:
-    """The mutable twin of :class:`Statistics`, bumped on the hot path."""
-
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    reads: int = 0
-    read_bytes: int = 0
-    writes: int = 0
-    write_bytes: int = 0
-    rx_malformed: int = 0
-    rx_dropped: int = 0
-    tx_dropped: int = 0
-    tx_coalesce_fallbacks: int = 0
-    tx_coalesced: int = 0
-
     def snapshot(self) -> Statistics:
-        return Statistics(**attrs.asdict(self))
+        """A copy, so that the caller's view stays still while traffic flows."""
+        return attrs.evolve(self)

@@ -1,51 +1,56 @@
-"""TunStream / TapStream: one queue fd of a device as a packet stream.
+"""PacketStream: a port, a framing and a control, as one packet stream.
 
-Fd ownership, close semantics and misuse errors follow ``trio.lowlevel.FdStream``:
+Every stream trio-tun hands out is this one class (``TunStream`` and
+``TapStream`` are its two faces, fixing the layer); what differs between Linux,
+macOS, the BSDs, Windows and the in-memory pair is only the parts it is built
+from (see :mod:`trio_tun._ports`, :mod:`trio_tun._framing`,
+:mod:`trio_tun._control`).
 
-* the fd is non-blocking and ours to close (unless borrowed);
-* ``aclose()`` wakes any task blocked on the fd with ``ClosedResourceError``;
+Close semantics and misuse errors follow ``trio.lowlevel.FdStream``:
+
+* ``aclose()`` wakes any task blocked on the stream with ``ClosedResourceError``;
 * the device vanishing underneath turns into ``BrokenResourceError``;
 * two tasks receiving (or sending) at once get ``BusyResourceError``.
 
 Cancellation safety: every read happens only after readiness, with no
 checkpoint between the read and the return, so a cancelled ``receive`` never
-loses a packet; a TUN write is atomic, so a cancelled ``send`` wrote the whole
+loses a packet; a write is one frame, so a cancelled ``send`` wrote the whole
 packet or nothing.
 
 Throughput: a Trio checkpoint is a trip through the scheduler.  Every call of
 every receive/send method checks for cancellation, but only *yields* to the
-scheduler every ``SCHEDULE_EVERY`` calls or whenever it had to wait for the fd;
+scheduler every ``SCHEDULE_EVERY`` calls or whenever it had to wait;
 the ``*_batch`` methods move many packets per call on top of that.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import struct
-import sys
+import ipaddress
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
-import anyio
-import sniffio
-import trio
+import anyio.to_thread
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import UnreliableObjectStream
 
-from . import offload as _offload
-from ._config import Layer
-from ._device import DeviceControlMixin
-from ._errors import BrokenResourceError, BusyResourceError, ClosedResourceError
-from ._netlink import DeviceControl
-from ._stats import Counters, Statistics
+from ._config import (
+    NO_OFFLOAD,
+    Address,
+    AddressLike,
+    Layer,
+    OffloadFlags,
+    parse_address,
+    parse_network,
+    validate_mtu,
+)
+from ._control import Control
+from ._errors import BusyResourceError, NoDeviceControlError
+from ._framing import Buffer, Framing, VirtioFraming
+from ._ports import WOULD_BLOCK, Port
+from ._stats import Statistics
 from ._wait import Backend, current_backend
-from .offload.errors import MalformedPacket
-from .offload.virtio import GSO_NONE, VIRTIO_NET_HDR_LEN, ZERO_HDR
-from .platform import linux
-from .platform._fdio import get_blocking, readv, set_blocking, writev
-from .platform.linux import NO_OFFLOAD, OffloadFlags
 
 if TYPE_CHECKING:
     from .engine import OffloadEngine
@@ -58,18 +63,11 @@ DEFAULT_BATCH: Final = 64
 MAX_PACKET: Final = 65535
 #: An Ethernet header on top, for TAP.
 MAX_FRAME: Final = MAX_PACKET + 14
+#: The kernel's ``struct tun_pi`` in front of every packet with ``packet_info=True``.
 PI_LEN: Final = 4
 
-# errno values with which a read/write says the device is gone for good.
-if sys.platform == "linux":
-    _BROKEN_ERRNOS: Final = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EPIPE})
-else:  # EBADFD is Linux's own; the BSDs and macOS report ENXIO, ENODEV or EPIPE
-    _BROKEN_ERRNOS: Final = frozenset({errno.ENODEV, errno.ENXIO, errno.EPIPE})
-# errno values with which a write says "this packet was refused", not "the device is gone".
-_DROP_ERRNOS: Final = frozenset({errno.EINVAL, errno.EIO, errno.ENOBUFS, errno.EMSGSIZE})
-_VNET_HDR: Final = struct.Struct("=BBHHHH")
-_WOULD_BLOCK: Final = -1
-_REFUSED: Final = -2
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TunAttribute(TypedAttributeSet):
@@ -89,11 +87,11 @@ class TunAttribute(TypedAttributeSet):
     mtu: int = typed_attribute()
     #: Offload features negotiated with the kernel.
     offload: OffloadFlags = typed_attribute()
-    #: The queue's file descriptor.
+    #: The queue's file descriptor (absent where there is none: wintun, memory pairs).
     fileno: int = typed_attribute()
 
 
-class _Guard:
+class ConflictGuard:
     """One task at a time per direction, like Trio's ConflictDetector."""
 
     __slots__ = ("_action", "_busy")
@@ -111,61 +109,71 @@ class _Guard:
         self._busy = False
 
 
-class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
-    """Base of :class:`TunStream` and :class:`TapStream`: a datagram stream over one fd.
+class PacketStream(UnreliableObjectStream[bytes]):
+    """One queue of a device as a stream of packets (IP packets, or Ethernet frames for TAP).
 
-    Not instantiated directly: use :func:`trio_tun.open_tun`, :func:`trio_tun.open_tap`
-    or :func:`trio_tun.from_fd`.
+    Not instantiated directly: use :func:`trio_tun.open_tun`, :func:`trio_tun.open_tap`,
+    :func:`trio_tun.from_fd` or :func:`trio_tun.testing.memory_tun_pair`.
+
+    Args:
+        port: Moves frames (and owns the handle).
+        framing: Turns frames into packets and back.
+        layer: Which layer the packets are.
+        control: The device's configuration, if it can be reached from here.
+        owns_control: Close *control* with the stream (``from_fd``); otherwise
+            whoever opened the device closes it.
+        offload: The offload features negotiated with the kernel.
+        packet_info: Whether packets carry the kernel's 4-byte ``tun_pi`` header.
     """
-
-    layer: ClassVar[Layer]
 
     def __init__(
         self,
-        fd: int,
+        port: Port,
+        framing: Framing,
         *,
-        owned: bool = True,
-        offload: OffloadFlags = NO_OFFLOAD,
-        vnet_hdr: bool = False,
-        packet_info: bool = False,
-        control: DeviceControl | None = None,
+        layer: Layer,
+        control: Control | None = None,
         owns_control: bool = False,
+        offload: OffloadFlags = NO_OFFLOAD,
+        packet_info: bool = False,
     ) -> None:
-        self._fd = fd
-        self._owned = owned
-        self._original_blocking = get_blocking(fd)
-        set_blocking(fd, False)
-        self._vnet_hdr = vnet_hdr
-        self._offload = offload
-        self._packet_info = packet_info
+        self._port = port
+        # Ports without a file descriptor (wintun, memory) offer no fileno attribute.
+        self._has_fd = port.fileno() >= 0
+        self._framing = framing
+        self._layer = layer
         self._control = control
         self._owns_control = owns_control
-        self._queues: list[PacketStream] = [self]
+        self._offload = offload
+        self._packet_info = packet_info
+        self._queues: tuple[PacketStream, ...] = (self,)
         self._backend: Backend | None = None
-        self._receive_guard = _Guard("receiving")
-        self._send_guard = _Guard("sending")
+        self._receive_guard = ConflictGuard("receiving")
+        self._send_guard = ConflictGuard("sending")
         self._receive_budget = 0
         self._send_budget = 0
         self._pending: deque[bytes] = deque()
-        self._counters = Counters()
-        self._coalesce = offload.enabled
-        self._refused_errno = 0
+        self._counters = Statistics()
         self._attached = True
-        limit = MAX_FRAME if self.layer is Layer.L2 else MAX_PACKET
-        self._max_packet = limit
-        extra = (VIRTIO_NET_HDR_LEN if vnet_hdr else 0) + (PI_LEN if packet_info else 0)
-        self._read_buffer = bytearray(limit + extra)
+        self._max_packet = MAX_FRAME if layer is Layer.L2 else MAX_PACKET
+        extra = framing.header_len + (PI_LEN if packet_info else 0)
+        self._read_buffer = bytearray(self._max_packet + extra)
         self._read_view = memoryview(self._read_buffer)
 
     # -- introspection -------------------------------------------------
 
+    @property
+    def layer(self) -> Layer:
+        """:class:`Layer.L3` for TUN, :class:`Layer.L2` for TAP."""
+        return self._layer
+
     def fileno(self) -> int:
-        """The queue's file descriptor (-1 once closed)."""
-        return self._fd
+        """The queue's file descriptor (-1 once closed, or where there is none)."""
+        return self._port.fileno()
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._port.closed
 
     @property
     def offload(self) -> OffloadFlags:
@@ -174,30 +182,51 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
 
     @property
     def vnet_hdr(self) -> bool:
-        """Whether raw reads/writes on this fd carry a 10-byte virtio-net header."""
-        return self._vnet_hdr
+        """Whether raw reads/writes carry a 10-byte virtio-net header."""
+        return isinstance(self._framing, VirtioFraming)
+
+    @property
+    def packet_info(self) -> bool:
+        """Whether packets carry the kernel's 4-byte ``tun_pi`` header."""
+        return self._packet_info
+
+    @property
+    def max_packet(self) -> int:
+        """The largest packet :meth:`send` takes (65535 for TUN, 65549 for TAP)."""
+        return self._max_packet
+
+    @property
+    def framing(self) -> Framing:
+        """How frames on the wire map to packets (see :mod:`trio_tun._framing`)."""
+        return self._framing
 
     def statistics(self) -> Statistics:
-        """Counters kept by trio-tun for this stream (see :class:`Statistics`)."""
+        """A snapshot of the counters trio-tun keeps for this stream (see :class:`Statistics`)."""
         return self._counters.snapshot()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        attrs: dict[Any, Callable[[], Any]] = {
-            TunAttribute.layer: lambda: self.layer,
+        attributes: dict[Any, Callable[[], Any]] = {
+            TunAttribute.layer: lambda: self._layer,
             TunAttribute.offload: lambda: self._offload,
-            TunAttribute.fileno: lambda: self._fd,
         }
+        if self._has_fd:
+            attributes[TunAttribute.fileno] = self.fileno
         if self._control is not None:
-            attrs[TunAttribute.name] = lambda: self.name
-            attrs[TunAttribute.index] = lambda: self.index
-            attrs[TunAttribute.mtu] = lambda: self.mtu
-        return attrs
+            attributes[TunAttribute.name] = lambda: self.name
+            attributes[TunAttribute.index] = lambda: self.index
+            attributes[TunAttribute.mtu] = lambda: self.mtu
+        return attributes
 
     @property
     def queues(self) -> tuple[PacketStream, ...]:
         """Every queue of the device, this one first (one entry unless ``queues=N``)."""
-        return tuple(self._queues)
+        return self._queues
+
+    def __repr__(self) -> str:
+        name = self._control.name if self._control is not None else "?"
+        state = " closed" if self.closed else ""
+        return f"<{type(self).__name__} {name!r} fd={self.fileno()}{state}>"
 
     # -- plumbing ------------------------------------------------------
 
@@ -207,35 +236,13 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             backend = self._backend = current_backend()
         return backend
 
-    def _check_open(self) -> int:
-        fd = self._fd
-        if fd < 0:
-            raise ClosedResourceError("this stream was closed")
-        return fd
-
-    def _io_error(self, exc: OSError, doing: str) -> Exception:
-        if self._fd < 0 or exc.errno == errno.EBADF:
-            return ClosedResourceError("this stream was closed")
-        if exc.errno in _BROKEN_ERRNOS:
-            return BrokenResourceError(
-                f"{doing} failed: the device is gone ({os.strerror(exc.errno or 0)})"
-            )
-        return exc
-
     async def _wait(self, readable: bool) -> None:
-        backend = self._get_backend()
-        fd = self._check_open()
-        try:
-            if readable:
-                await backend.wait_readable(fd)
-            else:
-                await backend.wait_writable(fd)
-        except (trio.ClosedResourceError, anyio.ClosedResourceError):
-            raise ClosedResourceError("another task closed this stream") from None
-        # Waiting went through the scheduler: the amortised yield is paid.
         if readable:
+            await self._port.wait_readable()
+            # Waiting went through the scheduler: the amortised yield is paid.
             self._receive_budget = SCHEDULE_EVERY
         else:
+            await self._port.wait_writable()
             self._send_budget = SCHEDULE_EVERY
 
     async def _entry_checkpoint(self, receiving: bool) -> None:
@@ -257,58 +264,29 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
 
     # -- reading -------------------------------------------------------
 
-    def _read_once(self) -> int:
-        """One non-blocking read into the buffer: its length, or -1 when nothing is queued."""
-        fd = self._check_open()
-        try:
-            n = readv(fd, [self._read_buffer])
-        except BlockingIOError:
-            return -1
-        except OSError as exc:
-            raise self._io_error(exc, "reading") from None
-        if n == 0:
-            # A TUN fd never reads empty; a socket handed to from_fd does when
-            # its peer has gone, and would otherwise read 0 forever.
-            raise anyio.EndOfStream
+    def _read_one(self) -> bool:
+        """One read, its packets onto the pending queue; False when nothing was queued."""
+        n = self._port.read_into(self._read_buffer)
+        if n == WOULD_BLOCK:
+            return False
         counters = self._counters
         counters.reads += 1
         counters.read_bytes += n
-        return n
-
-    def _decode(self, n: int) -> None:
-        """Turn the n bytes just read into packets on the pending queue."""
-        view = self._read_view
-        if self._vnet_hdr:
-            if n <= VIRTIO_NET_HDR_LEN:
-                self._counters.rx_malformed += 1
-                return
-            # flags and gso_type both zero: a plain packet, nothing to do.
-            if view[0] == 0 and view[1] == GSO_NONE:
-                self._pending.append(bytes(view[VIRTIO_NET_HDR_LEN:n]))
-                return
-            try:
-                self._pending.extend(_offload.split_with_header(view[:n]))
-            except MalformedPacket:
-                self._counters.rx_malformed += 1
-            return
-        self._pending.append(bytes(view[:n]))
+        if not self._framing.unpack(self._read_view[:n], self._pending):
+            counters.rx_malformed += 1
+        return True
 
     def _fill(self, wanted: int) -> None:
-        """Read until *wanted* packets are pending or the kernel queue is empty."""
+        """Read until *wanted* packets are pending or the queue is empty."""
         pending = self._pending
-        while len(pending) < wanted:
-            n = self._read_once()
-            if n < 0:
-                return
-            self._decode(n)
+        while len(pending) < wanted and self._read_one():
+            pass
 
     def _fill_reads(self, reads: int) -> None:
-        """Do up to *reads* reads, stopping early when the kernel queue is empty."""
+        """Do up to *reads* reads, stopping early when the queue is empty."""
         for _ in range(reads):
-            n = self._read_once()
-            if n < 0:
+            if not self._read_one():
                 return
-            self._decode(n)
 
     def _take(self, count: int) -> list[bytes]:
         pending = self._pending
@@ -316,11 +294,10 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             # The common case (whole reads): one C-level copy, no per-item pops.
             out = list(pending)
             pending.clear()
-            count = len(out)
         else:
             out = [pending.popleft() for _ in range(count)]
         counters = self._counters
-        counters.rx_packets += count
+        counters.rx_packets += len(out)
         counters.rx_bytes += sum(map(len, out))
         return out
 
@@ -334,8 +311,9 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             ClosedResourceError: the stream was closed.
             BrokenResourceError: the device was deleted.
             BusyResourceError: another task is receiving on this stream.
-            anyio.EndOfStream: only for a socket wrapped with :func:`from_fd`
-                whose peer has closed; a TUN device never ends.
+            anyio.EndOfStream: only when the other side can end (a socket
+                wrapped with :func:`from_fd` whose peer has closed, the closed
+                peer of a memory pair); a TUN device never ends.
         """
         with self._receive_guard:
             await self._entry_checkpoint(True)
@@ -349,11 +327,11 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
     async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
         """Receive a batch of packets for the price of one checkpoint.
 
-        Waits for the first packet, then takes whatever else the kernel has
-        queued.  With *max_packets* the batch holds at most that many packets;
-        segments of a super-packet that do not fit stay queued for the next
-        call, none are lost.  By default (``None``) the batch is the packets of
-        up to ``DEFAULT_BATCH`` (64) whole reads: with offload on, every
+        Waits for the first packet, then takes whatever else is queued.  With
+        *max_packets* the batch holds at most that many packets; segments of a
+        super-packet that do not fit stay queued for the next call, none are
+        lost.  By default (``None``) the batch is the packets of up to
+        ``DEFAULT_BATCH`` (64) whole reads: with offload on, every
         super-packet's segments then stay together, so a forwarder's
         :meth:`send_batch` can coalesce them back into one write.
         """
@@ -384,19 +362,11 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             await self._entry_checkpoint(True)
             size = len(self._read_buffer)
             while True:
-                fd = self._check_open()
-                try:
-                    # os.read lands the frame straight in its bytes object: no
-                    # second copy out of our read buffer on this hot path.
-                    frame = os.read(fd, size)
-                except BlockingIOError:
+                frame = self._port.read(size)
+                if frame is None:
                     await self._wait(readable=True)
                     continue
-                except OSError as exc:
-                    raise self._io_error(exc, "reading") from None
                 n = len(frame)
-                if n == 0:
-                    raise anyio.EndOfStream
                 counters = self._counters
                 counters.reads += 1
                 counters.read_bytes += n
@@ -406,62 +376,50 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
 
     # -- writing -------------------------------------------------------
 
-    def _check_packet(self, packet: bytes | bytearray | memoryview) -> int:
+    def _check_packet(self, packet: Buffer) -> None:
         size = len(packet)
         if size == 0:
             raise ValueError("can't send an empty packet")
         if size > self._max_packet:
             raise ValueError(
                 f"packet of {size} bytes is larger than the {self._max_packet}-byte limit "
-                f"of a {self.layer.value.upper()} device"
+                f"of a {self._layer.value.upper()} device"
             )
-        return size
 
-    def _write_once(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
-        """One write: bytes written, _WOULD_BLOCK, or _REFUSED (errno in ``_refused_errno``)."""
-        fd = self._check_open()
-        try:
-            n = writev(fd, buffers)
-        except BlockingIOError:
-            return _WOULD_BLOCK
-        except OSError as exc:
-            if exc.errno in _DROP_ERRNOS:
-                self._refused_errno = exc.errno or 0
-                return _REFUSED
-            raise self._io_error(exc, "writing") from None
-        self._counters.writes += 1
-        self._counters.write_bytes += n
+    async def _write(self, buffers: Sequence[Buffer]) -> int:
+        """Write *buffers* as one frame, waiting for room: bytes written, or ``REFUSED``."""
+        while True:
+            n = self._port.write(buffers)
+            if n != WOULD_BLOCK:
+                break
+            await self._wait(readable=False)
+        if n >= 0:
+            counters = self._counters
+            counters.writes += 1
+            counters.write_bytes += n
         return n
 
-    async def _write(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
-        """Write *buffers* as one datagram, waiting for room; returns the write's result."""
-        while True:
-            n = self._write_once(buffers)
-            if n != _WOULD_BLOCK:
-                return n
-            await self._wait(readable=False)
-
-    def _sent(self, n: int, packets: int) -> None:
+    async def _write_frame(self, buffers: Sequence[Buffer], packets: int) -> bool:
+        """Write one frame carrying *packets* packets; count it either way."""
+        n = await self._write(buffers)
         counters = self._counters
+        if n < 0:
+            counters.tx_dropped += packets
+            return False
         counters.tx_packets += packets
-        counters.tx_bytes += n
+        counters.tx_bytes += n - self._framing.header_len
+        return True
 
-    async def _send_plain(self, packet: bytes | bytearray | memoryview) -> None:
-        buffers: list[bytes | bytearray | memoryview]
-        if self._vnet_hdr:
-            buffers = [ZERO_HDR, packet]
-            n = await self._write(buffers)
-            if n >= 0:
-                self._sent(n - VIRTIO_NET_HDR_LEN, 1)
-                return
-        else:
-            n = await self._write([packet])
-            if n >= 0:
-                self._sent(n, 1)
-                return
-        self._counters.tx_dropped += 1
+    async def _send_one(self, packet: Buffer) -> None:
+        buffers = self._framing.pack(packet)
+        if buffers is None:
+            # The framing can't carry it (e.g. not IP behind an AF header):
+            # the kernel would refuse it too.
+            self._counters.tx_dropped += 1
+            return
+        await self._write_frame(buffers, 1)
 
-    async def send(self, item: bytes | bytearray | memoryview) -> None:
+    async def send(self, item: Buffer) -> None:
         """Send one packet.  It is written whole or, if cancelled, not at all.
 
         A packet the kernel refuses (not IP, or the device is down) is dropped
@@ -476,9 +434,9 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         self._check_packet(item)
         with self._send_guard:
             await self._entry_checkpoint(False)
-            await self._send_plain(item)
+            await self._send_one(item)
 
-    async def send_batch(self, packets: Iterable[bytes | bytearray | memoryview]) -> None:
+    async def send_batch(self, packets: Iterable[Buffer]) -> None:
         """Send several packets for the price of one checkpoint.
 
         With offload on, consecutive segments of a flow are coalesced into
@@ -491,67 +449,40 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             self._check_packet(packet)
         with self._send_guard:
             await self._entry_checkpoint(False)
-            if not batch:
-                return
-            if self._coalesce and len(batch) > 1:
+            if self._framing.coalescing and len(batch) > 1:
                 await self._send_coalesced(batch)
                 return
             for packet in batch:
-                await self._send_plain(packet)
+                await self._send_one(packet)
 
-    async def _send_coalesced(self, batch: list[bytes | bytearray | memoryview]) -> None:
-        try:
-            frames = _offload.coalesce(batch, uso=self._offload.uso)
-        except MalformedPacket:
-            # Something in the batch is not an IP packet the kernel could take;
-            # find it the slow way so the rest still coalesces.
-            table = _offload.GroTable(uso=self._offload.uso)
-            for packet in batch:
-                try:
-                    table.add(packet)
-                except MalformedPacket:
-                    self._counters.tx_dropped += 1
-            frames = table.flush()
+    async def _send_coalesced(self, batch: list[Buffer]) -> None:
+        framing = self._framing
+        frames, refused = framing.coalesce(batch)
+        self._counters.tx_dropped += refused
         for frame in frames:
-            await self._send_frame(frame)
+            segments = framing.segments(frame)
+            if await self._write_frame((frame,), segments):
+                if segments > 1:
+                    self._counters.tx_coalesced += 1
+                continue
+            if segments > 1 and self._port.refused_errno == errno.EINVAL:
+                # Some kernels refuse coalesced writes (e.g. a short last
+                # segment): stop coalescing here and resend this one split up.
+                framing.coalescing = False
+                self._counters.tx_coalesce_fallbacks += 1
+                self._counters.tx_dropped -= segments
+                parts = framing.split(frame)
+                if parts is None:
+                    self._counters.tx_dropped += segments
+                    continue
+                for part in parts:
+                    await self._send_one(part)
 
-    async def _send_frame(self, frame: bytes) -> None:
-        """Write one virtio-header frame from the GRO table."""
-        # The header fields straight from the bytes: building a VirtioNetHdr per
-        # write is measurable on this path.
-        _, gso_type, hdr_len, gso_size, _, _ = _VNET_HDR.unpack_from(frame)
-        segments = 1
-        if gso_type != GSO_NONE and gso_size:
-            payload = len(frame) - VIRTIO_NET_HDR_LEN - hdr_len
-            segments = max(1, -(-payload // gso_size))
-        n = await self._write((frame,))
-        if n >= 0:
-            self._sent(n - VIRTIO_NET_HDR_LEN, segments)
-            if segments > 1:
-                self._counters.tx_coalesced += 1
-            return
-        if segments > 1 and self._refused_errno == errno.EINVAL:
-            # Some kernels refuse coalesced writes (e.g. a short last segment):
-            # stop coalescing on this device and resend this one split up.
-            self._coalesce = False
-            self._counters.tx_coalesce_fallbacks += 1
-            try:
-                parts = _offload.split_with_header(frame)
-            except MalformedPacket:
-                self._counters.tx_dropped += segments
-                return
-            for part in parts:
-                await self._send_plain(part)
-            return
-        self._counters.tx_dropped += segments
-
-    async def send_raw(self, frame: bytes | bytearray | memoryview) -> None:
+    async def send_raw(self, frame: Buffer) -> None:
         """Write one frame exactly as given (with its virtio header when offload is on)."""
         if len(frame) == 0:
             raise ValueError("can't send an empty frame")
-        # Fix (issue 7, tests/test_security.py): an oversized frame used to go
-        # to the kernel and come back as a silent drop; like send(), say so.
-        # The limit is one read's worth: the largest packet plus the headers.
+        # One read's worth at most: the largest packet plus the headers.
         limit = len(self._read_buffer)
         if len(frame) > limit:
             raise ValueError(
@@ -562,9 +493,87 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
             await self._entry_checkpoint(False)
             n = await self._write((frame,))
             if n >= 0:
-                self._sent(n, 1)
+                self._counters.tx_packets += 1
+                self._counters.tx_bytes += n
             else:
                 self._counters.tx_dropped += 1
+
+    # -- device control ------------------------------------------------
+
+    def _require_control(self) -> Control:
+        control = self._control
+        if control is None or control.closed:
+            raise NoDeviceControlError(
+                "this stream has no device control (it wraps an fd whose device is unknown, "
+                "or the device was closed)"
+            )
+        return control
+
+    async def _in_thread(self, op: Callable[[Control], T]) -> T:
+        # A call in flight is not abandoned on cancellation: the system's
+        # state and ours must not disagree about whether an address was added.
+        control = self._require_control()
+        return await anyio.to_thread.run_sync(lambda: op(control))
+
+    @property
+    def name(self) -> str:
+        """The interface name, e.g. ``"tun0"``."""
+        return self._require_control().name
+
+    @property
+    def index(self) -> int:
+        """The interface index (in the namespace the device lives in, on Linux)."""
+        return self._require_control().index
+
+    @property
+    def mtu(self) -> int:
+        """The device's current MTU, as the system has it now."""
+        return self._require_control().get_mtu()
+
+    async def set_mtu(self, mtu: int) -> None:
+        """Change the MTU (68..65535; at least 1280 while IPv6 addresses are set)."""
+        validate_mtu(mtu)
+        await self._in_thread(lambda c: c.set_mtu(mtu))
+
+    async def set_up(self) -> None:
+        """Bring the device up."""
+        await self._in_thread(lambda c: c.set_up(True))
+
+    async def set_down(self) -> None:
+        """Take the device down; queued packets are dropped by the system."""
+        await self._in_thread(lambda c: c.set_up(False))
+
+    async def is_up(self) -> bool:
+        """Whether the device is administratively up."""
+        return await self._in_thread(lambda c: c.is_up())
+
+    async def addresses(self) -> list[Address]:
+        """Every address on the device, IPv4 and IPv6 (link-local ones included)."""
+        return await self._in_thread(lambda c: c.addresses())
+
+    async def add_address(self, address: AddressLike) -> None:
+        """Add ``"10.0.0.1/24"``-style *address*; FileExistsError if already there."""
+        addr = parse_address(address)
+        await self._in_thread(lambda c: c.add_address(addr))
+
+    async def remove_address(self, address: AddressLike) -> None:
+        """Remove *address*; LookupError if it is not on the device."""
+        addr = parse_address(address)
+        await self._in_thread(lambda c: c.remove_address(addr))
+
+    async def add_route(self, prefix: str | Network, *, metric: int | None = None) -> None:
+        """Route *prefix* (e.g. ``"10.9.0.0/16"``) through this device."""
+        net = parse_network(prefix)
+        await self._in_thread(lambda c: c.add_route(net, metric))
+
+    async def remove_route(self, prefix: str | Network) -> None:
+        """Remove a route added with :meth:`add_route` (LookupError if absent)."""
+        net = parse_network(prefix)
+        await self._in_thread(lambda c: c.remove_route(net))
+
+    async def routes(self) -> list[Network]:
+        """Prefixes routed through this device (the main table on Linux)."""
+        return await self._in_thread(lambda c: c.routes())
 
     # -- multi-queue ---------------------------------------------------
 
@@ -575,13 +584,10 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
 
         Use it as ``async with dev.engine() as engine:``.
         """
-        from .engine import DEFAULT_CHANNEL_BATCHES, DEFAULT_GRACE, OffloadEngine
+        # Imported here: the engine is a layer above the stream.
+        from .engine import OffloadEngine
 
-        return OffloadEngine(
-            self.queues,
-            grace=DEFAULT_GRACE if grace is None else grace,
-            channel_batches=DEFAULT_CHANNEL_BATCHES if channel_batches is None else channel_batches,
-        )
+        return OffloadEngine(self.queues, grace=grace, channel_batches=channel_batches)
 
     @property
     def queue_attached(self) -> bool:
@@ -589,40 +595,34 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         return self._attached
 
     def detach_queue(self) -> None:
-        """Stop the kernel from using this queue (``TUNSETQUEUE`` detach).
+        """Stop the kernel from using this queue (Linux ``TUNSETQUEUE`` detach).
 
         The fd stays open and the device stays up; flows move to the other
         queues.  Packets still queued here are discarded by the kernel, reads
         find nothing and writes are refused (counted as ``tx_dropped``).
         Only for devices opened with ``queues`` > 1.
         """
-        linux.set_queue(self._check_open(), attach=False)
+        self._port.set_queue(False)
         self._attached = False
 
     def attach_queue(self) -> None:
         """Give a detached queue back to the kernel (``TUNSETQUEUE`` attach)."""
-        linux.set_queue(self._check_open(), attach=True)
+        self._port.set_queue(True)
         self._attached = True
 
     # -- closing -------------------------------------------------------
 
     def close(self) -> None:
-        """Close the fd now (synchronous twin of :meth:`aclose`).
+        """Close the stream now (synchronous twin of :meth:`aclose`).
 
         Tasks blocked on this stream are woken with ``ClosedResourceError``.
-        Closing the last fd of a non-persistent device deletes the device.
+        Closing the last queue of a non-persistent device deletes the device.
         """
-        fd = self._fd
-        if fd < 0:
+        if self._port.closed:
             return
-        self._fd = -1
         try:
-            _notify_closing(fd)
+            self._port.close()
         finally:
-            if self._owned:
-                os.close(fd)
-            else:
-                set_blocking(fd, self._original_blocking)
             self._counters.rx_dropped += len(self._pending)
             self._pending.clear()
             if self._owns_control and self._control is not None:
@@ -633,33 +633,25 @@ class PacketStream(DeviceControlMixin, UnreliableObjectStream[bytes]):
         self.close()
         await self._get_backend().checkpoint()
 
-    def __del__(self) -> None:
-        # An owned fd must not outlive its stream; tasks can't be waiting on it
-        # any more if the stream is garbage.
-        fd = getattr(self, "_fd", -1)
-        if fd >= 0 and getattr(self, "_owned", False):
-            self._fd = -1
-            os.close(fd)
+
+def link_queues(streams: Sequence[PacketStream]) -> None:
+    """Tell each queue of one device about its siblings (for :attr:`PacketStream.queues`)."""
+    queues = tuple(streams)
+    for stream in queues:
+        stream._queues = queues
 
 
-def _notify_closing(fd: int) -> None:
-    """Wake tasks blocked on *fd* before it is closed, if an event loop is running."""
-    try:
-        backend = current_backend()
-    except sniffio.AsyncLibraryNotFoundError:
-        # Closing from synchronous code (e.g. after trio.run returned): no task
-        # can be waiting on the fd, and the loop's registration died with it.
-        return
-    backend.notify_closing(fd)
-
-
+@final
 class TunStream(PacketStream):
     """A TUN (layer 3) queue: ``receive`` and ``send`` carry bare IP packets."""
 
-    layer = Layer.L3
 
-
+@final
 class TapStream(PacketStream):
     """A TAP (layer 2) queue: ``receive`` and ``send`` carry Ethernet frames."""
 
-    layer = Layer.L2
+
+def make_stream(layer: Layer, port: Port, framing: Framing, **parts: Any) -> PacketStream:
+    """The public face for *layer*, built from *port*, *framing* and the other parts."""
+    cls = TapStream if layer is Layer.L2 else TunStream
+    return cls(port, framing, layer=layer, **parts)

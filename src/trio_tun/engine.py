@@ -23,12 +23,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
@@ -36,8 +36,8 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ClosedResourceError
+from ._lifetime import ScopedLifetime
 from ._stats import Statistics
-from ._stream import PacketStream
 
 #: Default grace period for writers to flush on shutdown, in seconds.
 DEFAULT_GRACE: Final = 2.0
@@ -47,6 +47,25 @@ DEFAULT_CHANNEL_BATCHES: Final = 32
 WRITER_GATHER: Final = 1024
 
 Packet = bytes | bytearray | memoryview
+
+
+class QueueStream(Protocol):
+    """What the engine needs of one queue (a :class:`~trio_tun.PacketStream` is one)."""
+
+    @property
+    def max_packet(self) -> int: ...
+
+    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]: ...
+
+    async def send_batch(self, packets: Iterable[Packet]) -> None: ...
+
+    def statistics(self) -> Statistics: ...
+
+    def detach_queue(self) -> None: ...
+
+    def attach_queue(self) -> None: ...
+
+
 Handler = Callable[[list[bytes]], "Awaitable[Iterable[Packet] | None] | Iterable[Packet] | None"]
 
 
@@ -98,7 +117,7 @@ class EngineStatistics:
 @attrs.define(eq=False)
 class _Queue:
     index: int
-    stream: PacketStream
+    stream: QueueStream
     send: MemoryObjectSendStream[list[Packet]]
     receive: MemoryObjectReceiveStream[list[Packet]]
     enabled: bool = True
@@ -108,7 +127,7 @@ class _Queue:
     reader_done: anyio.Event = attrs.field(factory=anyio.Event)
 
 
-class OffloadEngine:
+class OffloadEngine(ScopedLifetime):
     """Moves packets between all queues of a device and the application.
 
     Use it as ``async with dev.engine() as engine:``; the engine's tasks live in
@@ -123,11 +142,13 @@ class OffloadEngine:
 
     def __init__(
         self,
-        queues: Sequence[PacketStream],
+        queues: Sequence[QueueStream],
         *,
-        grace: float = DEFAULT_GRACE,
-        channel_batches: int = DEFAULT_CHANNEL_BATCHES,
+        grace: float | None = None,
+        channel_batches: int | None = None,
     ) -> None:
+        grace = DEFAULT_GRACE if grace is None else grace
+        channel_batches = DEFAULT_CHANNEL_BATCHES if channel_batches is None else channel_batches
         if not queues:
             raise ValueError("an engine needs at least one queue")
         if grace < 0 or not math.isfinite(grace):
@@ -155,37 +176,21 @@ class OffloadEngine:
 
     # -- lifecycle -----------------------------------------------------
 
-    async def __aenter__(self) -> OffloadEngine:
-        if self._task_group is not None or self._closed:
-            raise RuntimeError("an OffloadEngine can be entered only once")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        for queue in self._queues:
-            self._start_queue(queue)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        task_group = self._task_group
-        assert task_group is not None
-        # The first cancellation is usually why we are leaving: shield the
-        # bounded flush from it.
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._shutdown(self._grace)
-        except BaseException as interrupted:
-            # Trio delivers KeyboardInterrupt even inside a shielded scope, so a
-            # second Ctrl-C ends the flush early (_shutdown still stops and
-            # counts everything).  The task group must be exited all the same,
-            # or Trio finds its nursery stack corrupted.
-            await task_group.__aexit__(type(interrupted), interrupted, interrupted.__traceback__)
-            raise
-        return await task_group.__aexit__(exc_type, exc, tb)
+    @contextlib.asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            for queue in self._queues:
+                self._start_queue(queue)
+            try:
+                yield
+            finally:
+                # The first cancellation is usually why we are leaving: shield
+                # the bounded flush from it.  (A KeyboardInterrupt still gets
+                # through; _shutdown stops and counts everything even then, and
+                # the task group is left by the ``async with``.)
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown(self._grace)
 
     async def aclose(self, grace: float | None = None) -> None:
         """Shut down now: stop reading, let writers flush for *grace* seconds, stop.
@@ -281,14 +286,14 @@ class OffloadEngine:
         finally:
             queue.writer_done.set()
 
-    async def _write(self, stream: PacketStream, packets: list[Packet]) -> None:
-        before = stream._counters.tx_packets
+    async def _write(self, stream: QueueStream, packets: list[Packet]) -> None:
+        before = stream.statistics().tx_packets
         try:
             await stream.send_batch(packets)
         finally:
             # Whatever the kernel did not take (refused, or we were stopped
             # mid-batch) is dropped; tx_packets counts segments exactly.
-            written = stream._counters.tx_packets - before
+            written = stream.statistics().tx_packets - before
             self._written += written
             self._dropped += len(packets) - written
 
@@ -336,7 +341,7 @@ class OffloadEngine:
         if not batch:
             await anyio.lowlevel.checkpoint()
             return
-        limit = self._queues[0].stream._max_packet
+        limit = self._queues[0].stream.max_packet
         # min/max over map(len) run in C: this is per packet, on the hot path.
         shortest, longest = min(map(len, batch)), max(map(len, batch))
         if shortest == 0 or longest > limit:
@@ -381,7 +386,7 @@ class OffloadEngine:
     # -- queues --------------------------------------------------------
 
     @property
-    def queues(self) -> tuple[PacketStream, ...]:
+    def queues(self) -> tuple[QueueStream, ...]:
         return tuple(q.stream for q in self._queues)
 
     def enabled_queues(self) -> list[int]:

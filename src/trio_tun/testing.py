@@ -12,29 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
-import anyio
-import anyio.lowlevel
-from anyio.abc import UnreliableObjectStream
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-from . import _netns
-from ._config import AddressLike, Layer, parse_address
-from ._errors import BusyResourceError, ClosedResourceError
-from ._stats import Counters, Statistics
-from ._stream import DEFAULT_BATCH, MAX_PACKET, TunAttribute
-from .platform.linux import NO_OFFLOAD
+from ._config import NETNS_RUN_DIR, Address, AddressLike, Layer, parse_address
+from ._control import NamedControl, Network
+from ._framing import PlainFraming
+from ._ports import MemoryPort
+from ._stream import TunStream, make_stream
+from .platform.linux import netns as _netns
 
 T = TypeVar("T")
 
 __all__ = [
-    "MemoryTunStream",
+    "MemoryControl",
     "NetNamespace",
     "fd_count",
     "link_namespaces",
@@ -42,138 +38,89 @@ __all__ = [
 ]
 
 
-class MemoryTunStream(UnreliableObjectStream[bytes]):
-    """One end of :func:`memory_tun_pair`; what it sends, the other end receives.
+class MemoryControl(NamedControl):
+    """The device control of a memory pair end: state kept in memory, as a device would."""
 
-    Like a device, it never blocks a sender: a packet sent while the peer's
-    queue is full is dropped and counted in ``statistics().tx_dropped``.  When
-    the peer is closed, ``receive`` drains what was queued and then raises
-    ``anyio.EndOfStream`` (so ``async for`` ends).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        mtu: int,
-        send: MemoryObjectSendStream[bytes],
-        receive: MemoryObjectReceiveStream[bytes],
-    ) -> None:
-        self._name = name
+    def __init__(self, name: str, index: int, mtu: int) -> None:
+        super().__init__(name, index)
         self._mtu = mtu
-        self._send = send
-        self._receive = receive
-        self._counters = Counters()
-        self._closed = False
-        self._receiving = False
+        self._up = True
+        self._addresses: list[Address] = []
+        self._routes: dict[Network, int | None] = {}
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def mtu(self) -> int:
+    def get_mtu(self) -> int:
         return self._mtu
 
-    @property
-    def layer(self) -> Layer:
-        return Layer.L3
+    def set_mtu(self, mtu: int) -> None:
+        self._mtu = mtu
 
-    def statistics(self) -> Statistics:
-        return self._counters.snapshot()
+    def set_up(self, up: bool) -> None:
+        self._up = up
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {
-            TunAttribute.name: lambda: self._name,
-            TunAttribute.mtu: lambda: self._mtu,
-            TunAttribute.layer: lambda: Layer.L3,
-            TunAttribute.offload: lambda: NO_OFFLOAD,
-        }
+    def is_up(self) -> bool:
+        return self._up
 
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedResourceError("this stream was closed")
+    def addresses(self) -> list[Address]:
+        return list(self._addresses)
 
-    async def receive(self) -> bytes:
-        self._check()
-        if self._receiving:
-            raise BusyResourceError("receiving")
-        self._receiving = True
-        try:
-            packet = await self._receive.receive()
-        except anyio.ClosedResourceError:
-            raise ClosedResourceError("this stream was closed") from None
-        finally:
-            self._receiving = False
-        self._counters.rx_packets += 1
-        self._counters.rx_bytes += len(packet)
-        return packet
+    def add_address(self, address: Address) -> None:
+        if address in self._addresses:
+            raise FileExistsError(errno.EEXIST, f"{address} is already on {self._name}")
+        self._addresses.append(address)
 
-    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
-        """Up to *max_packets* queued packets (default ``DEFAULT_BATCH``, 64), at least one."""
-        if max_packets is None:
-            max_packets = DEFAULT_BATCH
-        if max_packets < 1:
-            raise ValueError(f"max_packets must be at least 1, not {max_packets}")
-        batch = [await self.receive()]
-        while len(batch) < max_packets:
-            try:
-                packet = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-            self._counters.rx_packets += 1
-            self._counters.rx_bytes += len(packet)
-            batch.append(packet)
-        return batch
+    def remove_address(self, address: Address) -> None:
+        if address not in self._addresses:
+            raise LookupError(f"{address} is not on {self._name}")
+        self._addresses.remove(address)
 
-    def _send_one(self, packet: bytes | bytearray | memoryview) -> None:
-        size = len(packet)
-        if size == 0:
-            raise ValueError("can't send an empty packet")
-        if size > MAX_PACKET:
-            raise ValueError(f"packet of {size} bytes is larger than the {MAX_PACKET}-byte limit")
-        try:
-            self._send.send_nowait(bytes(packet))
-        except (anyio.WouldBlock, anyio.BrokenResourceError):
-            self._counters.tx_dropped += 1
-            return
-        self._counters.tx_packets += 1
-        self._counters.tx_bytes += size
+    def add_route(self, network: Network, metric: int | None) -> None:
+        if network in self._routes:
+            raise FileExistsError(errno.EEXIST, f"a route to {network} exists")
+        self._routes[network] = metric
 
-    async def send(self, item: bytes | bytearray | memoryview) -> None:
-        await anyio.lowlevel.checkpoint()
-        self._check()
-        self._send_one(item)
+    def remove_route(self, network: Network) -> None:
+        if self._routes.pop(network, _MISSING) is _MISSING:
+            raise LookupError(f"no route to {network} via {self._name}")
 
-    async def send_batch(self, packets: Iterable[bytes | bytearray | memoryview]) -> None:
-        await anyio.lowlevel.checkpoint()
-        self._check()
-        for packet in packets:
-            self._send_one(packet)
+    def routes(self) -> list[Network]:
+        return list(self._routes)
 
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._send.close()
-            self._receive.close()
-        await anyio.lowlevel.checkpoint()
+
+_MISSING: Final = object()
 
 
 def memory_tun_pair(
     *, mtu: int = 1500, capacity: int = 1024, names: tuple[str, str] = ("mem0", "mem1")
-) -> tuple[MemoryTunStream, MemoryTunStream]:
-    """Two in-memory TUN-like streams joined back to back (no root needed).
+) -> tuple[TunStream, TunStream]:
+    """Two TUN streams joined back to back in memory (no root, no kernel).
+
+    They are the very :class:`~trio_tun.TunStream` that ``open_tun`` returns,
+    over an in-memory port instead of a device, so code tested against them
+    meets the shipped semantics (batching, cancellation, Busy/Closed errors,
+    statistics, device control).  Like a device, a stream never blocks its
+    sender: a packet sent while the peer's queue is full is dropped and counted
+    in ``statistics().tx_dropped``.  When one end is closed, the other drains
+    what was queued and then ``receive`` raises ``anyio.EndOfStream`` (so
+    ``async for`` ends).
 
     Args:
         mtu: Reported by ``.mtu``; not enforced (a real TUN fd does not either).
         capacity: Packets each direction queues before new ones are dropped.
         names: The two streams' ``.name``.
     """
-    a_to_b_send, a_to_b_receive = anyio.create_memory_object_stream[bytes](capacity)
-    b_to_a_send, b_to_a_receive = anyio.create_memory_object_stream[bytes](capacity)
-    a = MemoryTunStream(names[0], mtu, a_to_b_send, b_to_a_receive)
-    b = MemoryTunStream(names[1], mtu, b_to_a_send, a_to_b_receive)
-    return a, b
+    ports = MemoryPort.pair(capacity)
+    streams = []
+    for index, (port, name) in enumerate(zip(ports, names, strict=True), start=1):
+        stream = make_stream(
+            Layer.L3,
+            port,
+            PlainFraming(),
+            control=MemoryControl(name, index, mtu),
+            owns_control=True,
+        )
+        assert isinstance(stream, TunStream)
+        streams.append(stream)
+    return streams[0], streams[1]
 
 
 # -- network namespaces -------------------------------------------------------
@@ -211,8 +158,8 @@ class NetNamespace:
         return ns
 
     def _publish(self, name: str) -> None:
-        os.makedirs(_netns.NETNS_RUN_DIR, exist_ok=True)
-        target = os.path.join(_netns.NETNS_RUN_DIR, name)
+        os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+        target = os.path.join(NETNS_RUN_DIR, name)
         with open(target, "x"):
             pass
         source = f"/proc/self/fd/{self._fd}".encode()
@@ -226,7 +173,7 @@ class NetNamespace:
     def path(self) -> str:
         """A path that names this namespace (valid while it is open)."""
         if self.name is not None:
-            return os.path.join(_netns.NETNS_RUN_DIR, self.name)
+            return os.path.join(NETNS_RUN_DIR, self.name)
         return f"/proc/{os.getpid()}/fd/{self._fd}"
 
     def fileno(self) -> int:
@@ -301,7 +248,7 @@ class NetNamespace:
 
     def close(self) -> None:
         if self.name is not None:
-            target = os.path.join(_netns.NETNS_RUN_DIR, self.name)
+            target = os.path.join(NETNS_RUN_DIR, self.name)
             _libc.umount2(target.encode(), _MNT_DETACH)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)

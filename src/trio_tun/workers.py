@@ -24,8 +24,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import anyio
@@ -33,10 +32,10 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._config import Layer
+from ._config import Layer, OffloadFlags
 from ._errors import ClosedResourceError
+from ._lifetime import ScopedLifetime
 from ._stream import PacketStream
-from .platform.linux import OffloadFlags
 
 # Queue fds travel to the workers over Unix sockets (SCM_RIGHTS): POSIX only.
 # (This also tells mypy to skip the rest of the module for Windows.)
@@ -73,12 +72,12 @@ def _describe(stream: PacketStream) -> dict[str, Any]:
     return {
         "layer": stream.layer.value,
         "vnet_hdr": stream.vnet_hdr,
-        "packet_info": stream._packet_info,
+        "packet_info": stream.packet_info,
         "offload": attrs.asdict(offload),
     }
 
 
-class WorkerPool:
+class WorkerPool(ScopedLifetime):
     """Run *target* in one process per assignment, each owning its queues.
 
     Args:
@@ -118,42 +117,26 @@ class WorkerPool:
             WorkerFailure
         ](len(self._workers) * 4)
 
-    async def __aenter__(self) -> WorkerPool:
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
-        try:
-            for worker in self._workers:
-                await self._spawn(worker)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        task_group = self._task_group
-        assert task_group is not None
-        self._closing = True
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._stop_all()
-        except BaseException as interrupted:
-            # KeyboardInterrupt gets through the shield; the task group must be
-            # exited all the same (as in OffloadEngine.__aexit__).  Kill what is
-            # left so no worker outlives the pool.
-            for worker in self._workers:
-                if worker.process is not None and worker.process.returncode is None:
-                    worker.process.kill()
-            self._failures_send.close()
-            await task_group.__aexit__(type(interrupted), interrupted, interrupted.__traceback__)
-            raise
-        self._failures_send.close()
-        return await task_group.__aexit__(exc_type, exc, tb)
+    @contextlib.asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            try:
+                for worker in self._workers:
+                    await self._spawn(worker)
+                yield
+            finally:
+                self._closing = True
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_all()
+                finally:
+                    # A KeyboardInterrupt gets through the shield: kill what is
+                    # left so that no worker outlives the pool.
+                    for worker in self._workers:
+                        if worker.process is not None and worker.process.returncode is None:
+                            worker.process.kill()
+                    self._failures_send.close()
 
     @property
     def size(self) -> int:

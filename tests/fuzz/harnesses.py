@@ -36,7 +36,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Final
 
-from trio_tun.offload import MalformedPacket, gro, py
+from trio_tun.offload import MalformedPacket, gro
+from trio_tun.offload import reference as py
 from trio_tun.offload.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHdr
 
 try:

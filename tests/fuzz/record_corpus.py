@@ -32,8 +32,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import trio_tun  # noqa: E402
 from fuzz.harnesses import CORPUS, VNET, make_records  # noqa: E402
-from trio_tun import TunStream, _netns  # noqa: E402
-from trio_tun.offload import py  # noqa: E402
+from trio_tun import TunStream  # noqa: E402
+from trio_tun.offload import reference as py  # noqa: E402
+from trio_tun.platform.linux import netns as _netns  # noqa: E402
 from trio_tun.testing import NetNamespace  # noqa: E402
 
 SOL_UDP = 17

@@ -12,7 +12,8 @@ import types
 
 import pytest
 
-from trio_tun.offload import gro, py
+from trio_tun.offload import gro
+from trio_tun.offload import reference as py
 
 try:
     from trio_tun.offload import _accel, _speedups

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from trio_tun import offload
-from trio_tun.offload import gro, gso, py
+from trio_tun.offload import gro, gso
 from trio_tun.offload import gso as reference
+from trio_tun.offload import reference as py
 
 SRC = str(Path(offload.__file__).resolve().parents[2])
 
@@ -40,7 +41,7 @@ def _implementation_with(env_value: str) -> str:
     env = {**os.environ, "TRIO_TUN_PURE_PYTHON": env_value}
     env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
     code = (
-        "import trio_tun.offload as o, trio_tun.offload.py as p;"
+        "import trio_tun.offload as o, trio_tun.offload.reference as p;"
         "assert (o.implementation == 'python') == (o.checksum is p.checksum);"
         "print(o.implementation)"
     )

@@ -140,6 +140,9 @@ class FakeBsdKernel:
     def _data_fd(self, name: str) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         theirs.setblocking(False)
+        stale = self.peers.get(name)
+        if stale is not None:  # a utun socket whose connect failed ("?")
+            stale.close()
         self.peers[name] = theirs
         fd = ours.detach()
         self.devices[fd] = name

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 import trio_tun
 from packets_util import udp4, udp6
-from trio_tun.platform._afheader import (
+from trio_tun._framing import (
+    AF_HEADER_LEN,
     DARWIN,
     FREEBSD,
     HOST,
@@ -28,7 +29,6 @@ from trio_tun.platform._afheader import (
     AfFamilies,
     AfFraming,
 )
-from trio_tun.platform._afstream import AfTunStream
 
 ALL = [DARWIN, FREEBSD, OPENBSD, NETBSD, HOST]
 EXPECTED_INET6 = {"darwin": 30, "freebsd": 28, "openbsd": 24, "netbsd": 24}
@@ -108,8 +108,10 @@ async def test_from_fd_with_af_header_strips_and_adds() -> None:
         theirs.setblocking(False)
         stream = trio_tun.from_fd(ours.detach(), header="af4")
         try:
-            assert isinstance(stream, AfTunStream) and isinstance(stream, trio_tun.TunStream)
-            assert stream.families == HOST
+            assert type(stream) is trio_tun.TunStream
+            assert isinstance(stream.framing, AfFraming)
+            assert stream.framing.families == HOST
+            assert stream.framing.header_len == AF_HEADER_LEN
             v4_header = struct.pack("!I", 2)
             v6_header = struct.pack("!I", socket.AF_INET6)
             theirs.send(v4_header + V4)
@@ -166,4 +168,5 @@ def test_header_option_is_checked() -> None:
             trio_tun.from_fd(ours.fileno(), owned=False, header="af4", vnet_hdr=True)
         stream = trio_tun.from_fd(ours.fileno(), owned=False, header="none")
         assert type(stream) is trio_tun.TunStream
+        assert not isinstance(stream.framing, AfFraming)
         stream.close()

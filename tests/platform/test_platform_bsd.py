@@ -7,18 +7,23 @@ and the packet framing (AF_INET6 28 on FreeBSD, 24 on OpenBSD and NetBSD).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import struct
 from collections.abc import Iterator
 
 import anyio
+import attrs
 import pytest
 from bsd_fakes import FREEBSD_REQUESTS, NETBSD_REQUESTS, OPENBSD_REQUESTS, FakeBsdKernel
 
 import trio_tun
 from packets_util import udp4, udp6
 from trio_tun import Layer, TunConfig
-from trio_tun.platform import bsd
+from trio_tun._framing import AfFraming, PlainFraming
+from trio_tun._open import open_device, wrap_fd
+from trio_tun.platform import FdSpec, bsd
+from trio_tun.platform._bsdnet import BsdInterfaceControl
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +75,16 @@ def tap(**kwargs: object) -> TunConfig:
     return TunConfig(layer=Layer.L2, **kwargs)  # type: ignore[arg-type]
 
 
+def opened(
+    system: bsd.System, kernel: FakeBsdKernel, config: TunConfig
+) -> contextlib.AbstractAsyncContextManager[trio_tun.PacketStream]:
+    """What ``open_tun``/``open_tap`` do on a BSD: refuse what it can't do, then the
+    context manager (nothing runs until it is entered)."""
+    backend = bsd.BsdBackend(system, syscalls=kernel)
+    backend.check(config)
+    return open_device(backend, config)
+
+
 @pytest.mark.parametrize(
     ("system", "make", "expected", "inet6"),
     [
@@ -84,13 +99,11 @@ async def test_tun_open_frame_and_destroy(
 ) -> None:
     kernel = make()
     kernels.append(kernel)
-    cm = bsd.open_device(
-        tun(addresses=["10.8.0.1/24", "fd00:8::1/64"], mtu=1400),
-        None,
-        system=system,
-        syscalls=kernel,
-    )
+    cm = opened(system, kernel, tun(addresses=["10.8.0.1/24", "fd00:8::1/64"], mtu=1400))
+    assert kernel.calls == []  # nothing happens before the block is entered
     async with cm as dev:
+        assert type(dev) is trio_tun.TunStream
+        assert isinstance(dev.framing, AfFraming) and dev.framing.families == system.families
         assert dev.name == expected
         iface = kernel.interfaces[expected]
         if system.tunsifhead is not None:
@@ -118,13 +131,13 @@ async def test_tun_open_frame_and_destroy(
 async def test_persist_keeps_the_interface(kernels: list[FakeBsdKernel]) -> None:
     kernel = freebsd()
     kernels.append(kernel)
-    async with bsd.open_device(tun(persist=True), "tun7", system=bsd.FREEBSD, syscalls=kernel):
+    async with opened(bsd.FREEBSD, kernel, tun(name="tun7", persist=True)):
         pass
     assert "tun7" in kernel.interfaces
     assert ("open", "/dev/tun7") in kernel.calls
     # Attaching again without persist deletes it on the way out, as on Linux.
     kernel.busy.discard("/dev/tun7")
-    async with bsd.open_device(tun(), "tun7", system=bsd.FREEBSD, syscalls=kernel):
+    async with opened(bsd.FREEBSD, kernel, tun(name="tun7")):
         pass
     assert "tun7" not in kernel.interfaces
 
@@ -139,10 +152,9 @@ async def test_tap_carries_bare_frames(
 ) -> None:
     kernel = make()
     kernels.append(kernel)
-    async with bsd.open_device(
-        tap(addresses=["10.8.0.1/24"]), None, system=system, syscalls=kernel
-    ) as dev:
-        assert isinstance(dev, trio_tun.TapStream)
+    async with opened(system, kernel, tap(addresses=["10.8.0.1/24"])) as dev:
+        assert type(dev) is trio_tun.TapStream
+        assert isinstance(dev.framing, PlainFraming)  # Ethernet frames, no AF header
         assert dev.name == expected
         iface = kernel.interfaces[expected]
         assert iface.header == 0  # no TUNSIFHEAD on a tap
@@ -176,15 +188,15 @@ async def test_open_errors(kernels: list[FakeBsdKernel]) -> None:
     kernel = openbsd()
     kernels.append(kernel)
     with pytest.raises(trio_tun.TunUnavailableError, match="MAKEDEV"):
-        async with bsd.open_device(tun(), "tun9", system=bsd.OPENBSD, syscalls=kernel):
+        async with opened(bsd.OPENBSD, kernel, tun(name="tun9")):
             pass
     with pytest.raises(trio_tun.DeviceBusyError, match="tun0"):
-        async with bsd.open_device(tun(), "tun0", system=bsd.OPENBSD, syscalls=kernel):
+        async with opened(bsd.OPENBSD, kernel, tun(name="tun0")):
             pass
     kernel.busy.update({"/dev/tun2", "/dev/tun3"})
     # Every node busy, then a missing one: the missing node is the error.
     with pytest.raises(trio_tun.TunUnavailableError):
-        async with bsd.open_device(tun(), None, system=bsd.OPENBSD, syscalls=kernel):
+        async with opened(bsd.OPENBSD, kernel, tun()):
             pass
 
 
@@ -193,7 +205,7 @@ async def test_failed_setup_destroys_a_cloned_interface(kernels: list[FakeBsdKer
     kernels.append(kernel)
     kernel.fail_ioctl["TUNSIFHEAD"] = errno.EINVAL
     with pytest.raises(OSError, match="Invalid"):
-        async with bsd.open_device(tun(), None, system=bsd.FREEBSD, syscalls=kernel):
+        async with opened(bsd.FREEBSD, kernel, tun()):
             pass
     assert kernel.interfaces == {}
     assert kernel.sockets == {}
@@ -203,8 +215,13 @@ async def test_wrap_fd_on_freebsd(kernels: list[FakeBsdKernel]) -> None:
     kernel = freebsd()
     kernels.append(kernel)
     fd = kernel.open_device("/dev/tun")
-    stream = bsd.wrap_fd(fd, owned=True, system=bsd.FREEBSD, syscalls=kernel)
+    spec = FdSpec(fd=fd, owned=True, layer=Layer.L3, header="af4")
+    stream = wrap_fd(bsd.BsdBackend(bsd.FREEBSD, syscalls=kernel), spec)
     try:
+        assert type(stream) is trio_tun.TunStream
+        assert isinstance(stream.framing, AfFraming)
+        assert stream.framing.families == bsd.FREEBSD.families
+        assert isinstance(stream._control, BsdInterfaceControl)
         assert stream.name == "tun0"
         kernel.peer("tun0").send(struct.pack("!I", 28) + V6)
         with anyio.fail_after(5):
@@ -212,3 +229,23 @@ async def test_wrap_fd_on_freebsd(kernels: list[FakeBsdKernel]) -> None:
     finally:
         await stream.aclose()
     assert "tun0" in kernel.interfaces  # not ours to destroy
+
+
+def test_refusals_come_before_any_call(kernels: list[FakeBsdKernel]) -> None:
+    kernel = freebsd()
+    kernels.append(kernel)
+    backend = bsd.BsdBackend(bsd.FREEBSD, syscalls=kernel)
+    with pytest.raises(ValueError, match="tunN"):
+        backend.check(tun(name="vpn0"))
+    with pytest.raises(ValueError, match="tapN"):
+        backend.check(tap(name="tun0"))
+    with pytest.raises(NotImplementedError, match=r"mac=.*FreeBSD"):
+        backend.check(tap(mac="02:00:00:00:00:01"))
+    with pytest.raises(NotImplementedError, match=r"multi-queue.*FreeBSD"):
+        backend.check(tun(queues=2))
+    no_tap = bsd.BsdBackend(attrs.evolve(bsd.FREEBSD, has_tap=False), syscalls=kernel)
+    with pytest.raises(NotImplementedError, match="TAP"):
+        no_tap.check(tap())
+    backend.check(tun(name="tun3", persist=True))  # what FreeBSD can do passes
+    backend.check(tap(name="tap%d"))
+    assert kernel.calls == []

@@ -7,6 +7,7 @@ configuration calls and the packet path (AF header 2 / 30) are checked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import struct
@@ -19,8 +20,10 @@ from bsd_fakes import CTL_ID, DARWIN_REQUESTS, FakeBsdKernel
 import trio_tun
 from packets_util import udp4, udp6
 from trio_tun import Layer, TunAttribute, TunConfig
-from trio_tun.platform import _dispatch, darwin
-from trio_tun.platform._bsdnet import DARWIN_FLAVOR
+from trio_tun._framing import DARWIN, AfFraming
+from trio_tun._open import open_device, wrap_fd
+from trio_tun.platform import FdSpec, darwin
+from trio_tun.platform._bsdnet import DARWIN_FLAVOR, BsdInterfaceControl
 
 pytestmark = pytest.mark.anyio
 
@@ -37,6 +40,15 @@ def kernel() -> Iterator[FakeBsdKernel]:
 
 def config(**kwargs: object) -> TunConfig:
     return TunConfig(layer=Layer.L3, **kwargs)  # type: ignore[arg-type]
+
+
+def opened(
+    kernel: FakeBsdKernel, cfg: TunConfig
+) -> contextlib.AbstractAsyncContextManager[trio_tun.PacketStream]:
+    """What ``open_tun`` does on macOS: refuse what it can't do, then the context manager."""
+    backend = darwin.DarwinBackend(syscalls=kernel)
+    backend.check(cfg)
+    return open_device(backend, cfg)
 
 
 def test_utun_unit_from_name() -> None:
@@ -68,12 +80,12 @@ def test_ctl_info_and_sockaddr_ctl_bytes() -> None:
 
 
 async def test_open_configures_and_moves_packets(kernel: FakeBsdKernel) -> None:
-    cm = darwin.open_device(
-        config(addresses=["10.8.0.1/24", "fd00:8::1/64"], mtu=1400), "utun5", syscalls=kernel
-    )
+    cm = opened(kernel, config(name="utun5", addresses=["10.8.0.1/24", "fd00:8::1/64"], mtu=1400))
     assert kernel.calls == []  # nothing happens before the block is entered
     async with cm as dev:
-        assert isinstance(dev, trio_tun.TunStream)
+        assert type(dev) is trio_tun.TunStream
+        # The 4-byte AF header, numbered as xnu numbers AF_INET6 (30).
+        assert isinstance(dev.framing, AfFraming) and dev.framing.families == DARWIN
         assert dev.name == "utun5"
         assert dev.index == kernel.interfaces["utun5"].index
         assert dev.extra(TunAttribute.name) == "utun5"
@@ -121,15 +133,15 @@ async def test_open_configures_and_moves_packets(kernel: FakeBsdKernel) -> None:
 
 async def test_kernel_picks_the_unit(kernel: FakeBsdKernel) -> None:
     async with (
-        darwin.open_device(config(), None, syscalls=kernel) as first,
-        darwin.open_device(config(), "utun%d", syscalls=kernel) as second,
+        opened(kernel, config(name=None)) as first,
+        opened(kernel, config(name="utun%d")) as second,
     ):
         assert (first.name, second.name) == ("utun0", "utun1")
         assert kernel.calls[2][2] == darwin.sockaddr_ctl(CTL_ID, 0)
 
 
 async def test_device_control_errors(kernel: FakeBsdKernel) -> None:
-    async with darwin.open_device(config(addresses=["10.8.0.1/24"]), None, syscalls=kernel) as dev:
+    async with opened(kernel, config(addresses=["10.8.0.1/24"])) as dev:
         with pytest.raises(FileExistsError):
             await dev.add_address("10.8.0.1/24")
         await dev.add_address("10.9.0.1/16")
@@ -166,12 +178,12 @@ async def test_device_control_errors(kernel: FakeBsdKernel) -> None:
 async def test_connect_errors(kernel: FakeBsdKernel) -> None:
     kernel.fail_connect = errno.EPERM
     with pytest.raises(trio_tun.TunPermissionError, match="root"):
-        async with darwin.open_device(config(), None, syscalls=kernel):
+        async with opened(kernel, config()):
             pass
     kernel.fail_connect = None
-    async with darwin.open_device(config(), "utun2", syscalls=kernel):
+    async with opened(kernel, config(name="utun2")):
         with pytest.raises(trio_tun.DeviceBusyError, match="utun2"):
-            async with darwin.open_device(config(), "utun2", syscalls=kernel):
+            async with opened(kernel, config(name="utun2")):
                 pass
     assert kernel.sockets == {}
 
@@ -179,7 +191,7 @@ async def test_connect_errors(kernel: FakeBsdKernel) -> None:
 async def test_failed_configuration_closes_the_device(kernel: FakeBsdKernel) -> None:
     kernel.fail_ioctl["SIOCAIFADDR"] = errno.EINVAL
     with pytest.raises(ValueError, match=r"adding 10\.8\.0\.1/24"):
-        async with darwin.open_device(config(addresses=["10.8.0.1/24"]), None, syscalls=kernel):
+        async with opened(kernel, config(addresses=["10.8.0.1/24"])):
             pytest.fail("the block must not run")
     assert kernel.peer("utun0").recv(10) == b""  # closed: the utun is gone
 
@@ -187,8 +199,12 @@ async def test_failed_configuration_closes_the_device(kernel: FakeBsdKernel) -> 
 async def test_wrap_fd_finds_the_utun(kernel: FakeBsdKernel) -> None:
     fd = kernel.socket(32, 2, 2)
     kernel.connect(fd, darwin.sockaddr_ctl(CTL_ID, 4))
-    stream = darwin.wrap_fd(fd, owned=True, syscalls=kernel)
+    spec = FdSpec(fd=fd, owned=True, layer=Layer.L3, header="af4")
+    stream = wrap_fd(darwin.DarwinBackend(syscalls=kernel), spec)
     try:
+        assert type(stream) is trio_tun.TunStream
+        assert isinstance(stream.framing, AfFraming) and stream.framing.families == DARWIN
+        assert isinstance(stream._control, BsdInterfaceControl)
         assert stream.name == "utun3"
         kernel.peer("utun3").send(b"\0\0\0\x02" + V4)
         with anyio.fail_after(5):
@@ -197,21 +213,11 @@ async def test_wrap_fd_finds_the_utun(kernel: FakeBsdKernel) -> None:
         await stream.aclose()
 
 
-def test_platform_refusals() -> None:
-    common = {
-        "addresses": (),
-        "mtu": None,
-        "up": True,
-        "persist": False,
-        "owner": None,
-        "group": None,
-        "packet_info": False,
-        "netns": None,
-        "offload": "auto",
-        "queues": 1,
-    }
+def test_platform_refusals(kernel: FakeBsdKernel) -> None:
+    backend = darwin.DarwinBackend(syscalls=kernel)
+    common: dict[str, object] = {"offload": "auto"}  # open_tun's default
     with pytest.raises(NotImplementedError, match=r"TAP.*macOS"):
-        _dispatch.open_device(Layer.L2, None, platform="darwin", **common)  # type: ignore[arg-type]
+        backend.check(TunConfig(layer=Layer.L2))
     for option, value, pattern in (
         ("persist", True, "persist"),
         ("queues", 2, "multi-queue"),
@@ -219,20 +225,12 @@ def test_platform_refusals() -> None:
         ("packet_info", True, "packet_info"),
     ):
         with pytest.raises(NotImplementedError, match=pattern):
-            _dispatch.open_device(
-                Layer.L3,
-                None,
-                platform="darwin",
-                **{**common, option: value},  # type: ignore[arg-type]
-            )
+            backend.check(config(**{**common, option: value}))
     with pytest.raises(trio_tun.OffloadUnavailableError):
-        _dispatch.open_device(
-            Layer.L3,
-            None,
-            platform="darwin",
-            **{**common, "offload": True},  # type: ignore[arg-type]
-        )
+        backend.check(config(offload=True))
     with pytest.raises(ValueError, match="utunN"):
-        _dispatch.open_device(Layer.L3, "vpn0", platform="darwin", **common)  # type: ignore[arg-type]
+        backend.check(config(**common, name="vpn0"))
     with pytest.raises(ValueError, match="mtu"):
-        _dispatch.open_device(Layer.L3, None, platform="darwin", **{**common, "mtu": 10})  # type: ignore[arg-type]
+        backend.check(config(**common, mtu=10))
+    backend.check(config(**common, name="utun3"))  # what macOS can do passes
+    assert kernel.calls == []  # refused before any system call

@@ -4,7 +4,7 @@ Bytes in, bytes out: nothing here awaits, makes a syscall or imports the rest of
 trio_tun.  The hot paths come from the optional compiled ``_speedups`` module
 when it was built, unless ``TRIO_TUN_PURE_PYTHON=1``; ``implementation`` says
 which.  The pure-Python modules (:mod:`.checksum`, :mod:`.gso`, :mod:`.gro`,
-collected in :mod:`.py`) are the reference either way.
+collected in :mod:`.reference`) are the reference either way.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from . import py
+from . import reference
 from .checksum import pseudo_header_sum
 from .errors import MalformedPacket
 from .gso import finish_checksum
@@ -50,7 +50,7 @@ __all__ = [
     "implementation",
     "ones_complement_sum",
     "pseudo_header_sum",
-    "py",
+    "reference",
     "split",
     "split_fields",
     "split_with_header",
@@ -58,7 +58,7 @@ __all__ = [
 
 
 # The reference implementations first, so the names are typed by them ...
-from .py import (
+from .reference import (
     GroTable,
     checksum,
     coalesce,

@@ -33,15 +33,7 @@ coalesce = _speedups.coalesce
 
 def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:
     """See :func:`trio_tun.offload.gso.split`."""
-    return _speedups.split(
-        hdr.flags,
-        hdr.gso_type,
-        hdr.hdr_len,
-        hdr.gso_size,
-        hdr.csum_start,
-        hdr.csum_offset,
-        packet,
-    )
+    return _speedups.split(*hdr.fields(), packet)
 
 
 def _plain(*args: object) -> bool:

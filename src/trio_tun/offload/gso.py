@@ -78,15 +78,7 @@ def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:
     Raises :class:`MalformedPacket` when the header and packet disagree or the
     packet cannot be segmented; never anything else for bad bytes.
     """
-    return split_fields(
-        hdr.flags,
-        hdr.gso_type,
-        hdr.hdr_len,
-        hdr.gso_size,
-        hdr.csum_start,
-        hdr.csum_offset,
-        packet,
-    )
+    return split_fields(*hdr.fields(), packet)
 
 
 def split_with_header(buf: _Buffer) -> list[bytes]:

@@ -73,8 +73,9 @@ class VirtioNetHdr:
     csum_start: int = attrs.field(default=0, validator=_u16)
     csum_offset: int = attrs.field(default=0, validator=_u16)
 
-    def pack(self) -> bytes:
-        return _STRUCT.pack(
+    def fields(self) -> tuple[int, int, int, int, int, int]:
+        """The six fields in wire order (the shape the C speedups take them in)."""
+        return (
             self.flags,
             self.gso_type,
             self.hdr_len,
@@ -82,6 +83,9 @@ class VirtioNetHdr:
             self.csum_start,
             self.csum_offset,
         )
+
+    def pack(self) -> bytes:
+        return _STRUCT.pack(*self.fields())
 
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview) -> VirtioNetHdr:
@@ -102,15 +106,7 @@ class VirtioNetHdr:
         This only checks the header against itself and the length; the packet
         bytes are checked by whoever interprets them (e.g. :func:`~.gso.split`).
         """
-        _validate_fields(
-            self.flags,
-            self.gso_type,
-            self.hdr_len,
-            self.gso_size,
-            self.csum_start,
-            self.csum_offset,
-            packet_len,
-        )
+        _validate_fields(*self.fields(), packet_len)
 
 
 def _validate_fields(

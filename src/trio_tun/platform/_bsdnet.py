@@ -28,8 +28,18 @@ from typing import Final, NamedTuple, Protocol
 import attrs
 
 from .._config import Address
-from ._afheader import DARWIN, FREEBSD, NETBSD, OPENBSD, AfFamilies
-from ._control import Network, translate_errno
+from .._control import NamedControl, Network
+from .._errors import control_error
+from .._framing import DARWIN, FREEBSD, NETBSD, OPENBSD, AfFamilies
+
+#: What a BSD or macOS user lacks when an ioctl or routing message is refused.
+NEEDS_ROOT: Final = "administrator rights (run as root)"
+
+
+def translate_errno(exc: OSError, what: str) -> Exception:
+    """The exception an ioctl or routing-socket failure means (see ``_errors.control_error``)."""
+    return control_error(exc.errno, what, privilege=NEEDS_ROOT) or exc
+
 
 # -- ioctl numbers (<sys/ioccom.h>, the same encoding on all four) -------------
 
@@ -159,32 +169,36 @@ OPENBSD_RTM: Final = RouteLayout(
 )
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Flavor:
-    """The byte-level facts of one BSD-family system (64-bit)."""
+    """The byte-level facts of one BSD-family system (64-bit).
+
+    Defaults are the value most of the systems share; each flavor below names
+    only where it differs.
+    """
 
     name: str
     families: AfFamilies
     #: ``sizeof(struct ifreq)``: 32, but 144 on NetBSD (``sockaddr_storage`` in the union).
-    ifreq_size: int
+    ifreq_size: int = 32
     #: ``sizeof(struct ifaliasreq)``: 64, 68 on FreeBSD (``ifra_vhid``).
-    ifaliasreq_size: int
+    ifaliasreq_size: int = 64
     #: ``sizeof(struct in6_aliasreq)``: 128, 136 on FreeBSD (``ifra_vhid`` + padding).
-    in6_aliasreq_size: int
+    in6_aliasreq_size: int = 128
     #: ``sizeof(struct in6_ifreq)``: 16 + ``struct icmp6_ifstat`` (34 x 8) = 288.
-    in6_ifreq_size: int
+    in6_ifreq_size: int = 288
     #: The ``nr`` of ``SIOCAIFADDR``: 26, but 43 on FreeBSD >= 10.
-    aifaddr_nr: int
+    aifaddr_nr: int = 26
     #: The ``nr`` of ``SIOCAIFADDR_IN6``: 26, 27 on FreeBSD, 107 on NetBSD.
-    aifaddr_in6_nr: int
+    aifaddr_in6_nr: int = 26
     #: The ``nr`` of ``SIOCGIFMTU``/``SIOCSIFMTU``: 51/52 (Darwin, FreeBSD), 126/127 otherwise.
-    gifmtu_nr: int
-    sifmtu_nr: int
+    gifmtu_nr: int = 126
+    sifmtu_nr: int = 127
     route: RouteLayout
     #: ``sizeof(struct sockaddr_dl)``.
     sockaddr_dl_size: int
     #: ``IN6_IFF_NODAD`` (0 where the system has none).
-    in6_iff_nodad: int
+    in6_iff_nodad: int = 0x20
 
     @property
     def siocsifflags(self) -> int:
@@ -226,44 +240,26 @@ class Flavor:
 DARWIN_FLAVOR: Final = Flavor(
     name="darwin",
     families=DARWIN,
-    ifreq_size=32,
-    ifaliasreq_size=64,
-    in6_aliasreq_size=128,
-    in6_ifreq_size=288,
-    aifaddr_nr=26,
-    aifaddr_in6_nr=26,
     gifmtu_nr=51,
     sifmtu_nr=52,
     route=DARWIN_RTM,
     sockaddr_dl_size=20,
-    in6_iff_nodad=0x20,
 )
 FREEBSD_FLAVOR: Final = Flavor(
     name="freebsd",
     families=FREEBSD,
-    ifreq_size=32,
     ifaliasreq_size=68,
     in6_aliasreq_size=136,
-    in6_ifreq_size=288,
     aifaddr_nr=43,
     aifaddr_in6_nr=27,
     gifmtu_nr=51,
     sifmtu_nr=52,
     route=FREEBSD_RTM,
     sockaddr_dl_size=54,
-    in6_iff_nodad=0x20,
 )
 OPENBSD_FLAVOR: Final = Flavor(
     name="openbsd",
     families=OPENBSD,
-    ifreq_size=32,
-    ifaliasreq_size=64,
-    in6_aliasreq_size=128,
-    in6_ifreq_size=288,
-    aifaddr_nr=26,
-    aifaddr_in6_nr=26,
-    gifmtu_nr=126,
-    sifmtu_nr=127,
     route=OPENBSD_RTM,
     sockaddr_dl_size=32,
     in6_iff_nodad=0,
@@ -272,16 +268,9 @@ NETBSD_FLAVOR: Final = Flavor(
     name="netbsd",
     families=NETBSD,
     ifreq_size=144,
-    ifaliasreq_size=64,
-    in6_aliasreq_size=128,
-    in6_ifreq_size=288,
-    aifaddr_nr=26,
     aifaddr_in6_nr=107,
-    gifmtu_nr=126,
-    sifmtu_nr=127,
     route=NETBSD_RTM,
     sockaddr_dl_size=32,
-    in6_iff_nodad=0x20,
 )
 
 # -- structures -----------------------------------------------------------------
@@ -577,7 +566,7 @@ class Syscalls(Protocol):
 _SEQUENCE = itertools.count(1)
 
 
-class BsdInterfaceControl:
+class BsdInterfaceControl(NamedControl):
     """Addresses, MTU, link state and routes of one interface, through :class:`Syscalls`.
 
     A point-to-point interface (utun, tun) gets IPv4 addresses with itself as
@@ -595,32 +584,30 @@ class BsdInterfaceControl:
         index: int,
         *,
         point_to_point: bool,
+        destroy_on_close: bool = False,
     ) -> None:
+        super().__init__(name, index)
         self._sys = syscalls
+        self._destroy_on_close = destroy_on_close
         self._flavor = flavor
-        self._name = name
-        self._index = index
         self._p2p = point_to_point
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def flavor(self) -> Flavor:
         return self._flavor
 
     def close(self) -> None:
+        """Done with the device; a cloned interface not asked to persist is destroyed.
+
+        Called after the device's fd is closed, which on the BSDs leaves the
+        cloned interface behind (unlike Linux and macOS).
+        """
+        if self._closed:
+            return
         self._closed = True
+        if self._destroy_on_close:
+            with contextlib.suppress(OSError, LookupError, ValueError):
+                self.destroy()
 
     # -- plumbing
 

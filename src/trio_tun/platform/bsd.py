@@ -28,16 +28,16 @@ import errno
 import re
 import struct
 import sys
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from typing import Final
 
+import anyio.to_thread
 import attrs
 
 from .._config import Layer, TunConfig
+from .._control import configure
 from .._errors import DeviceBusyError, TunPermissionError, TunUnavailableError
-from .._stream import PacketStream, TapStream
-from ._afheader import AfFamilies
-from ._afstream import AfTunStream
+from .._framing import AfFamilies, AfFraming, PlainFraming
+from . import Device, FdSpec, check_supported, default_syscalls, plain_fd_device
 from ._bsdnet import (
     FREEBSD_FLAVOR,
     NETBSD_FLAVOR,
@@ -49,7 +49,6 @@ from ._bsdnet import (
     ior,
     iow,
 )
-from ._control import PlatformControlMixin, device_context
 
 _INT: Final = struct.Struct("=i")
 #: Highest unit tried when looking for a free ``/dev/tunN``.
@@ -194,127 +193,6 @@ def enable_header(syscalls: Syscalls, system: System, fd: int) -> None:
         syscalls.ioctl(fd, system.tunsifhead, _INT.pack(1))
 
 
-class _DestroyOnClose:
-    """Closing the stream destroys the interface unless it is to persist."""
-
-    _bsd_control: BsdInterfaceControl | None
-    _persist: bool
-
-    def _destroy(self) -> None:
-        control = self._bsd_control
-        if control is None or control.closed:
-            return
-        try:
-            if not self._persist:
-                with contextlib.suppress(OSError, LookupError, ValueError):
-                    control.destroy()
-        finally:
-            control.close()
-
-
-class BsdTunStream(PlatformControlMixin, _DestroyOnClose, AfTunStream):
-    """A BSD tun device: bare IP packets, like :class:`~trio_tun.TunStream` on Linux."""
-
-    def __init__(
-        self,
-        fd: int,
-        control: BsdInterfaceControl | None,
-        *,
-        families: AfFamilies,
-        persist: bool = False,
-        owned: bool = True,
-    ) -> None:
-        super().__init__(fd, families=families, owned=owned)
-        self._ifcontrol = self._bsd_control = control
-        self._persist = persist
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Any]:
-        return {**super().extra_attributes, **self._control_attributes()}
-
-    def close(self) -> None:
-        """Close the fd, then destroy the interface unless ``persist=True``."""
-        super().close()
-        self._destroy()
-
-
-class BsdTapStream(PlatformControlMixin, _DestroyOnClose, TapStream):
-    """A BSD tap device: Ethernet frames, like :class:`~trio_tun.TapStream` on Linux."""
-
-    def __init__(
-        self,
-        fd: int,
-        control: BsdInterfaceControl | None,
-        *,
-        persist: bool = False,
-        owned: bool = True,
-    ) -> None:
-        super().__init__(fd, owned=owned)
-        self._ifcontrol = self._bsd_control = control
-        self._persist = persist
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Any]:
-        return {**super().extra_attributes, **self._control_attributes()}
-
-    def close(self) -> None:
-        """Close the fd, then destroy the interface unless ``persist=True``."""
-        super().close()
-        self._destroy()
-
-
-def default_syscalls() -> Syscalls:
-    if sys.platform == "win32":
-        raise NotImplementedError("the BSD backend does not run on Windows")
-    else:
-        from ._posix import PosixSyscalls
-
-        return PosixSyscalls()
-
-
-def open_device(
-    config: TunConfig,
-    name: str | None,
-    *,
-    system: System | None = None,
-    syscalls: Syscalls | None = None,
-) -> contextlib.AbstractAsyncContextManager[PacketStream]:
-    """``open_tun``/``open_tap`` on a BSD.  The name is checked now, the device made on entry."""
-    system = system or current_system()
-    if config.layer is Layer.L2 and not system.has_tap:
-        raise NotImplementedError(f"TAP devices are not available on {system.name}")
-    return _opened(config, requested_unit(config.layer, name), system, syscalls)
-
-
-@contextlib.asynccontextmanager
-async def _opened(
-    config: TunConfig, unit: int | None, system: System, syscalls: Syscalls | None
-) -> AsyncIterator[PacketStream]:
-    syscalls = syscalls or default_syscalls()
-    fd, name = open_device_fd(syscalls, system, config.layer, unit)
-    stream: PacketStream
-    try:
-        if config.layer is Layer.L3:
-            enable_header(syscalls, system, fd)
-        index = syscalls.if_nametoindex(name)
-    except BaseException:
-        syscalls.close(fd)
-        if unit is None:
-            # We cloned this interface a moment ago: don't leave it behind.  (A
-            # named one may be somebody else's persistent device: left alone.)
-            with contextlib.suppress(OSError, LookupError, ValueError):
-                BsdInterfaceControl(syscalls, system.flavor, name, 0, point_to_point=True).destroy()
-        raise
-    if config.layer is Layer.L2:
-        control = BsdInterfaceControl(syscalls, system.flavor, name, index, point_to_point=False)
-        stream = BsdTapStream(fd, control, persist=config.persist)
-    else:
-        control = BsdInterfaceControl(syscalls, system.flavor, name, index, point_to_point=True)
-        stream = BsdTunStream(fd, control, families=system.families, persist=config.persist)
-    async with device_context(stream, control, config) as opened:
-        yield opened
-
-
 def interface_name(syscalls: Syscalls, system: System, fd: int) -> str | None:
     """The name of the tun interface behind *fd*, where the system can say (FreeBSD)."""
     if system.tun_gifname is None:
@@ -326,26 +204,73 @@ def interface_name(syscalls: Syscalls, system: System, fd: int) -> str | None:
     return ifreq_get_name(answer) or None
 
 
-def wrap_fd(
-    fd: int,
-    *,
-    owned: bool,
-    system: System | None = None,
-    syscalls: Syscalls | None = None,
-) -> BsdTunStream:
-    """``from_fd(fd, header="af4")`` on a BSD (device control when the name can be found).
+class BsdBackend:
+    """FreeBSD, OpenBSD and NetBSD tun/tap; every system call goes through *syscalls*."""
 
-    The interface is never destroyed when such a stream closes: it belongs to
-    whoever created it.
-    """
-    system = system or current_system()
-    syscalls = syscalls or default_syscalls()
-    control: BsdInterfaceControl | None = None
-    name = interface_name(syscalls, system, fd)
-    if name:
+    def __init__(self, system: System | None = None, syscalls: Syscalls | None = None) -> None:
+        self._system = system or current_system()
+        self._sys = syscalls or default_syscalls()
+        self.name = self._system.name
+
+    def check(self, config: TunConfig) -> None:
+        check_supported(self.name, config)
+        if config.layer is Layer.L2 and not self._system.has_tap:
+            raise NotImplementedError(f"TAP devices are not available on {self._system.name}")
+        requested_unit(config.layer, config.name)
+
+    async def open(self, config: TunConfig) -> Device:
+        system, syscalls = self._system, self._sys
+        unit = requested_unit(config.layer, config.name)
+        fd, name = open_device_fd(syscalls, system, config.layer, unit)
+        tun = config.layer is Layer.L3
+        control: BsdInterfaceControl | None = None
+        try:
+            if tun:
+                enable_header(syscalls, system, fd)
+            index = syscalls.if_nametoindex(name)
+            control = BsdInterfaceControl(
+                syscalls,
+                system.flavor,
+                name,
+                index,
+                point_to_point=tun,
+                destroy_on_close=not config.persist,
+            )
+            await anyio.to_thread.run_sync(lambda: configure(control, config))
+        except BaseException:
+            syscalls.close(fd)
+            if unit is None:
+                # We cloned this interface a moment ago: don't leave it behind.  (A
+                # named one may be somebody else's persistent device: left alone.)
+                with contextlib.suppress(OSError, LookupError, ValueError):
+                    BsdInterfaceControl(
+                        syscalls, system.flavor, name, 0, point_to_point=tun
+                    ).destroy()
+            elif control is not None:
+                control.close()
+            raise
+        framing = AfFraming(system.families) if tun else PlainFraming()
+        spec = FdSpec(fd=fd, layer=config.layer, header="af4" if tun else None)
+        return plain_fd_device(spec, framing=framing, control=control)
+
+    def wrap_fd(self, spec: FdSpec) -> Device:
+        """``from_fd``: with ``header="af4"``, device control when the name can be found.
+
+        The interface is never destroyed when such a stream closes: it belongs to
+        whoever created it.
+        """
+        if not spec.af_header:
+            return plain_fd_device(spec)
+        framing = AfFraming(self._system.families)
+        return plain_fd_device(spec, framing=framing, control=self._tun_control(spec.fd))
+
+    def _tun_control(self, fd: int) -> BsdInterfaceControl | None:
+        system, syscalls = self._system, self._sys
+        name = interface_name(syscalls, system, fd)
+        if not name:
+            return None
         try:
             index = syscalls.if_nametoindex(name)
-            control = BsdInterfaceControl(syscalls, system.flavor, name, index, point_to_point=True)
         except OSError:
-            control = None
-    return BsdTunStream(fd, control, families=system.families, persist=True, owned=owned)
+            return None
+        return BsdInterfaceControl(syscalls, system.flavor, name, index, point_to_point=True)

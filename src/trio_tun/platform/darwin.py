@@ -6,7 +6,7 @@ control's name into its id, ``connect`` with ``sc_unit = N + 1`` asks for
 ``utunN`` (0 lets the kernel pick), and ``getsockopt(UTUN_OPT_IFNAME)`` says
 which one we got.  Closing the socket deletes the interface, so there is no
 ``persist``.  Every packet carries the 4-byte address-family header, which
-:class:`~trio_tun.platform._afstream.AfTunStream` strips and adds.
+:class:`~trio_tun._framing.AfFraming` strips and adds.
 
 Addresses, MTU and link state are ioctls, routes are ``PF_ROUTE`` messages
 (``_bsdnet``).  TAP is not offered: macOS has no layer-2 counterpart of utun
@@ -18,20 +18,25 @@ object, so this module is tested on Linux against the xnu header layouts.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import re
 import struct
-import sys
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from typing import Final
 
-from .._config import TunConfig
+import anyio.to_thread
+
+from .._config import Layer, TunConfig
+from .._control import configure
 from .._errors import DeviceBusyError, TunPermissionError, TunUnavailableError
-from ._afheader import DARWIN
-from ._afstream import AfTunStream
-from ._bsdnet import DARWIN_FLAVOR, IFNAMSIZ, BsdInterfaceControl, Syscalls, iowr
-from ._control import PlatformControlMixin, device_context
+from .._framing import DARWIN, AfFraming
+from . import Device, FdSpec, check_supported, default_syscalls, plain_fd_device
+from ._bsdnet import (
+    DARWIN_FLAVOR,
+    IFNAMSIZ,
+    BsdInterfaceControl,
+    Syscalls,
+    iowr,
+)
 
 #: xnu ``<sys/socket.h>``: ``AF_SYSTEM 32``, ``PF_SYSTEM AF_SYSTEM``.
 AF_SYSTEM: Final = 32
@@ -124,69 +129,46 @@ def open_utun(syscalls: Syscalls, unit: int) -> tuple[int, str]:
         raise
 
 
-class DarwinTunStream(PlatformControlMixin, AfTunStream):
-    """A macOS utun device: bare IP packets, like :class:`~trio_tun.TunStream` on Linux."""
+class DarwinBackend:
+    """macOS utun devices; every system call goes through *syscalls* (a seam for tests)."""
 
-    def __init__(self, fd: int, control: BsdInterfaceControl | None, *, owned: bool = True):
-        super().__init__(fd, families=DARWIN, owned=owned)
-        self._ifcontrol = control
+    name = "darwin"
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Any]:
-        return {**super().extra_attributes, **self._control_attributes()}
+    def __init__(self, syscalls: Syscalls | None = None) -> None:
+        self._sys = syscalls or default_syscalls()
 
-    def close(self) -> None:
-        """Close the control socket, which deletes the utun interface."""
-        super().close()
-        if self._ifcontrol is not None:
-            self._ifcontrol.close()
+    def check(self, config: TunConfig) -> None:
+        check_supported(self.name, config)
+        utun_unit(config.name)
 
+    async def open(self, config: TunConfig) -> Device:
+        syscalls = self._sys
+        fd, actual = open_utun(syscalls, utun_unit(config.name))
+        try:
+            index = syscalls.if_nametoindex(actual)
+            # Closing the socket deletes the interface: nothing to destroy.
+            control = BsdInterfaceControl(syscalls, FLAVOR, actual, index, point_to_point=True)
+            await anyio.to_thread.run_sync(lambda: configure(control, config))
+        except BaseException:
+            syscalls.close(fd)
+            raise
+        spec = FdSpec(fd=fd, layer=Layer.L3, header="af4")
+        return plain_fd_device(spec, framing=AfFraming(DARWIN), control=control)
 
-def default_syscalls() -> Syscalls:
-    if sys.platform == "win32":
-        raise NotImplementedError("the macOS backend does not run on Windows")
-    else:
-        from ._posix import PosixSyscalls
+    def wrap_fd(self, spec: FdSpec) -> Device:
+        """``from_fd``: with ``header="af4"``, device control when the fd is a utun socket."""
+        if not spec.af_header:
+            return plain_fd_device(spec)
+        control = self._utun_control(spec.fd)
+        return plain_fd_device(spec, framing=AfFraming(DARWIN), control=control)
 
-        return PosixSyscalls()
-
-
-def open_device(
-    config: TunConfig, name: str | None, *, syscalls: Syscalls | None = None
-) -> contextlib.AbstractAsyncContextManager[DarwinTunStream]:
-    """``open_tun`` on macOS (``config`` already checked for what macOS can't do).
-
-    The name is checked now; the device is made when the block is entered.
-    """
-    return _opened(config, utun_unit(name), syscalls)
-
-
-@contextlib.asynccontextmanager
-async def _opened(
-    config: TunConfig, unit: int, syscalls: Syscalls | None
-) -> AsyncIterator[DarwinTunStream]:
-    syscalls = syscalls or default_syscalls()
-    fd, actual = open_utun(syscalls, unit)
-    try:
-        index = syscalls.if_nametoindex(actual)
-    except OSError:
-        syscalls.close(fd)
-        raise
-    control = BsdInterfaceControl(syscalls, FLAVOR, actual, index, point_to_point=True)
-    stream = DarwinTunStream(fd, control)
-    async with device_context(stream, control, config) as opened:
-        yield opened
-
-
-def wrap_fd(fd: int, *, owned: bool, syscalls: Syscalls | None = None) -> DarwinTunStream:
-    """``from_fd(fd, header="af4")`` on macOS: device control when *fd* is a utun socket."""
-    syscalls = syscalls or default_syscalls()
-    control: BsdInterfaceControl | None = None
-    try:
-        name = interface_name(syscalls, fd)
-        if name:
-            index = syscalls.if_nametoindex(name)
-            control = BsdInterfaceControl(syscalls, FLAVOR, name, index, point_to_point=True)
-    except OSError:
-        control = None
-    return DarwinTunStream(fd, control, owned=owned)
+    def _utun_control(self, fd: int) -> BsdInterfaceControl | None:
+        syscalls = self._sys
+        try:
+            name = interface_name(syscalls, fd)
+            if name:
+                index = syscalls.if_nametoindex(name)
+                return BsdInterfaceControl(syscalls, FLAVOR, name, index, point_to_point=True)
+        except OSError:
+            pass
+        return None

@@ -10,10 +10,9 @@ ring is empty (``ERROR_NO_MORE_ITEMS``) a reader waits on the session's
 auto-reset read event; when the send ring is full (``ERROR_BUFFER_OVERFLOW``)
 there is nothing to wait on, so a sender backs off and retries.
 
-:class:`WintunStream` gives this the public API of
-:class:`~trio_tun.TunStream` on Linux: the same receive/send/batch methods,
-statistics, typed attributes, device control (through the IP Helper API, by
-interface LUID) and the same promises:
+:class:`WintunPort` carries this under the same :class:`~trio_tun.PacketStream`
+as every other system (with device control through the IP Helper API, by
+interface LUID), and keeps the same promises:
 
 * a cancelled ``receive`` never loses a packet and never leaks a ring slot:
   a packet is taken, copied and released with no checkpoint in between, and
@@ -36,27 +35,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import os
 import sys
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
 
 import anyio
 import anyio.to_thread
 import trio
 
 from .._config import Address, Layer, TunConfig
+from .._control import NamedControl, Network, configure
 from .._errors import (
     BrokenResourceError,
     ClosedResourceError,
     DeviceBusyError,
     TunPermissionError,
 )
-from .._stats import Counters
-from .._stream import _WOULD_BLOCK, MAX_PACKET, SCHEDULE_EVERY, TunAttribute, TunStream, _Guard
-from ._control import InterfaceControl, Network, PlatformControlMixin, device_context
+from .._framing import PlainFraming
+from .._ports import WOULD_BLOCK
+from .._wait import current_backend
+from . import Device, FdSpec, check_supported, refuse
 from ._winapi import (
     AF_INET,
     AF_INET6,
@@ -89,7 +88,6 @@ from ._winapi import (
     default_iphelper,
     load_wintun,
 )
-from .linux import NO_OFFLOAD
 
 PLATFORM: Final = "Windows"
 #: Default session ring: 4 MiB (wintun allows powers of two from 128 KiB to 64 MiB).
@@ -315,34 +313,17 @@ def _check(code: int, what: str) -> None:
     raise WinApiError(code, what)
 
 
-class WindowsControl:
+class WindowsControl(NamedControl):
     """Addresses, MTU and routes of a wintun adapter, by LUID, through :class:`IpHelperApi`."""
 
     def __init__(self, iphelper: IpHelperApi, luid: int, name: str, index: int) -> None:
+        super().__init__(name, index)
         self._ip = iphelper
         self._luid = luid
-        self._name = name
-        self._index = index
-        self._closed = False
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def index(self) -> int:
-        return self._index
 
     @property
     def luid(self) -> int:
         return self._luid
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        self._closed = True
 
     def _interface_row(self, family: int) -> tuple[MIB_IPINTERFACE_ROW, int]:
         row = MIB_IPINTERFACE_ROW()
@@ -443,12 +424,13 @@ class WindowsControl:
 # -- the stream -------------------------------------------------------------------------------
 
 
-class WintunStream(PlatformControlMixin, TunStream):
-    """A wintun session as a :class:`~trio_tun.TunStream`: bare IP packets.
+class WintunPort:
+    """A wintun session as a port: one ring slot is one bare IP packet.
 
-    Not instantiated directly: use :func:`trio_tun.open_tun` on Windows.
-    There is no file descriptor (``fileno()`` is -1), no offload and one
-    queue.
+    There is no file descriptor (``fileno()`` is -1), no offload and one queue.
+    A packet is taken, copied and released with no checkpoint in between, and
+    allocation, copy and commit of a sent one happen together: that is what
+    keeps the stream's cancellation promises.
     """
 
     def __init__(
@@ -459,46 +441,18 @@ class WintunStream(PlatformControlMixin, TunStream):
         adapter: int,
         session: int,
         read_event: int,
-        control: InterfaceControl | None,
         waiter_factory: WaiterFactory | None = None,
     ) -> None:
-        # PacketStream.__init__ wants an fd; set up the same state by hand
-        # (tests/platform check that nothing is missing).
-        self._fd = -1
-        self._owned = True
-        self._original_blocking = True
-        self._vnet_hdr = False
-        self._offload = NO_OFFLOAD
-        self._packet_info = False
-        self._control = None
-        self._owns_control = False
-        self._queues = [self]
-        self._backend = None
-        self._receive_guard = _Guard("receiving")
-        self._send_guard = _Guard("sending")
-        self._receive_budget = 0
-        self._send_budget = 0
-        self._pending: deque[bytes] = deque()
-        self._counters = Counters()
-        self._coalesce = False
-        self._refused_errno = 0
-        self._attached = True
-        self._max_packet = MAX_PACKET
-        self._read_buffer = bytearray()
-        self._read_view = memoryview(self._read_buffer)
-        # wintun state
         self._api = api
         self._adapter = adapter
         self._session = session
         self._read_event = read_event
-        self._ifcontrol = control
         self._waiter_factory = waiter_factory or default_waiter_factory(events)
         self._waiter: HandleWaiter | None = None
         self._closing = False
         self._finalized = False
         self._send_delay = SEND_BACKOFF_MIN
-
-    # -- introspection
+        self.refused_errno = 0
 
     def fileno(self) -> int:
         """Always -1: a wintun session has no file descriptor."""
@@ -508,58 +462,40 @@ class WintunStream(PlatformControlMixin, TunStream):
     def closed(self) -> bool:
         return self._closing
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        attrs: dict[Any, Callable[[], Any]] = {
-            TunAttribute.layer: lambda: self.layer,
-            TunAttribute.offload: lambda: self._offload,
-        }
-        attrs.update(self._control_attributes())
-        return attrs
-
-    # -- ring access (synchronous: no checkpoint between taking and releasing)
-
     def _check_open(self) -> int:
         if self._closing:
             raise ClosedResourceError("this stream was closed")
         return self._session
 
-    def _pull_one(self) -> bool:
-        """Move one packet from the ring to the pending queue; False if the ring is empty."""
+    # -- ring access (synchronous: no checkpoint between taking and releasing)
+
+    def read(self, size: int) -> bytes | None:
         session = self._check_open()
         api = self._api
-        pointer, size = api.receive_packet(session)
+        pointer, length = api.receive_packet(session)
         if not pointer:
-            code = size
+            code = length
             if code == ERROR_NO_MORE_ITEMS:
-                return False
+                return None
             if code == ERROR_HANDLE_EOF:
                 raise BrokenResourceError("receiving failed: the wintun adapter was removed")
             if code == ERROR_INVALID_DATA:
                 raise BrokenResourceError("receiving failed: the wintun ring is corrupt")
             raise WinApiError(code, "WintunReceivePacket")
         try:
-            packet = api.copy_from(pointer, size)
+            return api.copy_from(pointer, min(length, size))
         finally:
             api.release_receive_packet(session, pointer)
-        counters = self._counters
-        counters.reads += 1
-        counters.read_bytes += size
-        self._pending.append(packet)
-        return True
 
-    def _fill(self, wanted: int) -> None:
-        pending = self._pending
-        while len(pending) < wanted:
-            if not self._pull_one():
-                return
+    def read_into(self, buffer: bytearray) -> int:
+        packet = self.read(len(buffer))
+        if packet is None:
+            return WOULD_BLOCK
+        n = len(packet)
+        buffer[:n] = packet
+        return n
 
-    def _fill_reads(self, reads: int) -> None:
-        for _ in range(reads):
-            if not self._pull_one():
-                return
-
-    def _write_once(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
+    def write(self, buffers: Sequence[bytes | bytearray | memoryview]) -> int:
         session = self._check_open()
         data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
         size = len(data)
@@ -567,7 +503,7 @@ class WintunStream(PlatformControlMixin, TunStream):
         pointer, code = api.allocate_send_packet(session, size)
         if not pointer:
             if code == ERROR_BUFFER_OVERFLOW:
-                return _WOULD_BLOCK
+                return WOULD_BLOCK
             if code == ERROR_HANDLE_EOF:
                 raise BrokenResourceError("sending failed: the wintun adapter was removed")
             raise WinApiError(code, "WintunAllocateSendPacket")
@@ -577,26 +513,23 @@ class WintunStream(PlatformControlMixin, TunStream):
         finally:
             api.send_packet(session, pointer)
         self._send_delay = SEND_BACKOFF_MIN
-        counters = self._counters
-        counters.writes += 1
-        counters.write_bytes += size
         return size
 
     # -- waiting
 
-    async def _wait(self, readable: bool) -> None:
-        if not readable:
-            # A full send ring has no event to wait on: back off, then retry.
-            # Cancellation here is safe: nothing was allocated.
-            delay = self._send_delay
-            self._send_delay = min(delay * 2, SEND_BACKOFF_MAX)
-            await anyio.sleep(delay)
-            self._send_budget = SCHEDULE_EVERY
-            return
+    async def wait_writable(self) -> None:
+        # A full send ring has no event to wait on: back off, then retry.
+        # Cancellation here is safe: nothing was allocated.
+        self._check_open()
+        delay = self._send_delay
+        self._send_delay = min(delay * 2, SEND_BACKOFF_MAX)
+        await anyio.sleep(delay)
+
+    async def wait_readable(self) -> None:
         self._check_open()
         waiter = self._waiter
         if waiter is None:
-            waiter = self._waiter = self._waiter_factory(self._get_backend().name)
+            waiter = self._waiter = self._waiter_factory(current_backend().name)
         try:
             await waiter.wait(self._read_event)
         finally:
@@ -604,24 +537,8 @@ class WintunStream(PlatformControlMixin, TunStream):
                 self._finalize()
         if self._closing:
             raise ClosedResourceError("another task closed this stream")
-        self._receive_budget = SCHEDULE_EVERY
 
-    # -- raw variants: a wintun ring slot is one bare packet
-
-    async def receive_raw(self) -> bytes:
-        """Same as :meth:`receive`: wintun packets carry no headers."""
-        return await self.receive()
-
-    async def send_raw(self, frame: bytes | bytearray | memoryview) -> None:
-        """Same as :meth:`send`: wintun packets carry no headers."""
-        await self.send(frame)
-
-    # -- single queue
-
-    def detach_queue(self) -> None:
-        raise NotImplementedError("multi-queue devices are Linux-only")
-
-    def attach_queue(self) -> None:
+    def set_queue(self, attach: bool) -> None:
         raise NotImplementedError("multi-queue devices are Linux-only")
 
     # -- closing
@@ -629,17 +546,13 @@ class WintunStream(PlatformControlMixin, TunStream):
     def close(self) -> None:
         """End the session and close (which removes) the adapter.
 
-        A task blocked in :meth:`receive` is woken with ``ClosedResourceError``;
-        if one is waiting, it ends the session itself once its wait has
-        returned, so the read event is never closed under a waiter.
+        A task blocked in a receive is woken with ``ClosedResourceError``; if
+        one is waiting, it ends the session itself once its wait has returned,
+        so the read event is never closed under a waiter.
         """
         if self._closing:
             return
         self._closing = True
-        self._counters.rx_dropped += len(self._pending)
-        self._pending.clear()
-        if self._ifcontrol is not None:
-            self._ifcontrol.close()
         waiter = self._waiter
         if waiter is not None and waiter.busy:
             waiter.abort()
@@ -660,10 +573,6 @@ class WintunStream(PlatformControlMixin, TunStream):
             return
         with contextlib.suppress(Exception):
             self._finalize()
-
-    def __repr__(self) -> str:
-        name = self._ifcontrol.name if self._ifcontrol is not None else "?"
-        return f"<WintunStream {name!r}{' closed' if self._closing else ''}>"
 
 
 # -- opening ----------------------------------------------------------------------------------
@@ -696,58 +605,59 @@ def _create(api: WintunApi, name: str) -> int:
         raise
 
 
-def open_device(
-    config: TunConfig,
-    name: str | None,
-    *,
-    wintun_dll: str | os.PathLike[str] | None = None,
-    ring_capacity: int | None = None,
-    api: WintunApi | None = None,
-    events: EventApi | None = None,
-    iphelper: IpHelperApi | None = None,
-    waiter_factory: WaiterFactory | None = None,
-) -> contextlib.AbstractAsyncContextManager[WintunStream]:
-    """``open_tun`` on Windows.  Arguments are checked now; the adapter is made on entry."""
-    if config.layer is not Layer.L3:
-        raise NotImplementedError(f"TAP devices are not available on {PLATFORM} (wintun is L3)")
-    capacity = check_ring_capacity(ring_capacity)
-    adapter_name = check_adapter_name(name)
-    return _opened(
-        config, adapter_name, capacity, wintun_dll, api, events, iphelper, waiter_factory
-    )
+class WindowsBackend:
+    """wintun adapters; the DLL, events, IP Helper and waits are injectable (tests)."""
 
+    name = "windows"
 
-@contextlib.asynccontextmanager
-async def _opened(
-    config: TunConfig,
-    name: str,
-    capacity: int,
-    wintun_dll: str | os.PathLike[str] | None,
-    api: WintunApi | None,
-    events: EventApi | None,
-    iphelper: IpHelperApi | None,
-    waiter_factory: WaiterFactory | None,
-) -> AsyncIterator[WintunStream]:
-    api = api or load_wintun(wintun_dll)
-    events = events or default_events()
-    iphelper = iphelper or default_iphelper()
-    adapter, actual = create_adapter(api, name)
-    try:
-        luid = api.get_adapter_luid(adapter)
-        index = iphelper.convert_interface_luid_to_index(luid)
-        session = api.start_session(adapter, capacity)
-    except BaseException:
-        api.close_adapter(adapter)
-        raise
-    control = WindowsControl(iphelper, luid, actual, index)
-    stream = WintunStream(
-        api,
-        events,
-        adapter=adapter,
-        session=session,
-        read_event=api.get_read_wait_event(session),
-        control=control,
-        waiter_factory=waiter_factory,
-    )
-    async with device_context(stream, control, config) as opened:
-        yield opened
+    def __init__(
+        self,
+        *,
+        api: WintunApi | None = None,
+        events: EventApi | None = None,
+        iphelper: IpHelperApi | None = None,
+        waiter_factory: WaiterFactory | None = None,
+    ) -> None:
+        self._api = api
+        self._events = events
+        self._iphelper = iphelper
+        self._waiter_factory = waiter_factory
+
+    def check(self, config: TunConfig) -> None:
+        check_supported(self.name, config)
+        if not config.up:
+            raise refuse(self.name, "up=False (a wintun adapter is up while its session runs)")
+        check_ring_capacity(config.ring_capacity)
+        check_adapter_name(config.name)
+
+    async def open(self, config: TunConfig) -> Device:
+        capacity = check_ring_capacity(config.ring_capacity)
+        api = self._api or load_wintun(config.wintun_dll)
+        events = self._events or default_events()
+        iphelper = self._iphelper or default_iphelper()
+        adapter, actual = create_adapter(api, check_adapter_name(config.name))
+        try:
+            luid = api.get_adapter_luid(adapter)
+            index = iphelper.convert_interface_luid_to_index(luid)
+            session = api.start_session(adapter, capacity)
+        except BaseException:
+            api.close_adapter(adapter)
+            raise
+        port = WintunPort(
+            api,
+            events,
+            adapter=adapter,
+            session=session,
+            read_event=api.get_read_wait_event(session),
+            waiter_factory=self._waiter_factory,
+        )
+        control = WindowsControl(iphelper, luid, actual, index)
+        try:
+            await anyio.to_thread.run_sync(lambda: configure(control, config))
+        except BaseException:
+            port.close()
+            raise
+        return Device(layer=Layer.L3, ports=[port], framings=[PlainFraming()], control=control)
+
+    def wrap_fd(self, spec: FdSpec) -> Device:
+        raise NotImplementedError("from_fd is not available on Windows: wintun has no fd")

@@ -1,6 +1,6 @@
 """The pure-Python reference implementations, whatever ``implementation`` says.
 
-``from trio_tun.offload import py`` gives the same names as the package with
+``from trio_tun.offload import reference`` gives the same names as the package with
 the compiled speedups left out, so tests (and the curious) can compare.
 """
 

@@ -1,9 +1,9 @@
-"""Device configuration through rtnetlink (pyroute2), never by running ``ip``.
+"""Linux device control through rtnetlink (pyroute2), never by running ``ip``.
 
-Everything in ``DeviceControl`` is synchronous and is meant to run in a worker
+Everything in ``NetlinkControl`` is synchronous and is meant to run in a worker
 thread (``anyio.to_thread.run_sync``): pyroute2's sync ``IPRoute`` blocks, and
 its async flavour only works under asyncio.  Each call opens its netlink
-socket *inside* the device's namespace (see ``_netns``), so it does not matter
+socket *inside* the device's namespace (see ``netns.py``), so it does not matter
 which namespace the pooled worker thread happens to be in.
 """
 
@@ -20,22 +20,23 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from . import _netns
-from ._config import Address, parse_address
-from ._errors import BrokenResourceError, TunPermissionError
+from ..._config import Address, parse_address
+from ..._errors import BrokenResourceError, control_error
+from . import netns as _netns
+from .tun import get_mtu
 
 IFA_F_NODAD: Final = 0x02
-# Fix (tests/test_device.py, tests/test_tap.py): even with IFA_F_NODAD the
-# kernel installs an IPv6 address's local route from its addrconf work queue,
-# a moment *after* the netlink call returns; a packet for the address arriving
-# in between is dropped (Ip6InAddrErrors).  So adding IPv6 addresses to an up
-# device waits, bounded, until each one routes as local.
+# Even with IFA_F_NODAD the kernel installs an IPv6 address's local route from
+# its addrconf work queue, a moment *after* the netlink call returns; a packet
+# for the address arriving in between is dropped (Ip6InAddrErrors).  So adding
+# IPv6 addresses to an up device waits, bounded, until each one routes as local.
 RTN_LOCAL: Final = 2
 IFF_UP: Final = 0x1
 IFF_LOWER_UP: Final = 0x10000
 IPV6_READY_TIMEOUT: Final = 2.0
 IPV6_READY_POLL: Final = 0.002
 T = TypeVar("T")
+NEEDS_CAP: Final = "CAP_NET_ADMIN (run as root or grant it)"
 
 
 def _load_iproute() -> Any:
@@ -46,20 +47,9 @@ def _load_iproute() -> Any:
 
 def _translate(exc: Exception, what: str) -> Exception:
     code = getattr(exc, "code", None)
-    if code is None:
+    if not isinstance(code, int):
         return exc
-    message = f"{what}: {os.strerror(code)}"
-    if code == errno.EPERM:
-        return TunPermissionError(code, f"{what} needs CAP_NET_ADMIN (run as root or grant it)")
-    if code == errno.ENODEV:
-        return BrokenResourceError(f"{what}: the device no longer exists")
-    if code == errno.EEXIST:
-        return FileExistsError(code, message)
-    if code in (errno.EADDRNOTAVAIL, errno.ESRCH, errno.ENOENT):
-        return LookupError(message)
-    if code == errno.EINVAL:
-        return ValueError(message)
-    return OSError(code, message)
+    return control_error(code, what, privilege=NEEDS_CAP) or exc
 
 
 @contextmanager
@@ -83,7 +73,7 @@ def _family(addr: Address | ipaddress.IPv4Network | ipaddress.IPv6Network) -> in
 
 
 @attrs.define
-class DeviceControl:
+class NetlinkControl:
     """Netlink handle on one device, addressed by ifindex in its namespace.
 
     Owns ``netns_fd`` (the namespace the device lives in) and closes it in
@@ -95,19 +85,9 @@ class DeviceControl:
     netns_fd: int
     _closed: bool = attrs.field(default=False, init=False)
 
-    @classmethod
-    def lookup(cls, name: str, netns_fd: int) -> DeviceControl:
-        """Find *name* in the namespace *netns_fd* (whose fd is taken over)."""
-        try:
-            with _iproute(netns_fd, f"looking up {name!r}") as ipr:
-                found = ipr.link_lookup(ifname=name)
-        except BaseException:
-            os.close(netns_fd)
-            raise
-        if not found:
-            os.close(netns_fd)
-            raise BrokenResourceError(f"device {name!r} not found in its namespace")
-        return cls(name=name, index=int(found[0]), netns_fd=netns_fd)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _run(self, what: str, op: Callable[[Any], T]) -> T:
         with _iproute(self.netns_fd, f"{what} on {self.name}") as ipr:
@@ -170,8 +150,14 @@ class DeviceControl:
         )
 
     def get_mtu(self) -> int:
-        links = self._run("reading the MTU", lambda ipr: ipr.get_links(self.index))
-        return int(links[0].get_attr("IFLA_MTU"))
+        """The MTU as the kernel has it now (a quick ioctl in the device's namespace)."""
+        try:
+            with _netns.entered(self.netns_fd):
+                return get_mtu(self.name)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise BrokenResourceError(f"device {self.name!r} no longer exists") from None
+            raise
 
     def set_mtu(self, mtu: int) -> None:
         self._run("setting the MTU", lambda ipr: ipr.link("set", index=self.index, mtu=mtu))
@@ -252,16 +238,16 @@ class DeviceControl:
         return self._run("listing routes", op)
 
     def move_to(self, target_fd: int) -> None:
-        """Move the device into namespace *target_fd* (taken over) and follow it there."""
+        """Move the device into namespace *target_fd* and follow it there.
+
+        *target_fd* is taken over once the device is there (``netns_fd`` is then
+        it); if the move itself fails it stays the caller's.
+        """
 
         def op(ipr: Any) -> None:
             ipr.link("set", index=self.index, net_ns_fd=target_fd)
 
-        try:
-            self._run("moving to another namespace", op)
-        except BaseException:
-            os.close(target_fd)
-            raise
+        self._run("moving to another namespace", op)
         os.close(self.netns_fd)
         self.netns_fd = target_fd
         # The ifindex usually survives a move but is not guaranteed to.

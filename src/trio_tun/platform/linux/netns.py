@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 CLONE_NEWNET: Final = 0x40000000
-NETNS_RUN_DIR: Final = "/run/netns"
 
 if sys.platform == "win32":
     # Imported everywhere (through _config), used only on Linux.
@@ -60,15 +59,8 @@ def same_namespace(fd_a: int, fd_b: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def resolve(netns: str | os.PathLike[str]) -> str:
-    """Map a namespace name (as made by ``ip netns add``) or a path to a path."""
-    text = os.fspath(netns)
-    if "/" in text:
-        return text
-    return os.path.join(NETNS_RUN_DIR, text)
-
-
 def open_path(path: str) -> int:
+    """Open the namespace file at *path* (close-on-exec)."""
     try:
         return os.open(path, _O_RDONLY_CLOEXEC)
     except FileNotFoundError:

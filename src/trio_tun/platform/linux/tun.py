@@ -1,20 +1,20 @@
 """Linux: ``/dev/net/tun`` and its ioctls.
 
 Every function here is synchronous and quick; nothing here talks netlink
-(that is ``_netlink``) or waits for readiness (that is ``_stream``).
+(that is ``netlink.py``) or waits for readiness (that is the port's job).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 import sys
 from typing import Any, Final
 
-import attrs
-
-from .._errors import (
+from ..._config import FULL_OFFLOAD, NO_OFFLOAD, TCP_OFFLOAD, OffloadFlags
+from ..._errors import (
     DeviceBusyError,
     OffloadUnavailableError,
     TunPermissionError,
@@ -22,8 +22,8 @@ from .._errors import (
 )
 
 if sys.platform == "win32":
-    # OffloadFlags lives here, so every platform imports this module; only
-    # Linux calls into it.  Windows has neither fcntl nor these open flags.
+    # Only Linux calls into this module, but it must import and type-check
+    # everywhere (mypy checks every backend as every system).
 
     class _NoFcntl:
         @staticmethod
@@ -47,7 +47,6 @@ TUNSETGROUP: Final = 0x400454CE
 TUNGETFEATURES: Final = 0x800454CF
 TUNSETOFFLOAD: Final = 0x400454D0
 TUNGETIFF: Final = 0x800454D2
-TUNGETVNETHDRSZ: Final = 0x800454D7
 TUNSETQUEUE: Final = 0x400454D9
 
 IFF_TUN: Final = 0x0001
@@ -59,55 +58,10 @@ IFF_PERSIST: Final = 0x0800
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
 
-TUN_F_CSUM: Final = 0x01
-TUN_F_TSO4: Final = 0x02
-TUN_F_TSO6: Final = 0x04
-TUN_F_TSO_ECN: Final = 0x08
-TUN_F_USO4: Final = 0x20
-TUN_F_USO6: Final = 0x40
-
 _IFREQ: Final = struct.Struct("16sH22x")  # struct ifreq: name + ifr_flags, padded to 40
 _INT: Final = struct.Struct("i")
 
 NEEDS_CAP: Final = "needs CAP_NET_ADMIN (run as root or grant the capability)"
-
-
-@attrs.frozen
-class OffloadFlags:
-    """What the kernel agreed to hand us as super-packets (``TUNSETOFFLOAD``)."""
-
-    csum: bool = False
-    tso4: bool = False
-    tso6: bool = False
-    uso4: bool = False
-    uso6: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        """True when reads may bring segments that still need splitting."""
-        return self.tso4 or self.tso6 or self.uso4 or self.uso6
-
-    @property
-    def uso(self) -> bool:
-        return self.uso4 and self.uso6
-
-    def mask(self) -> int:
-        return (
-            (TUN_F_CSUM if self.csum else 0)
-            | (TUN_F_TSO4 if self.tso4 else 0)
-            | (TUN_F_TSO6 if self.tso6 else 0)
-            | (TUN_F_USO4 if self.uso4 else 0)
-            | (TUN_F_USO6 if self.uso6 else 0)
-        )
-
-    def __str__(self) -> str:
-        names = [f.name for f in attrs.fields(OffloadFlags) if getattr(self, f.name)]
-        return "+".join(names) if names else "none"
-
-
-NO_OFFLOAD: Final = OffloadFlags()
-TCP_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True)
-FULL_OFFLOAD: Final = OffloadFlags(csum=True, tso4=True, tso6=True, uso4=True, uso6=True)
 
 
 def open_tun_file() -> int:
@@ -220,11 +174,6 @@ def negotiate_offload(fd: int, *, required: bool) -> OffloadFlags:
     return NO_OFFLOAD
 
 
-def vnet_hdr_size(fd: int) -> int:
-    buf = fcntl.ioctl(fd, TUNGETVNETHDRSZ, b"\0" * 4)
-    return int(_INT.unpack(buf)[0])
-
-
 def set_queue(fd: int, attach: bool) -> None:
     """Attach or detach one queue of a multi-queue device (``TUNSETQUEUE``)."""
     flags = IFF_ATTACH_QUEUE if attach else IFF_DETACH_QUEUE
@@ -236,8 +185,6 @@ SIOCGIFMTU: Final = 0x8921
 
 def get_mtu(name: str) -> int:
     """MTU of *name* in the calling thread's namespace (a quick ioctl, no netlink)."""
-    import socket
-
     # Python creates sockets close-on-exec (PEP 446) on every platform.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         answer = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, _IFREQ_INT.pack(name.encode(), 0))

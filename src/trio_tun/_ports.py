@@ -1,0 +1,336 @@
+"""Ports move frames: one read or one write of whatever carries the device's packets.
+
+A port knows nothing of packets (that is the framing's job) nor of batching or
+checkpoints (the stream's); it owns its handle, translates its errors into
+``ClosedResourceError``/``BrokenResourceError`` in one place, and waits for
+readiness the way the running event loop wants.
+
+* :class:`FdPort`: a file descriptor (``/dev/net/tun`` queues, utun sockets,
+  BSD ``/dev/tun``, fds from elsewhere), owned like ``trio.lowlevel.FdStream``
+  owns its fd.
+* :class:`MemoryPort`: two in-memory queues, for :func:`trio_tun.testing.memory_tun_pair`.
+* ``WintunPort`` (``platform/windows.py``): the wintun session rings.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
+
+import anyio
+import anyio.lowlevel
+import sniffio
+import trio
+
+from ._errors import DROP_ERRNOS, ClosedResourceError, io_error
+from ._wait import Backend, current_backend
+
+Buffer = bytes | bytearray | memoryview
+
+#: ``read_into``/``write`` found nothing to read or no room to write.
+WOULD_BLOCK: Final = -1
+#: ``write``: the system refused this one frame (see ``refused_errno``).
+REFUSED: Final = -2
+
+
+class Port(Protocol):
+    """What :class:`~trio_tun.PacketStream` needs to move frames."""
+
+    #: The errno of the last ``REFUSED`` write.
+    refused_errno: int
+
+    def fileno(self) -> int:
+        """The file descriptor, or -1 where there is none (or it was closed)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def read_into(self, buffer: bytearray) -> int:
+        """Read one frame into *buffer*: its length, or ``WOULD_BLOCK``.
+
+        Raises ``ClosedResourceError``, ``BrokenResourceError``, or
+        ``anyio.EndOfStream`` when the other side is gone for good.
+        """
+        ...
+
+    def read(self, size: int) -> bytes | None:
+        """Read one frame as a new bytes object (``None``: nothing queued)."""
+        ...
+
+    def write(self, buffers: Sequence[Buffer]) -> int:
+        """Write *buffers* as one frame: bytes written, ``WOULD_BLOCK`` or ``REFUSED``."""
+        ...
+
+    async def wait_readable(self) -> None: ...
+
+    async def wait_writable(self) -> None: ...
+
+    def set_queue(self, attach: bool) -> None:
+        """Attach or detach this queue of a multi-queue device."""
+        ...
+
+    def close(self) -> None:
+        """Release the handle now; tasks waiting on it wake with ``ClosedResourceError``."""
+        ...
+
+
+if sys.platform == "win32":
+
+    def _no_fds(*args: Any) -> Any:
+        raise OSError("file-descriptor ports do not exist on Windows (wintun has its own port)")
+
+    readv = writev = get_blocking = set_blocking = _no_fds
+else:
+    from os import get_blocking, readv, set_blocking, writev
+
+
+class FdPort:
+    """A non-blocking file descriptor, ours to close unless borrowed.
+
+    Args:
+        fd: The descriptor; made non-blocking now.
+        owned: Close *fd* on :meth:`close`.  A borrowed fd is never closed and
+            gets its blocking mode back.
+        queue_control: How to attach/detach this fd as a queue (Linux ``TUNSETQUEUE``);
+            ``None`` where the device has one queue.
+    """
+
+    __slots__ = ("_backend", "_blocking", "_fd", "_owned", "_queue_control", "refused_errno")
+
+    def __init__(
+        self,
+        fd: int,
+        *,
+        owned: bool = True,
+        queue_control: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        self._blocking: bool = get_blocking(fd)
+        set_blocking(fd, False)
+        self._fd = fd
+        self._owned = owned
+        self._queue_control = queue_control
+        self._backend: Backend | None = None
+        self.refused_errno = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def _open_fd(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            raise ClosedResourceError("this stream was closed")
+        return fd
+
+    def _error(self, exc: OSError, doing: str) -> Exception:
+        return io_error(exc.errno, doing, closed=self._fd < 0) or exc
+
+    def read_into(self, buffer: bytearray) -> int:
+        fd = self._open_fd()
+        try:
+            n = readv(fd, [buffer])
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError as exc:
+            raise self._error(exc, "reading") from None
+        if n == 0:
+            # A TUN fd never reads empty; a socket handed to from_fd does when
+            # its peer has gone, and would otherwise read 0 forever.
+            raise anyio.EndOfStream
+        return int(n)
+
+    def read(self, size: int) -> bytes | None:
+        fd = self._open_fd()
+        try:
+            # os.read lands the frame straight in its bytes object: no second copy.
+            frame = os.read(fd, size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._error(exc, "reading") from None
+        if not frame:
+            raise anyio.EndOfStream
+        return frame
+
+    def write(self, buffers: Sequence[Buffer]) -> int:
+        fd = self._open_fd()
+        try:
+            return int(writev(fd, buffers))
+        except BlockingIOError:
+            return WOULD_BLOCK
+        except OSError as exc:
+            if exc.errno in DROP_ERRNOS:
+                self.refused_errno = exc.errno or 0
+                return REFUSED
+            raise self._error(exc, "writing") from None
+
+    def _get_backend(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            backend = self._backend = current_backend()
+        return backend
+
+    async def wait_readable(self) -> None:
+        await self._wait(self._get_backend().wait_readable)
+
+    async def wait_writable(self) -> None:
+        await self._wait(self._get_backend().wait_writable)
+
+    async def _wait(self, wait: Callable[[int], Any]) -> None:
+        fd = self._open_fd()
+        try:
+            await wait(fd)
+        except (trio.ClosedResourceError, anyio.ClosedResourceError):
+            raise ClosedResourceError("another task closed this stream") from None
+
+    def set_queue(self, attach: bool) -> None:
+        if self._queue_control is None:
+            raise NotImplementedError("this device has a single queue (open it with queues=N)")
+        self._queue_control(self._open_fd(), attach)
+
+    def close(self) -> None:
+        fd = self._fd
+        if fd < 0:
+            return
+        self._fd = -1
+        try:
+            _notify_closing(fd)
+        finally:
+            if self._owned:
+                os.close(fd)
+            else:
+                set_blocking(fd, self._blocking)
+
+    def __del__(self) -> None:
+        # An owned fd must not outlive its port; no task can be waiting on it
+        # once the port is garbage.
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0 and getattr(self, "_owned", False):
+            self._fd = -1
+            os.close(fd)
+
+
+def _notify_closing(fd: int) -> None:
+    """Wake tasks blocked on *fd* before it is closed, if an event loop is running."""
+    try:
+        backend = current_backend()
+    except sniffio.AsyncLibraryNotFoundError:
+        # Closing from synchronous code (e.g. after trio.run returned): no task
+        # can be waiting on the fd, and the loop's registration died with it.
+        return
+    backend.notify_closing(fd)
+
+
+class _Link:
+    """One direction of a memory pair: a bounded queue and the receiver's wake-up."""
+
+    __slots__ = ("capacity", "frames", "waiter", "writer_closed")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.frames: deque[bytes] = deque()
+        self.writer_closed = False
+        # Created by the waiting task (an Event needs a running event loop).
+        self.waiter: anyio.Event | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None:
+            self.waiter.set()
+            self.waiter = None
+
+
+class MemoryPort:
+    """One end of two joined in-memory queues; what one end writes, the other reads.
+
+    Like a device it never blocks a writer: a frame written while the peer's
+    queue is full, or after the peer closed, is refused (the stream counts it
+    as dropped).  Once the peer has closed and its frames are read, reads end
+    with ``anyio.EndOfStream``.
+    """
+
+    __slots__ = ("_closed", "_inbox", "_outbox", "refused_errno")
+
+    def __init__(self, inbox: _Link, outbox: _Link) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+        self._closed = False
+        self.refused_errno = 0
+
+    @classmethod
+    def pair(cls, capacity: int) -> tuple[MemoryPort, MemoryPort]:
+        a_to_b, b_to_a = _Link(capacity), _Link(capacity)
+        return cls(b_to_a, a_to_b), cls(a_to_b, b_to_a)
+
+    def fileno(self) -> int:
+        return -1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedResourceError("this stream was closed")
+
+    def read(self, size: int) -> bytes | None:
+        self._check()
+        frames = self._inbox.frames
+        if frames:
+            return frames.popleft()[:size]
+        if self._inbox.writer_closed:
+            raise anyio.EndOfStream
+        return None
+
+    def read_into(self, buffer: bytearray) -> int:
+        frame = self.read(len(buffer))
+        if frame is None:
+            return WOULD_BLOCK
+        n = len(frame)
+        buffer[:n] = frame
+        return n
+
+    def write(self, buffers: Sequence[Buffer]) -> int:
+        self._check()
+        outbox = self._outbox
+        if outbox.writer_closed or len(outbox.frames) >= outbox.capacity:
+            self.refused_errno = 0
+            return REFUSED
+        frame = b"".join(buffers)
+        outbox.frames.append(frame)
+        outbox.wake()
+        return len(frame)
+
+    async def wait_readable(self) -> None:
+        self._check()
+        inbox = self._inbox
+        if inbox.frames or inbox.writer_closed:
+            await anyio.lowlevel.checkpoint()
+            return
+        waiter = inbox.waiter = anyio.Event()
+        await waiter.wait()
+        self._check()
+
+    async def wait_writable(self) -> None:
+        # Writes never block (full queues refuse): nothing to wait for.
+        self._check()
+        await anyio.lowlevel.checkpoint()
+
+    def set_queue(self, attach: bool) -> None:
+        raise NotImplementedError("a memory pair has a single queue")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # The peer reads what is queued, then the end; our own waiter wakes
+        # and finds us closed.
+        self._outbox.writer_closed = True
+        self._outbox.wake()
+        self._inbox.wake()
