@@ -1886,6 +1886,327 @@ static PyTypeObject GroTableType = {
 };
 
 /* ------------------------------------------------------------------ */
+/* sendmmsg / recvmmsg (Linux): batched UDP syscalls for trio_tun.udp  */
+/* ------------------------------------------------------------------ */
+
+/* Each has a pure-Python twin in trio_tun.udp (a loop of sendmsg/recvmsg_into)
+ * and the tests compare the two through a real kernel.  The GIL is released
+ * around the syscall itself: every buffer is pinned by a Py_buffer (a
+ * bytearray can't be resized while exported) or is an immutable bytes object
+ * we hold a reference to. */
+#ifdef __linux__
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#define MMSG_MAX 1024         /* the kernel's UIO_MAXIOV caps vlen too */
+#define MMSG_SOL_UDP 17
+#define MMSG_UDP_SEGMENT 103
+
+/* sendmmsg(fd, messages, /) -> int
+ *
+ * messages: a sequence of (buffers, gso_size, sockaddr) where buffers is a
+ * sequence of bytes-like objects sent as one datagram (one iovec each),
+ * gso_size 0 or the UDP_SEGMENT size (1..65535), sockaddr None (connected
+ * socket) or the raw struct sockaddr as bytes.  Sends at most MMSG_MAX
+ * messages; returns how many the kernel took, raises OSError when it took
+ * none (BlockingIOError when the socket buffer is full). */
+static PyObject *
+py_sendmmsg(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int fd, r = 0, saved_errno = 0;
+    PyObject *messages, *seq = NULL, *result = NULL;
+    PyObject **keep = NULL;         /* 2 per message: buffers tuple, address */
+    Py_buffer *views = NULL;
+    struct mmsghdr *hdrs = NULL;
+    struct iovec *iov = NULL;
+    char *control = NULL;
+    Py_ssize_t n, i, j, total = 0, nviews = 0, nkeep = 0;
+    const size_t cspace = CMSG_SPACE(sizeof(uint16_t));
+
+    if (!PyArg_ParseTuple(args, "iO:sendmmsg", &fd, &messages)) {
+        return NULL;
+    }
+    seq = PySequence_Fast(messages, "messages must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MMSG_MAX) {
+        n = MMSG_MAX;
+    }
+    if (n == 0) {
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    keep = PyMem_Calloc((size_t)(2 * n), sizeof(PyObject *));
+    hdrs = PyMem_Calloc((size_t)n, sizeof(struct mmsghdr));
+    control = PyMem_Calloc((size_t)n, cspace);
+    if (keep == NULL || hdrs == NULL || control == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Snapshot every message first (tuples are immutable), so that nothing a
+     * buffer export might run can change what we send or free it under us. */
+    for (i = 0; i < n; i++) {
+        PyObject *msg = PySequence_Fast_GET_ITEM(seq, i), *bufs, *addr;
+        long gso;
+
+        if (!PyTuple_Check(msg) || PyTuple_GET_SIZE(msg) != 3) {
+            PyErr_SetString(PyExc_TypeError,
+                            "each message must be a (buffers, gso_size, sockaddr) tuple");
+            goto done;
+        }
+        bufs = PySequence_Tuple(PyTuple_GET_ITEM(msg, 0));
+        if (bufs == NULL) {
+            goto done;
+        }
+        keep[nkeep++] = bufs;
+        total += PyTuple_GET_SIZE(bufs);
+        gso = PyLong_AsLong(PyTuple_GET_ITEM(msg, 1));
+        if (gso == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+        if (gso < 0 || gso > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "gso_size must be in 0..65535");
+            goto done;
+        }
+        addr = PyTuple_GET_ITEM(msg, 2);
+        if (addr != Py_None) {
+            if (!PyBytes_Check(addr) || PyBytes_GET_SIZE(addr) == 0 ||
+                (size_t)PyBytes_GET_SIZE(addr) > sizeof(struct sockaddr_storage)) {
+                PyErr_SetString(PyExc_TypeError, "sockaddr must be None or a raw sockaddr (bytes)");
+                goto done;
+            }
+            Py_INCREF(addr);
+            keep[nkeep++] = addr;
+            hdrs[i].msg_hdr.msg_name = PyBytes_AS_STRING(addr);
+            hdrs[i].msg_hdr.msg_namelen = (socklen_t)PyBytes_GET_SIZE(addr);
+        }
+        if (gso > 0) {
+            char *c = control + (size_t)i * cspace;
+            struct cmsghdr *cm = (struct cmsghdr *)c;
+            uint16_t size = (uint16_t)gso;
+
+            cm->cmsg_level = MMSG_SOL_UDP;
+            cm->cmsg_type = MMSG_UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            memcpy(CMSG_DATA(cm), &size, sizeof(size));
+            hdrs[i].msg_hdr.msg_control = c;
+            hdrs[i].msg_hdr.msg_controllen = cspace;
+        }
+    }
+    iov = PyMem_Calloc((size_t)(total ? total : 1), sizeof(struct iovec));
+    views = PyMem_Calloc((size_t)(total ? total : 1), sizeof(Py_buffer));
+    if (iov == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    {
+        Py_ssize_t k = 0, m = 0;
+
+        for (i = 0; i < n; i++) {
+            PyObject *bufs = keep[m++];
+            Py_ssize_t count = PyTuple_GET_SIZE(bufs);
+
+            if (hdrs[i].msg_hdr.msg_name != NULL) {
+                m++;
+            }
+            hdrs[i].msg_hdr.msg_iov = iov + k;
+            hdrs[i].msg_hdr.msg_iovlen = (size_t)count;
+            for (j = 0; j < count; j++, k++) {
+                if (PyObject_GetBuffer(PyTuple_GET_ITEM(bufs, j), &views[k], PyBUF_SIMPLE) < 0) {
+                    goto done;
+                }
+                nviews++;
+                iov[k].iov_base = views[k].buf;
+                iov[k].iov_len = (size_t)views[k].len;
+            }
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    r = sendmmsg(fd, hdrs, (unsigned int)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    saved_errno = errno;
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        errno = saved_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromLong(r);
+done:
+    for (i = 0; i < nviews; i++) {
+        PyBuffer_Release(&views[i]);
+    }
+    for (i = 0; i < nkeep; i++) {
+        Py_DECREF(keep[i]);
+    }
+    PyMem_Free(views);
+    PyMem_Free(iov);
+    PyMem_Free(control);
+    PyMem_Free(hdrs);
+    PyMem_Free(keep);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* The address as socket.recvmsg reports it: (host, port) for IPv4,
+ * (host, port, flowinfo, scope_id) for IPv6, None for anything else. */
+static PyObject *
+mmsg_address(const struct sockaddr_storage *ss, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host)) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host)) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(siII)", host, (int)ntohs(a->sin6_port),
+                             (unsigned int)ntohl(a->sin6_flowinfo),
+                             (unsigned int)a->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* recvmmsg(fd, buffer, bufsize, max_messages, ancbufsize, want_address, /)
+ *     -> list[(nbytes, ancdata, msg_flags, address)]
+ *
+ * Message i lands in buffer[i*bufsize:(i+1)*bufsize]; each entry is what
+ * socket.recvmsg_into would have returned for it (address None unless
+ * want_address).  Raises OSError when nothing was received. */
+static PyObject *
+py_recvmmsg(PyObject *Py_UNUSED(self), PyObject *args)
+{
+    int fd, want_address, r = 0, saved_errno = 0;
+    Py_buffer buffer;
+    Py_ssize_t bufsize, count, ancbufsize, i;
+    struct mmsghdr *hdrs = NULL;
+    struct iovec *iov = NULL;
+    struct sockaddr_storage *names = NULL;
+    char *control = NULL;
+    PyObject *result = NULL;
+
+    if (!PyArg_ParseTuple(args, "iw*nnnp:recvmmsg", &fd, &buffer, &bufsize, &count, &ancbufsize,
+                          &want_address)) {
+        return NULL;
+    }
+    if (bufsize < 1 || count < 1 || count > MMSG_MAX || ancbufsize < 0 ||
+        ancbufsize > 65536 || bufsize > buffer.len / count) {
+        PyErr_SetString(PyExc_ValueError,
+                        "need 1 <= max_messages <= 1024, bufsize >= 1, "
+                        "0 <= ancbufsize <= 65536 and len(buffer) >= bufsize * max_messages");
+        goto done;
+    }
+    hdrs = PyMem_Calloc((size_t)count, sizeof(struct mmsghdr));
+    iov = PyMem_Calloc((size_t)count, sizeof(struct iovec));
+    control = PyMem_Calloc((size_t)count, (size_t)(ancbufsize ? ancbufsize : 1));
+    if (want_address) {
+        names = PyMem_Calloc((size_t)count, sizeof(struct sockaddr_storage));
+    }
+    if (hdrs == NULL || iov == NULL || control == NULL || (want_address && names == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < count; i++) {
+        iov[i].iov_base = (char *)buffer.buf + i * bufsize;
+        iov[i].iov_len = (size_t)bufsize;
+        hdrs[i].msg_hdr.msg_iov = &iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+        if (ancbufsize) {
+            hdrs[i].msg_hdr.msg_control = control + i * ancbufsize;
+            hdrs[i].msg_hdr.msg_controllen = (size_t)ancbufsize;
+        }
+        if (want_address) {
+            hdrs[i].msg_hdr.msg_name = &names[i];
+            hdrs[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    r = recvmmsg(fd, hdrs, (unsigned int)count, MSG_DONTWAIT, NULL);
+    saved_errno = errno;
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        errno = saved_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyList_New(r);
+    if (result == NULL) {
+        goto done;
+    }
+    for (i = 0; i < r; i++) {
+        struct msghdr *mh = &hdrs[i].msg_hdr;
+        struct cmsghdr *cm;
+        PyObject *anc, *addr, *entry;
+        const char *cend = (const char *)mh->msg_control + mh->msg_controllen;
+
+        anc = PyList_New(0);
+        if (anc == NULL) {
+            goto fail;
+        }
+        for (cm = mh->msg_controllen ? CMSG_FIRSTHDR(mh) : NULL; cm != NULL;
+             cm = CMSG_NXTHDR(mh, cm)) {
+            const char *data = (const char *)CMSG_DATA(cm);
+            Py_ssize_t len;
+            PyObject *item;
+
+            /* A truncated item reports what fits, as socket.recvmsg does. */
+            if (cm->cmsg_len < CMSG_LEN(0) || data > cend) {
+                break;
+            }
+            len = (Py_ssize_t)cm->cmsg_len - (Py_ssize_t)CMSG_LEN(0);
+            if (data + len > cend) {
+                len = cend - data;
+            }
+            item = Py_BuildValue("(iiy#)", cm->cmsg_level, cm->cmsg_type, data, len);
+            if (item == NULL || PyList_Append(anc, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(anc);
+                goto fail;
+            }
+            Py_DECREF(item);
+        }
+        if (want_address) {
+            addr = mmsg_address(&names[i], mh->msg_namelen);
+            if (addr == NULL) {
+                Py_DECREF(anc);
+                goto fail;
+            }
+        }
+        else {
+            addr = Py_NewRef(Py_None);
+        }
+        entry = Py_BuildValue("(nNiN)", (Py_ssize_t)hdrs[i].msg_len, anc, mh->msg_flags, addr);
+        if (entry == NULL) {
+            goto fail;
+        }
+        PyList_SET_ITEM(result, i, entry);
+    }
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    PyBuffer_Release(&buffer);
+    PyMem_Free(names);
+    PyMem_Free(control);
+    PyMem_Free(iov);
+    PyMem_Free(hdrs);
+    return result;
+}
+#endif /* __linux__ */
+
+/* ------------------------------------------------------------------ */
 /* Module                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -1909,6 +2230,14 @@ static PyMethodDef methods[] = {
     {"coalesce", (PyCFunction)(void (*)(void))py_coalesce, METH_FASTCALL | METH_KEYWORDS,
      "coalesce(packets, *, uso=False, max_size=65535, allow_short_last=True)\n--\n\n"
      "See :func:`trio_tun.offload.gro.coalesce`."},
+#ifdef __linux__
+    {"sendmmsg", (PyCFunction)py_sendmmsg, METH_VARARGS,
+     "sendmmsg(fd, messages, /)\n--\n\n"
+     "Send (buffers, gso_size, sockaddr) messages in one syscall; returns how many went."},
+    {"recvmmsg", (PyCFunction)py_recvmmsg, METH_VARARGS,
+     "recvmmsg(fd, buffer, bufsize, max_messages, ancbufsize, want_address, /)\n--\n\n"
+     "Receive up to max_messages datagrams in one syscall, as recvmsg_into would."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,6 @@
 # Types of the optional C extension built from _speedups.c.
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from trio_tun.offload.gro import Parsed
 
@@ -41,3 +42,17 @@ class GroTable:
     def pending_buffers(self) -> int: ...
     def add(self, packet: _Buffer, /) -> None: ...
     def flush(self) -> list[bytes]: ...
+
+# Linux only (absent from the module elsewhere): batched UDP syscalls for trio_tun.udp.
+def sendmmsg(
+    fd: int, messages: Sequence[tuple[Sequence[_Buffer], int, bytes | None]], /
+) -> int: ...
+def recvmmsg(
+    fd: int,
+    buffer: bytearray | memoryview,
+    bufsize: int,
+    max_messages: int,
+    ancbufsize: int,
+    want_address: bool,
+    /,
+) -> list[tuple[int, list[tuple[int, int, bytes]], int, Any]]: ...
