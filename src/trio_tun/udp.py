@@ -393,6 +393,8 @@ class _UdpBase(Generic[_T]):
         # one run (e.g. a segment above the path MTU), not a missing feature.
         self._gso_proven = False
         self._gro = gro
+        # Segment sizes above this were refused (above the path MTU): sent unsegmented.
+        self._gso_size_limit = MAX_DATAGRAM
         self._max_gso_bytes = _gso.max_gso_bytes(sock.family == socket.AF_INET6)
         self._counters = counters
         self._backend: Backend | None = None
@@ -610,8 +612,14 @@ class _UdpBase(Generic[_T]):
         self, datagrams: list[_Buffer], destination: _Destination | None, into: list[Message]
     ) -> None:
         if self._gso and len(datagrams) > 1:
+            limit = self._gso_size_limit
             for size, run in _gso.gso_runs(datagrams, _gso.MAX_SEGMENTS, self._max_gso_bytes):
-                into.append((run, size if len(run) > 1 else 0, destination))
+                if len(run) == 1:
+                    into.append((run, 0, destination))
+                elif size <= limit:
+                    into.append((run, size, destination))
+                else:
+                    into.extend(([datagram], 0, destination) for datagram in run)
         else:
             into.extend(([datagram], 0, destination) for datagram in datagrams)
 
@@ -635,9 +643,11 @@ class _UdpBase(Generic[_T]):
             # resend everything from here unsegmented, and stop segmenting.
             self._give_up_gso(messages, i)
             return i
-        if gso_size and code == errno.EINVAL:
-            # Segmentation works here but not for this run (e.g. its segment
-            # size is above the path MTU): resend just this run unsegmented.
+        if gso_size and code in (errno.EINVAL, errno.EMSGSIZE):
+            # Segmentation works, but not for this run: its segment size is
+            # above the path MTU (EMSGSIZE) or the kernel dislikes it (EINVAL).
+            # Resend just this run unsegmented, and don't segment this size again.
+            self._gso_size_limit = min(self._gso_size_limit, gso_size - 1)
             messages[i : i + 1] = [([datagram], 0, destination) for datagram in buffers]
             return i
         if code in _SOFT_ERRNOS:
