@@ -20,6 +20,7 @@ from ._errors import (
 from ._open import from_fd, open_tap, open_tun
 from ._stats import Statistics
 from ._stream import PacketStream, TapStream, TunAttribute, TunStream
+from .udp import UdpStatistics, UdpStream, UnconnectedUdpStream, open_udp
 
 __version__ = "0.1.0"
 
@@ -41,7 +42,11 @@ __all__ = [
     "TunPermissionError",
     "TunStream",
     "TunUnavailableError",
+    "UdpStatistics",
+    "UdpStream",
+    "UnconnectedUdpStream",
     "from_fd",
     "open_tap",
     "open_tun",
+    "open_udp",
 ]

@@ -50,13 +50,11 @@ from ._errors import BusyResourceError, NoDeviceControlError
 from ._framing import Buffer, Framing, VirtioFraming
 from ._ports import WOULD_BLOCK, Port
 from ._stats import Statistics
-from ._wait import Backend, current_backend
+from ._wait import Backend, YieldBudget, current_backend
 
 if TYPE_CHECKING:
     from .engine import OffloadEngine
 
-#: Calls of receive()/send() between two real scheduler yields when no waiting was needed.
-SCHEDULE_EVERY: Final = 32
 #: Reads one receive_batch() does at most by default.
 DEFAULT_BATCH: Final = 64
 #: Largest IP packet; a TUN read never brings more (plus headers).
@@ -150,8 +148,8 @@ class PacketStream(UnreliableObjectStream[bytes]):
         self._backend: Backend | None = None
         self._receive_guard = ConflictGuard("receiving")
         self._send_guard = ConflictGuard("sending")
-        self._receive_budget = 0
-        self._send_budget = 0
+        self._receive_budget = YieldBudget()
+        self._send_budget = YieldBudget()
         self._pending: deque[bytes] = deque()
         self._counters = Statistics()
         self._attached = True
@@ -240,27 +238,14 @@ class PacketStream(UnreliableObjectStream[bytes]):
         if readable:
             await self._port.wait_readable()
             # Waiting went through the scheduler: the amortised yield is paid.
-            self._receive_budget = SCHEDULE_EVERY
+            self._receive_budget.waited()
         else:
             await self._port.wait_writable()
-            self._send_budget = SCHEDULE_EVERY
+            self._send_budget.waited()
 
     async def _entry_checkpoint(self, receiving: bool) -> None:
-        backend = self._get_backend()
-        if receiving:
-            self._receive_budget -= 1
-            budget = self._receive_budget
-        else:
-            self._send_budget -= 1
-            budget = self._send_budget
-        if budget > 0:
-            await backend.checkpoint_if_cancelled()
-            return
-        if receiving:
-            self._receive_budget = SCHEDULE_EVERY
-        else:
-            self._send_budget = SCHEDULE_EVERY
-        await backend.checkpoint()
+        budget = self._receive_budget if receiving else self._send_budget
+        await budget.checkpoint(self._get_backend())
 
     # -- reading -------------------------------------------------------
 

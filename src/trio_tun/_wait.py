@@ -59,3 +59,33 @@ def current_backend() -> Backend:
     if sniffio.current_async_library() == "trio":
         return TRIO
     return ANYIO
+
+
+#: Calls between two real scheduler yields when no waiting was needed.
+SCHEDULE_EVERY: Final = 32
+
+
+class YieldBudget:
+    """Amortised scheduler yields for one direction of a stream.
+
+    Every call checks for cancellation; only every ``SCHEDULE_EVERY``-th call
+    (or the first after a wait, which went through the scheduler anyway) pays
+    for a real trip through it.
+    """
+
+    __slots__ = ("remaining",)
+
+    def __init__(self) -> None:
+        self.remaining = 0
+
+    async def checkpoint(self, backend: Backend) -> None:
+        self.remaining -= 1
+        if self.remaining > 0:
+            await backend.checkpoint_if_cancelled()
+            return
+        self.remaining = SCHEDULE_EVERY
+        await backend.checkpoint()
+
+    def waited(self) -> None:
+        """The caller just waited (a scheduler trip): the next yields are paid for."""
+        self.remaining = SCHEDULE_EVERY

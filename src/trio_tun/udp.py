@@ -47,11 +47,12 @@ import sniffio
 import trio
 from anyio.abc import SocketAttribute, UnreliableObjectStream
 
-from . import _netns
+from ._config import resolve_netns
 from ._errors import BrokenResourceError, ClosedResourceError
-from ._stream import _Guard
-from ._wait import Backend, current_backend
+from ._stream import ConflictGuard as _Guard
+from ._wait import Backend, YieldBudget, current_backend
 from .offload import udp as _gso
+from .platform.linux import netns as _netns
 
 # A plain bool, not a sys.platform check, so every platform's type check
 # sees the code behind it.
@@ -80,8 +81,6 @@ __all__ = [
     "open_udp",
 ]
 
-#: Calls of receive/send methods between two real scheduler yields when no waiting was needed.
-SCHEDULE_EVERY: Final = 32
 #: Messages one receive round asks the kernel for (each up to 64 datagrams with GRO).
 RECV_MESSAGES: Final = 8
 #: Room per received message: the largest UDP payload, or one GRO read.
@@ -126,9 +125,9 @@ _PORT: Final = struct.Struct("!H")
 _FLOWINFO: Final = struct.Struct("!I")
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class UdpStatistics:
-    """A snapshot of one UDP stream's counters since it was opened.
+    """One UDP stream's counters since it was opened (``statistics()`` hands out a copy).
 
     ``reads``/``writes`` count system calls; ``rx_messages``/``tx_messages``
     count the kernel's messages (with GRO/GSO one message holds up to 64
@@ -170,28 +169,9 @@ class UdpStatistics:
     #: Times ``UDP_GRO`` could not be switched on.
     gro_fallbacks: int = 0
 
-
-@attrs.define(slots=True)
-class _Counters:
-    reads: int = 0
-    writes: int = 0
-    rx_messages: int = 0
-    tx_messages: int = 0
-    rx_datagrams: int = 0
-    rx_bytes: int = 0
-    tx_datagrams: int = 0
-    tx_bytes: int = 0
-    gso_writes: int = 0
-    gro_reads: int = 0
-    tx_dropped: int = 0
-    rx_dropped: int = 0
-    rx_malformed: int = 0
-    soft_errors: int = 0
-    gso_fallbacks: int = 0
-    gro_fallbacks: int = 0
-
     def snapshot(self) -> UdpStatistics:
-        return UdpStatistics(**attrs.asdict(self))
+        """A copy, so that the caller's view stays still while traffic flows."""
+        return attrs.evolve(self)
 
 
 @attrs.frozen
@@ -381,7 +361,13 @@ class _UdpBase(Generic[_T]):
     _want_address: ClassVar[bool]
 
     def __init__(
-        self, sock: socket.socket, *, syscalls: Syscalls, gso: bool, gro: bool, counters: _Counters
+        self,
+        sock: socket.socket,
+        *,
+        syscalls: Syscalls,
+        gso: bool,
+        gro: bool,
+        counters: UdpStatistics,
     ) -> None:
         sock.setblocking(False)
         self._sock: socket.socket | None = sock
@@ -400,8 +386,8 @@ class _UdpBase(Generic[_T]):
         self._backend: Backend | None = None
         self._receive_guard = _Guard("receiving")
         self._send_guard = _Guard("sending")
-        self._receive_budget = 0
-        self._send_budget = 0
+        self._receive_budget = YieldBudget()
+        self._send_budget = YieldBudget()
         self._pending: deque[_T] = deque()
         self._buffer = bytearray(RECV_BUFFER * RECV_MESSAGES)
         self._view = memoryview(self._buffer)
@@ -486,26 +472,13 @@ class _UdpBase(Generic[_T]):
             raise ClosedResourceError("another task closed this stream") from None
         # Waiting went through the scheduler: the amortised yield is paid.
         if readable:
-            self._receive_budget = SCHEDULE_EVERY
+            self._receive_budget.waited()
         else:
-            self._send_budget = SCHEDULE_EVERY
+            self._send_budget.waited()
 
     async def _entry_checkpoint(self, receiving: bool) -> None:
-        backend = self._get_backend()
-        if receiving:
-            self._receive_budget -= 1
-            budget = self._receive_budget
-        else:
-            self._send_budget -= 1
-            budget = self._send_budget
-        if budget > 0:
-            await backend.checkpoint_if_cancelled()
-            return
-        if receiving:
-            self._receive_budget = SCHEDULE_EVERY
-        else:
-            self._send_budget = SCHEDULE_EVERY
-        await backend.checkpoint()
+        budget = self._receive_budget if receiving else self._send_budget
+        await budget.checkpoint(self._get_backend())
 
     def _resolve(self, address: tuple[str, int]) -> _Destination:
         cache = self._destinations
@@ -955,7 +928,7 @@ def _make_socket(family: int, netns: str | os.PathLike[str] | int | None) -> soc
     if isinstance(netns, int):
         with _netns.entered(netns):
             return socket.socket(family, socket.SOCK_DGRAM)
-    fd = _netns.open_path(_netns.resolve(netns))
+    fd = _netns.open_path(resolve_netns(netns))
     try:
         # A socket lives in the namespace it was created in, whatever the
         # thread does next; bind and connect then act inside it.
@@ -1091,7 +1064,7 @@ async def _open_udp(
         raise ValueError(f"can't bind {bind_host} with an IPv4 socket")
 
     syscalls = _SYSCALLS
-    counters = _Counters()
+    counters = UdpStatistics()
     sock = _make_socket(family, netns)
     try:
         if family == socket.AF_INET6:
