@@ -39,7 +39,13 @@ def cookie_key(public_key: bytes) -> bytes:
 def endpoint_bytes(endpoint: Endpoint) -> bytes:
     """The source address a cookie is bound to: address bytes, then the port little-endian."""
     host, port = endpoint
-    return ipaddress.ip_address(host).packed + (port & 0xFFFF).to_bytes(2, "little")
+    try:
+        address = ipaddress.ip_address(host).packed
+    except ValueError:
+        # Not an address literal (a name from a config, a scoped link-local): any stable
+        # bytes bind the cookie just as well, since only we ever recompute it.
+        address = host.encode("utf-8", "surrogateescape")
+    return address + (port & 0xFFFF).to_bytes(2, "little")
 
 
 def _split(message: bytes) -> tuple[bytes, bytes, bytes, bytes]:
