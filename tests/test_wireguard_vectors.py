@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from wgpeer import crypto, messages, noise  # noqa: E402
-from wgpeer.cookie import CookieChecker, CookieGenerator  # noqa: E402
+from wgpeer import crypto, messages, noise
+from wgpeer.cookie import CookieChecker, CookieGenerator
 
 VECTORS = json.loads(
     (Path(__file__).parent / "data" / "wireguard" / "handshake_vectors.json").read_text()

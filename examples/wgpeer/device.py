@@ -246,10 +246,7 @@ class WireGuardDevice:
             if not peer.staged and peer.usable_keypair(now) is not None:
                 self._seal(peer, batch, now, out)
             else:
-                for packet in batch:
-                    if not peer.stage(packet):
-                        tx_drops[Drop.QUEUE_FULL] += 1
-                        peer.stats.drops[Drop.QUEUE_FULL] += 1
+                self._stage(peer, batch)
                 self._send_staged(peer, now, out)
         return out.result()
 
@@ -268,11 +265,11 @@ class WireGuardDevice:
         limit = peer.timers.reject_after_messages
         sent = tx_bytes = keepalives = 0
         datagrams = out.by_endpoint.setdefault(endpoint, [])
-        for packet in packets:
+        for position, packet in enumerate(packets):
             if kp.send_counter >= limit:
-                self.stats.tx_drops[Drop.EXPIRED] += 1
-                peer.stats.drops[Drop.EXPIRED] += 1
-                continue
+                # The key is used up mid-batch: the rest waits for the next session.
+                self._stage(peer, packets[position:])
+                break
             datagram = kp.seal(_padded(packet, mtu))
             datagrams.append(datagram)
             sent += 1
@@ -290,6 +287,14 @@ class WireGuardDevice:
             peer.authenticated_sent()
             peer.authenticated_traversal(now)
         self._keep_key_fresh_sending(peer, now, out)
+        if peer.staged:
+            self._initiate(peer, now, out, retry=False)
+
+    def _stage(self, peer: Peer, packets: Iterable[bytes]) -> None:
+        for packet in packets:
+            if not peer.stage(packet):
+                self.stats.tx_drops[Drop.QUEUE_FULL] += 1
+                peer.stats.drops[Drop.QUEUE_FULL] += 1
 
     def _send_staged(self, peer: Peer, now: float, out: _Batch) -> None:
         if not peer.staged:
