@@ -198,6 +198,16 @@ def test_no_route_and_malformed_outbound_are_counted() -> None:
     assert net.a.stats.tx_drops == {Drop.NO_ROUTE: 1, Drop.MALFORMED: 3}
 
 
+def test_one_initiation_per_rekey_timeout_while_packets_queue() -> None:
+    net = Net()
+    first = net.a.encrypt([ipv4(A_ADDR, B_ADDR, b"1")], net.now)
+    net.now += 4.9
+    second = net.a.encrypt([ipv4(A_ADDR, B_ADDR, b"2")], net.now)
+    assert [len(d) for o in first for d in o.datagrams] == [148]
+    assert second == []
+    assert len(net.pa.staged) == 2 and net.pa.stats.initiations_sent == 1
+
+
 def test_queue_is_bounded_and_keeps_the_newest() -> None:
     net = Net(timers_a=TimerConfig(queue_limit=4))
     packets = [ipv4(A_ADDR, B_ADDR, bytes([i])) for i in range(6)]
@@ -316,8 +326,9 @@ def test_retries_are_jittered_and_give_up_after_rekey_attempt_time() -> None:
         if out:
             assert [len(d) for o in out for d in o.datagrams] == [148]
             sent_at.append(net.now)
-    # The first initiation, then one per retry until the attempt count is exceeded.
-    assert len(sent_at) == 1 + t.max_handshake_attempts + 1
+    # As wireguard-go: the first initiation and 19 retries ("after 20 attempts, giving up").
+    assert t.max_handshake_attempts == 18
+    assert len(sent_at) == 20
     assert net.pa.stats.initiations_sent == len(sent_at)
     assert 90 <= sent_at[-1] - sent_at[0] <= 95 + 19 * 0.334
     assert net.a.stats.tx_drops == {Drop.HANDSHAKE_TIMEOUT: 1}
@@ -474,12 +485,21 @@ def test_forged_counter_does_not_move_the_window() -> None:
 def test_wrong_inner_source_is_dropped() -> None:
     net = Net()
     net.up()
-    # B's peer entry for A only allows 10.0.0.1; A claims another source.
-    net.a.allowed_ips.insert("10.0.0.2/32", net.pa)
     net.send_a(ipv4("10.0.0.77", B_ADDR), ipv6("fd00::77", B_ADDR6))
     assert net.inner["b"] == []
     assert net.b.stats.rx_drops == {Drop.WRONG_SOURCE: 2}
     assert net.pb.stats.drops == {Drop.WRONG_SOURCE: 2}
+
+
+def test_source_owned_by_another_peer_is_dropped() -> None:
+    net = Net()
+    c_public = crypto.public_key(C_PRIVATE)
+    net.b.add_peer(c_public, allowed_ips=["10.0.0.3/32"])
+    net.up()
+    # A may not speak for C's address, even though B knows that address.
+    net.send_a(ipv4("10.0.0.3", B_ADDR))
+    assert net.inner["b"] == []
+    assert net.b.stats.rx_drops == {Drop.WRONG_SOURCE: 1}
 
 
 def test_garbage_and_truncated_messages_are_counted_as_malformed() -> None:
@@ -511,7 +531,6 @@ def test_bad_mac1_wrong_keys_and_unknown_peer() -> None:
     c = WireGuardDevice(C_PRIVATE, wall_clock=lambda: 1.7e9)
     c.add_peer(net.b.public_key, endpoint=B_EP, allowed_ips=["10.0.0.2/32"])
     from_c = c.encrypt([ipv4("10.0.0.3", B_ADDR)], 0.0)[0].datagrams[0]
-    # Same A, but B's configured PSK differs from A's: the response fails at A.
     inner, replies = net.b.decrypt([(bytes(initiation), A_EP), (from_c, A_EP)], net.now)
     assert inner == []
     assert replies == []
@@ -635,3 +654,19 @@ def test_duplicate_then_tampered_copy_both_count_as_replay() -> None:
     # The window check comes first, so a tampered copy of a seen counter costs no decryption.
     assert net.b.stats.rx_drops == {Drop.REPLAY: 2}
     assert net.b.stats.rx == {Received.INITIATION: 1, Received.DATA: 2}
+
+
+def test_initiator_that_only_receives_rekeys_before_the_session_dies() -> None:
+    net = Net()
+    net.up()
+    net.now = START + 164
+    mark = len(net.wire)
+    net.send_b(ipv4(B_ADDR, A_ADDR, b"early"))
+    assert net.kinds(mark) == [("b>a", 4, 64)]
+    net.now = START + 165
+    net.send_b(ipv4(B_ADDR, A_ADDR, b"last minute"))
+    assert [k[:2] for k in net.kinds(mark + 1)] == [("b>a", 4), ("a>b", 1), ("b>a", 2), ("a>b", 4)]
+    assert net.pa.stats.handshakes_completed == 2
+    net.now += 6
+    net.send_b(ipv4(B_ADDR, A_ADDR, b"once only"))
+    assert [k[:2] for k in net.kinds(mark + 5)] == [("b>a", 4)]
