@@ -1,0 +1,292 @@
+"""A WireGuard peer on trio-tun: the sans-I/O ``wgpeer`` core between a TUN device and UDP.
+
+Usage::
+
+    python examples/wireguard.py wg0.conf [--name IFNAME] [--stats]
+
+The configuration is a wg-quick file (``[Interface]`` PrivateKey, ListenPort,
+Address, MTU; ``[Peer]`` PublicKey, PresharedKey, AllowedIPs, Endpoint,
+PersistentKeepalive).  Three tasks run until SIGINT or SIGTERM:
+
+* TUN -> ``device.encrypt`` -> UDP: a batch of inner packets becomes, per peer, one
+  run of datagrams handed to the socket in one ``send_batch`` call;
+* UDP -> ``device.decrypt`` -> TUN: datagrams are opened in order and the inner
+  packets written with ``send_batch``, which coalesces TCP segments again;
+* timers: sleeps until the device's next deadline (or until new traffic may have
+  armed an earlier one) and sends what ``device.tick`` returns.
+
+``--stats`` prints per-peer counters on exit and whenever SIGUSR1 arrives.  Routes
+are added for AllowedIPs outside the interface's own prefixes, except default
+routes (which would capture the tunnel's own UDP traffic; use policy routing for
+those).  Needs root (CAP_NET_ADMIN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import ipaddress
+import math
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Final, Protocol
+
+import trio
+
+import trio_tun
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from wgpeer import Outgoing, WireGuardDevice, encode_key, parse_config
+from wgpeer.config import Config
+
+Endpoint = tuple[str, int]
+
+DEFAULT_MTU: Final = 1420
+#: Handshake messages in one receive batch that make us ask for cookies (mac2) ...
+UNDER_LOAD_BATCH: Final = 16
+#: ... for this long afterwards (wireguard-go's UnderLoadAfterTime).
+UNDER_LOAD_FOR: Final = 1.0
+
+
+class DatagramTransport(Protocol):
+    """What the pumps need from a UDP socket (the shape of ``trio_tun.open_udp``)."""
+
+    async def receive_batch(self) -> list[tuple[bytes, Endpoint]]: ...
+
+    async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None: ...
+
+
+def open_udp(port: int) -> contextlib.AbstractAsyncContextManager[DatagramTransport]:
+    """The UDP side: ``trio_tun.open_udp`` when this trio-tun has it, else a plain socket."""
+    opener = getattr(trio_tun, "open_udp", None)
+    if opener is not None:
+        udp: contextlib.AbstractAsyncContextManager[DatagramTransport] = opener(
+            local_host="::", local_port=port, netns=None, reuse_port=False
+        )
+        return udp
+    return _plain_udp(port)
+
+
+class _PlainUdp:
+    """A stand-in for ``trio_tun.open_udp`` over one dual-stack trio socket.
+
+    No UDP_SEGMENT/UDP_GRO: a batch is whatever is already queued (read without
+    waiting), and a send is one ``sendto`` per datagram.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
+        self._sock = sock
+        self._raw = raw
+        self.send_errors = 0
+
+    async def receive_batch(self) -> list[tuple[bytes, Endpoint]]:
+        data, address = await self._sock.recvfrom(65535)
+        batch = [(data, _unmapped(address))]
+        while len(batch) < 64:
+            try:
+                data, address = self._raw.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            batch.append((data, _unmapped(address)))
+        return batch
+
+    async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None:
+        target = _mapped(destination)
+        for datagram in datagrams:
+            try:
+                await self._sock.sendto(datagram, target)
+            except OSError:
+                # Unreachable, refused, no buffer: the network dropped it, as it may.
+                self.send_errors += 1
+
+
+@contextlib.asynccontextmanager
+async def _plain_udp(port: int) -> AsyncIterator[DatagramTransport]:
+    raw = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    raw.setblocking(False)
+    sock = trio.socket.from_stdlib_socket(raw)
+    with sock:
+        await sock.bind(("::", port))
+        yield _PlainUdp(sock, raw)
+
+
+def _unmapped(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
+    host = address[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, address[1]
+
+
+def _mapped(endpoint: Endpoint) -> tuple[str, int]:
+    host, port = endpoint
+    return (f"::ffff:{host}" if "." in host else host), port
+
+
+# -- the pumps -----------------------------------------------------------------------------
+
+
+class Tunnel:
+    """The device, its TUN stream and UDP socket, and the tasks that move packets."""
+
+    def __init__(
+        self, device: WireGuardDevice, tun: trio_tun.TunStream, udp: DatagramTransport
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.udp = udp
+        self._rearm = trio.Event()
+        self._under_load_until = -math.inf
+
+    async def _send(self, outgoing: list[Outgoing]) -> None:
+        for out in outgoing:
+            await self.udp.send_batch(out.datagrams, out.endpoint)
+        # New traffic may have armed a timer earlier than the one being waited for.
+        self._rearm.set()
+
+    async def tun_to_udp(self) -> None:
+        while True:
+            packets = await self.tun.receive_batch()
+            await self._send(self.device.encrypt(packets, trio.current_time()))
+
+    async def udp_to_tun(self) -> None:
+        while True:
+            datagrams = await self.udp.receive_batch()
+            now = trio.current_time()
+            handshakes = sum(1 for d, _ in datagrams if d[:1] in (b"\x01", b"\x02"))
+            if handshakes >= UNDER_LOAD_BATCH:
+                self._under_load_until = now + UNDER_LOAD_FOR
+            inner, replies = self.device.decrypt(
+                datagrams, now, under_load=now < self._under_load_until
+            )
+            if inner:
+                await self.tun.send_batch(inner)
+            await self._send(replies)
+
+    async def timers(self) -> None:
+        while True:
+            self._rearm = trio.Event()
+            deadline = self.device.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._rearm.wait()
+            await self._send(self.device.tick(trio.current_time()))
+
+
+def format_stats(device: WireGuardDevice, name: str) -> str:
+    s = device.stats
+    lines = [
+        f"interface {name}: public key {encode_key(device.public_key)}",
+        f"  rx {s.rx_datagrams} datagrams {dict(s.rx)}; dropped {dict(s.rx_drops)}",
+        f"  tx {s.tx_datagrams} datagrams; dropped {dict(s.tx_drops)}",
+    ]
+    for peer in device.peers.values():
+        p = peer.stats
+        endpoint = "(none)" if peer.endpoint is None else f"{peer.endpoint[0]}:{peer.endpoint[1]}"
+        lines += [
+            f"peer {encode_key(peer.public_key)}",
+            f"  endpoint {endpoint}; handshakes {p.handshakes_completed}"
+            f" (initiations sent {p.initiations_sent}, responses sent {p.responses_sent})",
+            f"  rx {p.rx_packets} packets {p.rx_bytes} bytes, {p.keepalives_received} keepalives;"
+            f" tx {p.tx_packets} packets {p.tx_bytes} bytes, {p.keepalives_sent} keepalives",
+            f"  dropped {dict(p.drops)}",
+        ]
+    return "\n".join(lines)
+
+
+async def resolve_endpoints(config: Config, device: WireGuardDevice) -> None:
+    """Turn host names in Endpoint lines into addresses (the protocol core never resolves)."""
+    for peer_config in config.peers:
+        if peer_config.endpoint is None:
+            continue
+        host, port = peer_config.endpoint
+        try:
+            ipaddress.ip_address(host.split("%")[0])
+            continue
+        except ValueError:
+            pass
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        address = str(infos[0][4][0])
+        device.peers[peer_config.public_key].endpoint = (address, port)
+
+
+async def add_routes(tun: trio_tun.TunStream, config: Config) -> None:
+    """Routes for AllowedIPs that the interface's own prefixes do not cover."""
+    on_link = [ipaddress.ip_interface(a).network for a in config.interface.addresses]
+    for peer in config.peers:
+        for prefix in peer.allowed_ips:
+            network = ipaddress.ip_network(prefix)
+            if network.prefixlen == 0:
+                print(f"not routing {network}: a default route would capture the tunnel itself")
+                continue
+            if any(network.version == n.version and network.subnet_of(n) for n in on_link):  # type: ignore[arg-type]
+                continue
+            try:
+                await tun.add_route(network)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    print(f"could not route {network}: {exc}")
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    device = WireGuardDevice.from_config(config)
+    await resolve_endpoints(config, device)
+    mtu = config.interface.mtu or DEFAULT_MTU
+    async with (
+        trio_tun.open_tun(
+            args.name, addresses=config.interface.addresses, mtu=mtu, offload=True
+        ) as tun,
+        open_udp(config.interface.listen_port or 0) as udp,
+    ):
+        await add_routes(tun, config)
+        tunnel = Tunnel(device, tun, udp)
+        print(
+            f"{tun.name} up: {', '.join(config.interface.addresses)}, "
+            f"UDP port {config.interface.listen_port or 'any'}, {len(device.peers)} peer(s)",
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tunnel.tun_to_udp)
+                nursery.start_soon(tunnel.udp_to_tun)
+                nursery.start_soon(tunnel.timers)
+                async for signum in signals:
+                    if signum == signal.SIGUSR1:
+                        if args.stats:
+                            print(format_stats(device, tun.name), flush=True)
+                        continue
+                    nursery.cancel_scope.cancel()
+                    break
+        if args.stats:
+            print(format_stats(device, tun.name), flush=True)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="wg-quick style configuration file")
+    parser.add_argument("--name", default="wg%d", help="interface name or pattern (default wg%%d)")
+    parser.add_argument(
+        "--stats", action="store_true", help="print counters on exit and on SIGUSR1"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = parse_config(Path(args.config).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
+    for line, key in config.ignored:
+        print(f"{args.config}:{line}: {key} is a wg-quick setting; not applied")
+    return trio.run(run, args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
