@@ -33,6 +33,12 @@ def addresses(version: int) -> st.SearchStrategy[str]:
     return (hi | st.integers(0, 2**bits - 1)).map(lambda n: str(cls(n)))
 
 
+def by_bytes(table: AllowedIPs[object], address: str) -> object | None:
+    """The lookup the data path uses (packed addresses, cached)."""
+    packed = ipaddress.ip_address(address).packed
+    return table.lookup_v4(packed) if len(packed) == 4 else table.lookup_v6(packed)
+
+
 def brute_force(entries: list[tuple[str, int]], address: str) -> int | None:
     ip = ipaddress.ip_address(address)
     best: tuple[int, int] | None = None
@@ -55,15 +61,16 @@ def test_lookup_matches_brute_force(case: tuple[list[tuple[str, int]], list[str]
     entries, probes = case
     owners = [object() for _ in range(6)]
     table: AllowedIPs[object] = AllowedIPs()
-    for prefix, owner in entries:
+    for count, (prefix, owner) in enumerate(entries, start=1):
         table.insert(prefix, owners[owner])
+        # Lookups between inserts fill the cache that the next insert must invalidate.
+        expected = brute_force(entries[:count], probes[0])
+        assert by_bytes(table, probes[0]) is (None if expected is None else owners[expected])
     for address in probes:
         expected = brute_force(entries, address)
         got = table.lookup(address)
         assert got is (None if expected is None else owners[expected])
-        packed = ipaddress.ip_address(address).packed
-        by_bytes = table.lookup_v4(packed) if len(packed) == 4 else table.lookup_v6(packed)
-        assert by_bytes is got
+        assert by_bytes(table, address) is got
 
 
 def test_remove_owner_and_entries() -> None:

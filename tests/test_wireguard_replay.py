@@ -64,3 +64,14 @@ def test_window_edges() -> None:
     assert not f.update(REJECT_AFTER_MESSAGES)
     assert f.update(REJECT_AFTER_MESSAGES - 1)
     assert not f.check(WINDOW_SIZE)
+
+
+def test_ring_slots_are_reused_exactly() -> None:
+    # Strides around the ring's size make later counters land on slots that earlier
+    # ones used; each slot must be cleared as the window passes over it.
+    for stride in (1, 7, 8, 9, 63, 64, 1000, 4095, 8000, 8191, 8192, 8193, 9000):
+        ours, ref = ReplayFilter(), Reference(REJECT_AFTER_MESSAGES)
+        for step in range(40):
+            for counter in (step * stride, step * stride - 3, step * stride + 5, step * stride):
+                if counter >= 0:
+                    assert ours.update(counter) == ref.accept(counter), (stride, counter)

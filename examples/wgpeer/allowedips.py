@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 Owner = TypeVar("Owner")
+
+_CACHE_LIMIT: Final = 4096
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -59,25 +61,48 @@ class AllowedIPs(Generic[Owner]):
     def __init__(self) -> None:
         self._v4: _Family[Owner] = _Family(32)
         self._v6: _Family[Owner] = _Family(128)
+        # Packets of one flow repeat the same addresses: remember the answers (any
+        # change to the table forgets them all).
+        self._cache: dict[bytes, Owner | None] = {}
 
     def insert(self, prefix: str | Network, owner: Owner) -> None:
         """Add *prefix* (``"10.0.0.0/24"``; host bits are ignored) for *owner*."""
         network = ipaddress.ip_network(prefix, strict=False)
         family = self._v4 if network.version == 4 else self._v6
         family.insert(int(network.network_address), network.prefixlen, owner)
+        self._cache.clear()
 
     def remove_owner(self, owner: Owner) -> None:
         """Forget every prefix of *owner*."""
         self._v4.remove_owner(owner)
         self._v6.remove_owner(owner)
+        self._cache.clear()
 
     def lookup_v4(self, address: bytes) -> Owner | None:
         """The owner of a 4-byte address, or ``None``."""
-        return self._v4.lookup(int.from_bytes(address, "big"))
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        owner = self._v4.lookup(int.from_bytes(address, "big"))
+        self._remember(address, owner)
+        return owner
 
     def lookup_v6(self, address: bytes) -> Owner | None:
         """The owner of a 16-byte address, or ``None``."""
-        return self._v6.lookup(int.from_bytes(address, "big"))
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        owner = self._v6.lookup(int.from_bytes(address, "big"))
+        self._remember(address, owner)
+        return owner
+
+    def _remember(self, address: bytes, owner: Owner | None) -> None:
+        # Bounded: a scan of many addresses must not grow memory without limit.
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[address] = owner
 
     def lookup(self, address: str) -> Owner | None:
         """The owner of an address given as text."""

@@ -29,6 +29,7 @@ from .peer import Endpoint, Keypair, Peer
 from .replay import ReplayFilter
 from .timers import TimerConfig
 
+_TRANSPORT_PREFIX: Final = messages.MESSAGE_TRANSPORT.to_bytes(4, "little")
 #: Transport plaintext is padded to a multiple of this, to blur packet sizes.
 PADDING_MULTIPLE: Final = 16
 DEFAULT_MTU: Final = 1420
@@ -404,7 +405,11 @@ class WireGuardDevice:
         stats = self.stats
         for datagram, source in datagrams:
             stats.rx_datagrams += 1
-            kind = messages.message_type(datagram)
+            # Transport data is nearly all traffic: recognise it without a call.
+            if datagram[:4] == _TRANSPORT_PREFIX:
+                kind = messages.MESSAGE_TRANSPORT
+            else:
+                kind = messages.message_type(datagram)
             if kind == messages.MESSAGE_TRANSPORT:
                 outcome = self._receive_transport(datagram, source, now, inner, out)
             elif kind == messages.MESSAGE_INITIATION:

@@ -65,7 +65,8 @@ class Keypair:
         """
         nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
         try:
-            return self._receive.decrypt(nonce, datagram[TRANSPORT_HEADER_LEN:], None)
+            # A memoryview slice: the ciphertext is not copied before decryption.
+            return self._receive.decrypt(nonce, memoryview(datagram)[TRANSPORT_HEADER_LEN:], None)
         except InvalidTag:
             return None
 

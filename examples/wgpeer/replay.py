@@ -1,10 +1,11 @@
 """The sliding-window filter that stops a captured transport message being replayed.
 
 A counter is accepted once, and only if it is below the message limit and not more
-than :data:`WINDOW_SIZE` behind the highest counter accepted so far.  The window is
-a Python int used as a bitmap (bit ``i`` set: counter ``highest - i`` was seen), which
-is exact rather than the block-granular ring of RFC 6479 and still cheap: shifting a
-few-kilobit int is one C call.
+than :data:`WINDOW_SIZE` - 1 behind the highest counter accepted so far.  The window
+is a ring of 8192 bits in a bytearray (RFC 6479): bits are set and tested in place
+and whole bytes are cleared as the window moves, so in-order traffic costs a few
+byte operations per packet.  Since the ring is larger than the window by a byte
+block, the answers are exact, not block-granular.
 
 The caller must :meth:`~ReplayFilter.check` before decrypting (cheap rejection) and
 :meth:`~ReplayFilter.update` only after the message authenticated, or a forged
@@ -23,7 +24,9 @@ WINDOW_SIZE: Final = 8128
 #: 2**64 - 2**13 - 1: a keypair is useless before its 64-bit nonce could wrap.
 REJECT_AFTER_MESSAGES: Final = (1 << 64) - (1 << 13) - 1
 
-_WINDOW_MASK: Final = (1 << WINDOW_SIZE) - 1
+_RING_BYTES: Final = 1024
+_RING_MASK: Final = _RING_BYTES - 1
+assert WINDOW_SIZE <= 8 * (_RING_BYTES - 1)
 
 
 @attrs.define
@@ -33,7 +36,7 @@ class ReplayFilter:
     limit: int = REJECT_AFTER_MESSAGES
     #: The highest accepted counter, -1 before the first.
     highest: int = -1
-    _seen: int = attrs.field(default=0, repr=False)
+    _ring: bytearray = attrs.field(factory=lambda: bytearray(_RING_BYTES), repr=False)
 
     def check(self, counter: int) -> bool:
         """Whether *counter* would be accepted (no state change)."""
@@ -41,17 +44,30 @@ class ReplayFilter:
             return False
         if counter > self.highest:
             return True
-        behind = self.highest - counter
-        return behind < WINDOW_SIZE and not (self._seen >> behind) & 1
+        if self.highest - counter >= WINDOW_SIZE:
+            return False
+        return not self._ring[(counter >> 3) & _RING_MASK] & (1 << (counter & 7))
 
     def update(self, counter: int) -> bool:
         """Accept *counter* (after authentication); ``False`` if it is a replay after all."""
-        if not self.check(counter):
+        if counter >= self.limit or counter < 0:
             return False
-        if counter > self.highest:
-            shift = counter - self.highest
-            self._seen = ((self._seen << shift) | 1) & _WINDOW_MASK if shift < WINDOW_SIZE else 1
+        ring = self._ring
+        highest = self.highest
+        if counter > highest:
+            current, new = highest >> 3, counter >> 3
+            if new - current >= _RING_BYTES:
+                ring[:] = bytes(_RING_BYTES)
+            else:
+                for block in range(current + 1, new + 1):
+                    ring[block & _RING_MASK] = 0
             self.highest = counter
-        else:
-            self._seen |= 1 << (self.highest - counter)
+        elif highest - counter >= WINDOW_SIZE:
+            return False
+        index = (counter >> 3) & _RING_MASK
+        bit = 1 << (counter & 7)
+        old = ring[index]
+        if old & bit:
+            return False
+        ring[index] = old | bit
         return True
