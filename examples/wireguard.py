@@ -47,6 +47,10 @@ from wgpeer.config import Config
 Endpoint = tuple[str, int]
 
 DEFAULT_MTU: Final = 1420
+SOCKET_BUFFER: Final = 7 << 20
+# Linux values; the socket module does not export them.
+_SO_SNDBUFFORCE: Final = 32
+_SO_RCVBUFFORCE: Final = 33
 #: Handshake messages in one receive batch that make us ask for cookies (mac2) ...
 UNDER_LOAD_BATCH: Final = 16
 #: ... for this long afterwards (wireguard-go's UnderLoadAfterTime).
@@ -99,16 +103,28 @@ class _PlainUdp:
         target = _mapped(destination)
         for datagram in datagrams:
             try:
-                await self._sock.sendto(datagram, target)
+                try:
+                    # Straight to the kernel while there is room: one checkpoint per batch.
+                    self._raw.sendto(datagram, target)
+                except BlockingIOError:
+                    await self._sock.sendto(datagram, target)
             except OSError:
                 # Unreachable, refused, no buffer: the network dropped it, as it may.
                 self.send_errors += 1
+        await trio.lowlevel.checkpoint()
 
 
 @contextlib.asynccontextmanager
 async def _plain_udp(port: int) -> AsyncIterator[DatagramTransport]:
     raw = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    # A burst from a fast peer overflows the default buffer long before Python reads
+    # it (wireguard-go asks for 7 MiB too); FORCE passes net.core.rmem_max as root.
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     raw.setblocking(False)
     sock = trio.socket.from_stdlib_socket(raw)
     with sock:
