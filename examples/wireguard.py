@@ -57,6 +57,14 @@ UNDER_LOAD_BATCH: Final = 16
 UNDER_LOAD_FOR: Final = 1.0
 
 
+class PacketDevice(Protocol):
+    """What the pumps need from the TUN side (a ``TunStream``, or a memory one in tests)."""
+
+    async def receive_batch(self) -> list[bytes]: ...
+
+    async def send_batch(self, packets: list[bytes]) -> None: ...
+
+
 class DatagramTransport(Protocol):
     """What the pumps need from a UDP socket (the shape of ``trio_tun.open_udp``)."""
 
@@ -150,9 +158,7 @@ def _mapped(endpoint: Endpoint) -> tuple[str, int]:
 class Tunnel:
     """The device, its TUN stream and UDP socket, and the tasks that move packets."""
 
-    def __init__(
-        self, device: WireGuardDevice, tun: trio_tun.TunStream, udp: DatagramTransport
-    ) -> None:
+    def __init__(self, device: WireGuardDevice, tun: PacketDevice, udp: DatagramTransport) -> None:
         self.device = device
         self.tun = tun
         self.udp = udp
