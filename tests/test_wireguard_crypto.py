@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 pytest.importorskip("cryptography")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from wgpeer import crypto, noise
 
 keys = st.binary(min_size=32, max_size=32)
