@@ -41,7 +41,7 @@ import trio_tun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wgpeer import Outgoing, WireGuardDevice, encode_key, parse_config
+from wgpeer import Outgoing, WireGuardDevice, encode_key, parse_config, shortened
 from wgpeer.config import Config
 
 Endpoint = tuple[str, int]
@@ -255,7 +255,8 @@ async def add_routes(tun: trio_tun.TunStream, config: Config) -> None:
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
-    device = WireGuardDevice.from_config(config)
+    timers = None if args.shorten_timers is None else shortened(args.shorten_timers)
+    device = WireGuardDevice.from_config(config, timers=timers)
     await resolve_endpoints(config, device)
     mtu = config.interface.mtu or DEFAULT_MTU
     async with (
@@ -288,12 +289,26 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _factor(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="wg-quick style configuration file")
     parser.add_argument("--name", default="wg%d", help="interface name or pattern (default wg%%d)")
     parser.add_argument(
         "--stats", action="store_true", help="print counters on exit and on SIGUSR1"
+    )
+    parser.add_argument(
+        "--shorten-timers",
+        type=_factor,
+        metavar="FACTOR",
+        help="divide every protocol time (rekey, reject, keepalive, retry) by FACTOR, "
+        "to watch rekeys happen in seconds; for testing",
     )
     return parser.parse_args(argv)
 

@@ -30,6 +30,7 @@ from wgpeer import (
     TimerConfig,
     WireGuardDevice,
     crypto,
+    shortened,
 )
 
 A_PRIVATE = crypto.clamp(bytes(range(1, 33)))
@@ -672,3 +673,54 @@ def test_initiator_that_only_receives_rekeys_before_the_session_dies() -> None:
     net.now += 6
     net.send_b(ipv4(B_ADDR, A_ADDR, b"once only"))
     assert [k[:2] for k in net.kinds(mark + 5)] == [("b>a", 4)]
+
+
+def test_initiations_faster_than_the_flood_limit_are_refused() -> None:
+    net = Net()
+    net.carry(net.a, net.a.initiate(net.b.public_key, net.now))
+    # Accepted, answered, and confirmed by A's keepalive.
+    assert net.b.stats.rx == {Received.INITIATION: 1, Received.KEEPALIVE: 1}
+    # A newer initiation (later timestamp) arriving 10 ms after the last accepted one.
+    wall = 1.7e9 + net.now + 1
+    net.a._wall_clock = lambda: wall
+    again = net.a.initiate(net.b.public_key, net.now + 10)[0].datagrams[0]
+    net.b.decrypt([(again, A_EP)], net.now + 0.01)
+    assert net.b.stats.rx_drops == {Drop.HANDSHAKE_FLOOD: 1}
+    net.b.decrypt([(again, A_EP)], net.now + 0.03)
+    assert net.b.stats.rx[Received.INITIATION] == 2
+
+
+def test_simultaneous_initiations_recover_on_retry() -> None:
+    net = Net(b_knows_a=True)
+    init_a = net.a.encrypt([ipv4(A_ADDR, B_ADDR, b"a")], net.now)[0].datagrams[0]
+    init_b = net.b.encrypt([ipv4(B_ADDR, A_ADDR, b"b")], net.now)[0].datagrams[0]
+    # The initiations cross; each side answers the other's and forgets its own ...
+    _, resp_b = net.b.decrypt([(init_a, A_EP)], net.now)
+    _, resp_a = net.a.decrypt([(init_b, B_EP)], net.now)
+    # ... so neither response finds the handshake it answers.
+    net.carry(net.b, resp_b)
+    net.carry(net.a, resp_a)
+    assert net.a.stats.rx_drops == {Drop.UNKNOWN_RECEIVER: 1}
+    assert net.b.stats.rx_drops == {Drop.UNKNOWN_RECEIVER: 1}
+    assert net.inner == {"a": [], "b": []}
+    # The retry timers settle it and the queued packets flow.
+    for _ in range(12):
+        net.now += 0.5
+        net.tick()
+    assert net.inner == {"a": [ipv4(B_ADDR, A_ADDR, b"b")], "b": [ipv4(A_ADDR, B_ADDR, b"a")]}
+
+
+def test_shortened_timers() -> None:
+    t = shortened(12)
+    assert t.rekey_after_time == 10 and t.reject_after_time == 15
+    assert t.keepalive_timeout == 10 / 12 and t.max_handshake_attempts == 18
+    with pytest.raises(ValueError, match="positive"):
+        shortened(0)
+    with pytest.raises(ValueError, match="positive"):
+        TimerConfig(rekey_timeout=-1)
+    net = Net(timers_a=t)
+    net.up()
+    net.now += 10
+    mark = len(net.wire)
+    net.send_a(ipv4(A_ADDR, B_ADDR))
+    assert [k[:2] for k in net.kinds(mark)][:2] == [("a>b", 4), ("a>b", 1)]

@@ -42,10 +42,10 @@ needs_wireguard_go = pytest.mark.skipif(
 class Peer:
     """examples/wireguard.py running in a namespace."""
 
-    def __init__(self, ns: NetNamespace, conf: Path, name: str) -> None:
+    def __init__(self, ns: NetNamespace, conf: Path, name: str, *extra: str) -> None:
         self.name = name
         self.proc = ns.popen(
-            [sys.executable, str(SCRIPT), str(conf), "--name", name, "--stats"],
+            [sys.executable, str(SCRIPT), str(conf), "--name", name, "--stats", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -84,8 +84,8 @@ class Peer:
 
 
 @contextlib.contextmanager
-def running(ns: NetNamespace, conf: Path, name: str) -> Iterator[Peer]:
-    peer = Peer(ns, conf, name)
+def running(ns: NetNamespace, conf: Path, name: str, *extra: str) -> Iterator[Peer]:
+    peer = Peer(ns, conf, name, *extra)
     try:
         yield peer
     finally:
@@ -159,54 +159,91 @@ def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
     assert "endpoint 10.251.0.1:51830" in out_b, out_b
 
 
-@needs_tools
-@needs_wireguard_go
-def test_interop_with_wireguard_go(tmp_path: Path) -> None:
-    (go_priv, go_pub), (py_priv, py_pub) = keypair(), keypair()
-    psk = crypto.encode_key(os.urandom(32))
-    (tmp_path / "go.key").write_text(go_priv + "\n")
+@contextlib.contextmanager
+def wireguard_go(ns: NetNamespace, tmp_path: Path, peer_pub: str, psk: str) -> Iterator[str]:
+    """wireguard-go in *ns* as 10.79.0.1, its peer at 10.251.0.2:51841; yields its name."""
+    private, public = keypair()
+    (tmp_path / "go.key").write_text(private + "\n")
     (tmp_path / "psk").write_text(psk + "\n")
-    py_conf = conf(
-        tmp_path / "py.conf", py_priv, 51841, "10.79.0.2/24", go_pub, "10.79.0.1/32",
-        "10.251.0.1:51840",
-    )  # fmt: skip
-    py_conf.write_text(py_conf.read_text() + f"PresharedKey = {psk}\n")
     # wireguard-go's control socket directory is shared by every namespace: a unique name.
     ifname = f"wgtgo{os.getpid() % 10000}"
     env = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
-    with underlay() as (left, right):
-        go = left.popen(
-            ["wireguard-go", "-f", ifname],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    go = ns.popen(
+        ["wireguard-go", "-f", ifname],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/var/run/wireguard/{ifname}.sock").exists():
+            assert time.monotonic() < deadline, "wireguard-go did not start"
+            time.sleep(0.05)
+        ns.run(
+            ["wg", "set", ifname, "private-key", str(tmp_path / "go.key"), "listen-port", "51840"]
         )
+        ns.run(
+            ["wg", "set", ifname, "peer", peer_pub, "preshared-key", str(tmp_path / "psk"),
+             "allowed-ips", "10.79.0.2/32", "endpoint", "10.251.0.2:51841"]
+        )  # fmt: skip
+        ns.run(["ip", "addr", "add", "10.79.0.1/24", "dev", ifname])
+        ns.run(["ip", "link", "set", ifname, "up"])
+        (tmp_path / "go.pub").write_text(public)
+        yield ifname
+    finally:
+        go.terminate()
         try:
-            deadline = time.monotonic() + 10
-            sock = Path(f"/var/run/wireguard/{ifname}.sock")
-            while not sock.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            wg = ["wg", "set", ifname, "private-key", str(tmp_path / "go.key")]
-            left.run([*wg, "listen-port", "51840"])
-            left.run(
-                ["wg", "set", ifname, "peer", py_pub, "preshared-key", str(tmp_path / "psk"),
-                 "allowed-ips", "10.79.0.2/32", "endpoint", "10.251.0.2:51841"]
-            )  # fmt: skip
-            left.run(["ip", "addr", "add", "10.79.0.1/24", "dev", ifname])
-            left.run(["ip", "link", "set", ifname, "up"])
-            with running(right, py_conf, "wgpyc0") as py:
-                py.wait_ready()
-                ping(right, "10.79.0.1")  # we initiate
-                ping(left, "10.79.0.2")
-                shown = left.run(["wg", "show", ifname, "latest-handshakes"]).stdout
-                code, out = py.stop()
-        finally:
-            go.terminate()
-            try:
-                go.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                go.kill()
-                go.wait(timeout=10)
+            go.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            go.kill()
+            go.wait(timeout=10)
+
+
+def our_side(tmp_path: Path, py_priv: str, psk: str) -> Path:
+    go_pub = (tmp_path / "go.pub").read_text()
+    path = conf(
+        tmp_path / "py.conf", py_priv, 51841, "10.79.0.2/24", go_pub, "10.79.0.1/32",
+        "10.251.0.1:51840",
+    )  # fmt: skip
+    path.write_text(path.read_text() + f"PresharedKey = {psk}\n")
+    return path
+
+
+@needs_tools
+@needs_wireguard_go
+def test_interop_with_wireguard_go(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with (
+        underlay() as (left, right),
+        wireguard_go(left, tmp_path, py_pub, psk) as ifname,
+        running(right, our_side(tmp_path, py_priv, psk), "wgpyc0") as py,
+    ):
+        py.wait_ready()
+        ping(right, "10.79.0.1")  # we initiate
+        ping(left, "10.79.0.2")
+        shown = left.run(["wg", "show", ifname, "latest-handshakes"]).stdout
+        code, out = py.stop()
     assert code == 0, out
     assert py_pub in shown and not shown.strip().endswith("\t0"), shown
     assert "handshakes 1 (initiations sent 1" in out, out
+
+
+@needs_tools
+@needs_wireguard_go
+def test_rekeys_with_wireguard_go_lose_nothing(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with underlay() as (left, right), wireguard_go(left, tmp_path, py_pub, psk):
+        conf_path = our_side(tmp_path, py_priv, psk)
+        # Timers divided by 24: a rekey every 5 s of key age, keys rejected after 7.5 s.
+        with running(right, conf_path, "wgpyd0", "--shorten-timers", "24") as py:
+            py.wait_ready()
+            argv = ["ping", "-c", "60", "-i", "0.2", "-W", "5", "10.79.0.1"]
+            result = right.run(argv, check=False)
+            code, out = py.stop()
+    assert code == 0, out
+    assert result.returncode == 0 and " 0% packet loss" in result.stdout, result.stdout
+    handshakes = re.search(r"handshakes (\d+)", out)
+    assert handshakes is not None and int(handshakes.group(1)) >= 2, out
+    assert "dropped {}" in out, out

@@ -150,14 +150,25 @@ class WireGuardDevice:
         self._static_static: dict[bytes, bytes] = {}
 
     @classmethod
-    def from_config(cls, config: Config, **kwargs: object) -> WireGuardDevice:
-        """A device with the interface and peers of a parsed wg-quick file."""
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        timers: TimerConfig | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> WireGuardDevice:
+        """A device with the interface and peers of a parsed wg-quick file.
+
+        *timers* applies to every peer (for instance :func:`~wgpeer.timers.shortened`).
+        """
         iface = config.interface
         device = cls(
             iface.private_key,
             listen_port=iface.listen_port or 0,
             mtu=iface.mtu or DEFAULT_MTU,
-            **kwargs,  # type: ignore[arg-type]
+            rng=rng,
+            wall_clock=wall_clock,
         )
         for p in config.peers:
             device.add_peer(
@@ -166,6 +177,7 @@ class WireGuardDevice:
                 allowed_ips=p.allowed_ips,
                 endpoint=p.endpoint,
                 persistent_keepalive=p.persistent_keepalive,
+                timers=timers,
             )
         return device
 

@@ -58,7 +58,8 @@ class TimerConfig:
     @property
     def max_handshake_attempts(self) -> int:
         """Retries before giving up: as many REKEY_TIMEOUTs as fit in REKEY_ATTEMPT_TIME."""
-        return int(self.rekey_attempt_time // self.rekey_timeout)
+        # The epsilon keeps divided-down times (90/k over 5/k) from flooring to one less.
+        return int(self.rekey_attempt_time / self.rekey_timeout + 1e-9)
 
     @property
     def zero_keys_after(self) -> float:
@@ -73,6 +74,8 @@ class TimerConfig:
 
 def shortened(factor: float) -> TimerConfig:
     """All the time constants divided by *factor* (the "shortened rekey timer" option)."""
+    if not factor > 0:
+        raise ValueError(f"the factor must be positive, not {factor!r}")
     base = TimerConfig()
     return attrs.evolve(
         base,
