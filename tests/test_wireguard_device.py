@@ -182,6 +182,19 @@ def test_transport_both_ways_v4_and_v6() -> None:
     assert all((len(d) - 32) % 16 == 0 for _, _, d in net.wire if d[0] == 4)
 
 
+def test_padding_to_16_never_beyond_the_mtu() -> None:
+    net = Net()
+    net.up()
+    mtu = net.a.mtu
+    sizes = [20, 21, 36, mtu - 20, mtu - 1, mtu, mtu + 3]
+    packets = [ipv4(A_ADDR, B_ADDR, bytes(n - 20)) for n in sizes]
+    out = net.a.encrypt(packets, net.now)
+    lengths = [len(d) - 32 for d in out[0].datagrams]
+    assert lengths == [32, 32, 48, mtu - 12, mtu, mtu, mtu + 3]
+    net.carry(net.a, out)
+    assert net.inner["b"] == packets  # padding removed again
+
+
 def test_handshake_started_by_b_and_batched_output_grouped_per_endpoint() -> None:
     net = Net(b_knows_a=True)
     packets = [ipv4(B_ADDR, A_ADDR, bytes([i]) * (i + 1)) for i in range(5)]

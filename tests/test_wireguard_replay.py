@@ -65,6 +65,7 @@ def test_window_edges() -> None:
     assert f.update(WINDOW_SIZE)
     assert f.check(1)  # exactly WINDOW_SIZE - 1 behind
     assert not f.check(0)  # WINDOW_SIZE behind
+    assert not f.update(0)
     assert f.update(1) and not f.update(1)
     assert not f.update(REJECT_AFTER_MESSAGES)
     assert f.update(REJECT_AFTER_MESSAGES - 1)

@@ -30,8 +30,6 @@ from .replay import ReplayFilter
 from .timers import TimerConfig
 
 _TRANSPORT_PREFIX: Final = messages.MESSAGE_TRANSPORT.to_bytes(4, "little")
-#: Transport plaintext is padded to a multiple of this, to blur packet sizes.
-PADDING_MULTIPLE: Final = 16
 DEFAULT_MTU: Final = 1420
 
 
@@ -106,14 +104,6 @@ class _Batch:
 
     def result(self) -> list[Outgoing]:
         return [Outgoing(ep, dgs) for ep, dgs in self.by_endpoint.items()]
-
-
-def _padded(packet: bytes, mtu: int) -> bytes:
-    size = len(packet)
-    target = -(-size // PADDING_MULTIPLE) * PADDING_MULTIPLE
-    if size <= mtu < target:
-        target = mtu
-    return packet + bytes(target - size) if target > size else packet
 
 
 class WireGuardDevice:
@@ -274,21 +264,14 @@ class WireGuardDevice:
             self.stats.tx_drops[Drop.NO_ENDPOINT] += len(packets)
             peer.stats.drops[Drop.NO_ENDPOINT] += len(packets)
             return
-        mtu = self.mtu
-        limit = peer.timers.reject_after_messages
-        sent = tx_bytes = keepalives = 0
         datagrams = out.by_endpoint.setdefault(endpoint, [])
-        for position, packet in enumerate(packets):
-            if kp.send_counter >= limit:
-                # The key is used up mid-batch: the rest waits for the next session.
-                self._stage(peer, packets[position:])
-                break
-            datagram = kp.seal(_padded(packet, mtu))
-            datagrams.append(datagram)
-            sent += 1
-            tx_bytes += len(datagram)
-            if not packet:
-                keepalives += 1
+        first = len(datagrams)
+        sent = kp.seal_batch(packets, self.mtu, peer.timers.reject_after_messages, datagrams)
+        if sent < len(packets):
+            # The key is used up mid-batch: the rest waits for the next session.
+            self._stage(peer, packets[sent:])
+        keepalives = packets[:sent].count(b"")
+        tx_bytes = sum(map(len, datagrams[first:]))
         self.stats.tx_datagrams += sent
         stats = peer.stats
         stats.tx_packets += sent - keepalives
