@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import trio
+from anyio.abc import SocketAttribute
 
 import trio_tun
 
@@ -73,71 +74,36 @@ class DatagramTransport(Protocol):
     async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None: ...
 
 
-def open_udp(port: int) -> contextlib.AbstractAsyncContextManager[DatagramTransport]:
-    """The UDP side: ``trio_tun.open_udp`` when this trio-tun has it, else a plain socket."""
-    opener = getattr(trio_tun, "open_udp", None)
-    if opener is not None:
-        udp: contextlib.AbstractAsyncContextManager[DatagramTransport] = opener(
-            local_host="::", local_port=port, netns=None, reuse_port=False
-        )
-        return udp
-    return _plain_udp(port)
+@contextlib.asynccontextmanager
+async def open_udp(port: int) -> AsyncIterator[DatagramTransport]:
+    """The UDP side: one dual-stack ``trio_tun.open_udp`` socket (GSO/GRO where it can)."""
+    async with trio_tun.open_udp(local_host="::", local_port=port) as stream:
+        raw = stream.extra(SocketAttribute.raw_socket)
+        # A burst from a fast peer overflows the default buffer long before Python
+        # reads it (wireguard-go asks for 7 MiB too); FORCE passes rmem_max as root.
+        for force, plain in (
+            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
+            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        ):
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            except OSError:
+                raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        yield _Udp(stream)
 
 
-class _PlainUdp:
-    """A stand-in for ``trio_tun.open_udp`` over one dual-stack trio socket.
+class _Udp:
+    """The unconnected UDP stream, with IPv4 peers named plainly (not ``::ffff:a.b.c.d``)."""
 
-    No UDP_SEGMENT/UDP_GRO: a batch is whatever is already queued (read without
-    waiting), and a send is one ``sendto`` per datagram.
-    """
-
-    def __init__(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
-        self._sock = sock
-        self._raw = raw
-        self.send_errors = 0
+    def __init__(self, stream: trio_tun.UnconnectedUdpStream) -> None:
+        self._stream = stream
 
     async def receive_batch(self) -> list[tuple[bytes, Endpoint]]:
-        data, address = await self._sock.recvfrom(65535)
-        batch = [(data, _unmapped(address))]
-        while len(batch) < 64:
-            try:
-                data, address = self._raw.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            batch.append((data, _unmapped(address)))
-        return batch
+        return [(data, _unmapped(sender)) for data, sender in await self._stream.receive_batch()]
 
     async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None:
-        target = _mapped(destination)
-        for datagram in datagrams:
-            try:
-                try:
-                    # Straight to the kernel while there is room: one checkpoint per batch.
-                    self._raw.sendto(datagram, target)
-                except BlockingIOError:
-                    await self._sock.sendto(datagram, target)
-            except OSError:
-                # Unreachable, refused, no buffer: the network dropped it, as it may.
-                self.send_errors += 1
-        await trio.lowlevel.checkpoint()
-
-
-@contextlib.asynccontextmanager
-async def _plain_udp(port: int) -> AsyncIterator[DatagramTransport]:
-    raw = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    # A burst from a fast peer overflows the default buffer long before Python reads
-    # it (wireguard-go asks for 7 MiB too); FORCE passes net.core.rmem_max as root.
-    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-    raw.setblocking(False)
-    sock = trio.socket.from_stdlib_socket(raw)
-    with sock:
-        await sock.bind(("::", port))
-        yield _PlainUdp(sock, raw)
+        # Refused or unreachable peers are counted by the stream, never raised.
+        await self._stream.send_batch(datagrams, destination)
 
 
 def _unmapped(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
@@ -145,11 +111,6 @@ def _unmapped(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
     return host, address[1]
-
-
-def _mapped(endpoint: Endpoint) -> tuple[str, int]:
-    host, port = endpoint
-    return (f"::ffff:{host}" if "." in host else host), port
 
 
 # -- the pumps -----------------------------------------------------------------------------
