@@ -15,6 +15,24 @@ forwarder attaches N queue fds to each (the engine modes spread them over an
 OffloadEngine per device, ``workers-2`` hands queue pairs to worker processes,
 whose CPU time and memory are added to the forwarder's).
 
+The tunnel modes (issue 11) replace the single forwarder by a VPN-shaped data
+path between the same two end namespaces, and measure it with the same iperf3
+run, in the same table::
+
+    client ns                                                        server ns
+    iperf3 -c -> tfa (TUN) <-fd-> endpoint A    endpoint B <-fd-> tfb (TUN) -> iperf3 -s
+                                  UDP 10.99.0.1 == veth == UDP 10.99.0.2
+                                  (ula)          underlay      (ulb)
+
+``tunnel-batched``, ``tunnel-perdatagram`` and ``tunnel-engine`` run two
+trio-tun endpoint processes (bench/fwd_tunnel.py, which says what each mode's
+loops do), each owning one TUN device (offload on, MTU 1400) and a UDP socket
+connected to the other over a veth pair that joins the two end namespaces
+directly (the underlay, 10.99.0.0/24, also inside the harness's namespaces).
+``vxlan`` is the kernel's own UDP encapsulation over the same underlay, a VXLAN
+device in each end namespace, no Python in the path: the reference for what
+the tunnel could reach.
+
 Run as root:  python bench/forward.py [--duration 10] [--streams 1 4] [--modes ...]
 """
 
@@ -24,6 +42,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import platform
 import select
@@ -42,7 +61,7 @@ from typing import IO, Any, NoReturn
 from trio_tun._config import NETNS_RUN_DIR
 from trio_tun.platform.linux import netns as _netns
 from trio_tun.platform.linux import tun as linux
-from trio_tun.testing import NetNamespace
+from trio_tun.testing import NetNamespace, link_namespaces
 
 BENCH_DIR = Path(__file__).resolve().parent
 BUILD_DIR = BENCH_DIR / "_build"
@@ -55,6 +74,16 @@ MTU = 1500
 CLIENT_DEV, CLIENT_ADDR, CLIENT_NET = "tfa", "10.10.1.1", "10.10.1.0/24"
 SERVER_DEV, SERVER_ADDR, SERVER_NET = "tfb", "10.10.2.1", "10.10.2.0/24"
 PREFIX_LEN = 24
+# The tunnel modes: TUN MTU (a VPN leaves room for its headers on a 1500-byte
+# underlay: 28 bytes of IPv4+UDP here, 50 for VXLAN) and the underlay veth pair
+# between the two end namespaces.
+TUNNEL_MTU = 1400
+UNDERLAY_DEVS = ("ula", "ulb")
+UNDERLAY_ADDRS = ("10.99.0.1", "10.99.0.2")
+UNDERLAY_PREFIX_LEN = 24
+VXLAN_DEVS = ("vxa", "vxb")
+VXLAN_ID = 11
+VXLAN_PORT = 4789
 
 READY_TIMEOUT = 15.0
 LISTEN_TIMEOUT = 10.0
@@ -69,7 +98,14 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("trio-speedups", "pytun", 3.0),
     ("trio-pure", "pytun", 3.0),
     ("c-offload", "pytun", 3.0),
+    # Issue 11, the tunnel data path: batching must pay, and cost little
+    # against forwarding the same TUN traffic raw within one process.
+    ("tunnel-batched", "tunnel-perdatagram", 10.0),
+    ("tunnel-batched", "trio-raw", 0.8),
 )
+# Reported against the tunnel modes, without a target: the kernel's own UDP tunnel.
+TUNNEL_REFERENCE = "vxlan"
+TUNNEL_MODES: tuple[str, ...] = ("tunnel-batched", "tunnel-perdatagram", "tunnel-engine")
 
 
 # -- modes ----------------------------------------------------------------------
@@ -79,13 +115,17 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
 class Mode:
     name: str
     description: str
-    kind: str  # "trio", "engine", "c" or "pytun": which forwarder program
+    # Which forwarder program: "trio", "engine", "c", "pytun", "tunnel" (two
+    # endpoint processes over a UDP underlay) or "kernel" (none: VXLAN devices).
+    kind: str
     offload: bool  # IFF_VNET_HDR + TSO mask on both devices
     trio_mode: str = ""  # "raw", "batch" or "packet" for the trio forwarder
     implementation: str = ""  # offload implementation the trio forwarder must report
     env: dict[str, str] = field(default_factory=dict)
     queues: int = 1  # queues per device; > 1 means IFF_MULTI_QUEUE
     workers: bool = False  # engine kind: one WorkerPool process per queue pair
+    tunnel_mode: str = ""  # tunnel kind: fwd_tunnel.py --mode (batched, perdatagram, engine)
+    mtu: int = MTU  # of the devices iperf3's traffic is routed into
 
 
 MODES: dict[str, Mode] = {
@@ -147,6 +187,45 @@ MODES: dict[str, Mode] = {
         Mode("c-offload", "C poll/read/write, virtio frames passed through", "c", True),
         Mode("c-plain", "C poll/read/write, no offload", "c", False),
         Mode("pytun", "python-pytun, one blocking thread per direction", "pytun", False),
+        Mode(
+            "tunnel-batched",
+            "two trio-tun endpoint processes, TUN (offload, MTU 1400) <-> UDP over a veth "
+            "underlay: TUN receive_batch -> UDP send_batch (UDP_SEGMENT), UDP receive_batch "
+            "(UDP_GRO) -> TUN send_batch (GRO); CPU and RSS summed over both endpoints",
+            "tunnel",
+            True,
+            implementation="speedups",
+            tunnel_mode="batched",
+            mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            "tunnel-perdatagram",
+            "the same tunnel, naively: one TUN receive -> one UDP send per packet and one UDP "
+            "receive -> one TUN send per datagram (gso=False, gro=False)",
+            "tunnel",
+            True,
+            implementation="speedups",
+            tunnel_mode="perdatagram",
+            mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            "tunnel-engine",
+            "the same tunnel, run by trio_tun.engine.TunnelPump([tun], [udp]) (batched calls, "
+            "no handlers) in each endpoint",
+            "tunnel",
+            True,
+            implementation="speedups",
+            tunnel_mode="engine",
+            mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            "vxlan",
+            "kernel VXLAN devices (MTU 1400) over the same veth underlay, no Python in the "
+            "path: the reference (no forwarder process, so no CPU/RSS)",
+            "kernel",
+            False,
+            mtu=TUNNEL_MTU,
+        ),
     )
 }
 
@@ -251,11 +330,13 @@ def _create_device(ns: NetNamespace, name: str, offload: bool, queues: int) -> N
             os.close(fd)
 
 
-def _configure_device(ns: NetNamespace, name: str, address: str, peer_net: str) -> None:
+def _configure_device(
+    ns: NetNamespace, name: str, address: str, peer_net: str, mtu: int = MTU
+) -> None:
     ipr = _iproute(ns)
     try:
         index = ipr.link_lookup(ifname=name)[0]
-        ipr.link("set", index=index, mtu=MTU, state="up")
+        ipr.link("set", index=index, mtu=mtu, state="up")
         ipr.addr("add", index=index, address=address, prefixlen=PREFIX_LEN)
         ipr.route("add", dst=peer_net, oif=index)
     finally:
@@ -272,17 +353,87 @@ def _delete_device(ns: NetNamespace, name: str) -> None:
 
 
 @contextlib.contextmanager
-def devices(topo: Topology, offload: bool, queues: int = 1) -> Iterator[None]:
+def devices(topo: Topology, offload: bool, queues: int = 1, mtu: int = MTU) -> Iterator[None]:
     """Fresh tfa/tfb for one measurement, so no state (offload mask, queues) carries over."""
     try:
         for ns, name, address, peer_net in topo.pairs:
             _create_device(ns, name, offload, queues)
-            _configure_device(ns, name, address, peer_net)
+            _configure_device(ns, name, address, peer_net, mtu)
         yield
     finally:
         for ns, name, *_ in topo.pairs:
             with contextlib.suppress(Exception):
                 _delete_device(ns, name)
+
+
+@contextlib.contextmanager
+def underlay(topo: Topology) -> Iterator[None]:
+    """A veth pair joining the two end namespaces directly: the tunnel modes' "internet".
+
+    ula (10.99.0.1) in the client namespace, ulb (10.99.0.2) in the server
+    namespace; deleting one end deletes the pair.
+    """
+    try:
+        link_namespaces(
+            topo.client,
+            topo.server,
+            names=UNDERLAY_DEVS,
+            addresses=(
+                [f"{UNDERLAY_ADDRS[0]}/{UNDERLAY_PREFIX_LEN}"],
+                [f"{UNDERLAY_ADDRS[1]}/{UNDERLAY_PREFIX_LEN}"],
+            ),
+        )
+        yield
+    finally:
+        for ns, name in zip((topo.client, topo.server), UNDERLAY_DEVS, strict=True):
+            with contextlib.suppress(Exception):
+                _delete_device(ns, name)
+
+
+@contextlib.contextmanager
+def vxlan_devices(topo: Topology, mtu: int) -> Iterator[None]:
+    """A VXLAN device in each end namespace over the underlay, addressed like tfa/tfb.
+
+    Unicast VXLAN: each device sends to the other's underlay address (so ARP
+    for the peer's 10.10.x.1 goes there too); the routes to the other end's
+    network point into it, exactly as with the TUN devices.
+    """
+    try:
+        for i, (ns, _tun, address, peer_net) in enumerate(topo.pairs):
+            spec = {
+                "ifname": VXLAN_DEVS[i],
+                "kind": "vxlan",
+                "vxlan_id": VXLAN_ID,
+                "vxlan_local": UNDERLAY_ADDRS[i],
+                # A unicast "group" is what iproute2 calls "remote".
+                "vxlan_group": UNDERLAY_ADDRS[1 - i],
+                "vxlan_port": VXLAN_PORT,
+            }
+
+            def create(ipr: Any, spec: dict[str, Any] = spec, link: str = UNDERLAY_DEVS[i]) -> None:
+                ipr.link("add", vxlan_link=ipr.link_lookup(ifname=link)[0], **spec)
+
+            ns.netlink(create)
+            _configure_device(ns, VXLAN_DEVS[i], address, peer_net, mtu)
+        yield
+    finally:
+        for ns, name in zip((topo.client, topo.server), VXLAN_DEVS, strict=True):
+            with contextlib.suppress(Exception):
+                _delete_device(ns, name)
+
+
+@contextlib.contextmanager
+def network(topo: Topology, mode: Mode) -> Iterator[None]:
+    """Everything one measurement of *mode* routes iperf3's traffic through; removed after."""
+    if mode.kind == "kernel":
+        with underlay(topo), vxlan_devices(topo, mode.mtu):
+            yield
+    elif mode.kind == "tunnel":
+        with underlay(topo), devices(topo, mode.offload, mode.queues, mode.mtu):
+            yield
+    else:
+        with devices(topo, mode.offload, mode.queues, mode.mtu):
+            yield
 
 
 # -- processes ---------------------------------------------------------------------
@@ -333,8 +484,15 @@ def _read_line(stream: IO[bytes], deadline: float) -> str | None:
     return data.decode(errors="replace")
 
 
-def _forwarder_argv(mode: Mode, topo: Topology, trio_batch: int | None) -> list[str]:
+def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
     ends = [topo.client.path, CLIENT_DEV, topo.server.path, SERVER_DEV]
+    trio_batch = config.trio_batch
+    if mode.kind == "tunnel":
+        script = str(BENCH_DIR / "fwd_tunnel.py")
+        underlay = ["--underlay-a", UNDERLAY_ADDRS[0], "--underlay-b", UNDERLAY_ADDRS[1]]
+        # Its own time bound: long enough for the run and the harness's clean-up.
+        bound = ["--max-seconds", str(config.timeout + READY_TIMEOUT + STOP_TIMEOUT)]
+        return [sys.executable, script, *ends, "--mode", mode.tunnel_mode, *underlay, *bound]
     if mode.kind == "c":
         return [str(C_BINARY), *ends, "1" if mode.offload else "0"]
     if mode.kind == "pytun":
@@ -359,11 +517,11 @@ def _forwarder_env(mode: Mode) -> dict[str, str]:
 
 
 def _start_forwarder(
-    mode: Mode, topo: Topology, stderr: IO[bytes], trio_batch: int | None
+    mode: Mode, topo: Topology, stderr: IO[bytes], config: RunConfig
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     # Its own session: a Ctrl-C reaches only the harness, which stops it in order.
     proc = subprocess.Popen(
-        _forwarder_argv(mode, topo, trio_batch),
+        _forwarder_argv(mode, topo, config),
         stdout=subprocess.PIPE,
         stderr=stderr,
         env=_forwarder_env(mode),
@@ -412,7 +570,11 @@ def _start_iperf_server(topo: Topology, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _run_iperf_client(
-    topo: Topology, config: RunConfig, streams: int, forwarder: subprocess.Popen[bytes], tmp: Path
+    topo: Topology,
+    config: RunConfig,
+    streams: int,
+    forwarder: subprocess.Popen[bytes] | None,
+    tmp: Path,
 ) -> Any:
     """Run the iperf3 client to completion and return its JSON report.
 
@@ -429,7 +591,7 @@ def _run_iperf_client(
     try:
         deadline = time.monotonic() + config.timeout
         while proc.poll() is None:
-            if forwarder.poll() is not None:
+            if forwarder is not None and forwarder.poll() is not None:
                 raise BenchError(
                     f"forwarder died during the run (exit code {forwarder.returncode})"
                 )
@@ -546,24 +708,29 @@ def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Meas
         stderr_path = Path(tmp) / "forwarder.stderr"
         forwarder = server = None
         try:
-            with devices(topo, mode.offload, mode.queues), stderr_path.open("wb") as stderr:
+            with network(topo, mode), stderr_path.open("wb") as stderr:
                 try:
-                    forwarder, info = _start_forwarder(mode, topo, stderr, config.trio_batch)
-                    _check_implementation(mode, info)
+                    if mode.kind == "kernel":
+                        # Nothing to start: the kernel's devices carry the traffic.
+                        info: dict[str, Any] = {"forwarder": "kernel"}
+                    else:
+                        forwarder, info = _start_forwarder(mode, topo, stderr, config)
+                        _check_implementation(mode, info)
                     server = _start_iperf_server(topo, Path(tmp) / "server.log")
-                    # The forwarder and, for workers-2, its worker processes: all
-                    # started before READY, so the same set is alive at both samples.
-                    pids = _tree(forwarder.pid)
+                    # The forwarder and, for workers-2 and the tunnel modes, its
+                    # child processes: all started before READY, so the same set
+                    # is alive at both samples.
+                    pids = [] if forwarder is None else _tree(forwarder.pid)
                     cpu0, t0 = _tree_cpu_seconds(pids), time.monotonic()
                     result = _run_iperf_client(topo, config, streams, forwarder, Path(tmp))
                     gbps = result["end"]["sum_received"]["bits_per_second"] / 1e9
                     cpu1, t1 = _tree_cpu_seconds(pids), time.monotonic()
-                    rss = _tree_peak_rss_mib(pids)
-                    if forwarder.poll() is not None:
+                    rss = _tree_peak_rss_mib(pids) if pids else math.nan
+                    if forwarder is not None and forwarder.poll() is not None:
                         raise BenchError(f"forwarder died (exit code {forwarder.returncode})")
                     vanished = sorted(cpu0.keys() - cpu1.keys())
                     cpu = sum(cpu1[pid] - cpu0[pid] for pid in cpu0.keys() & cpu1.keys())
-                    final = _stop_forwarder(forwarder)
+                    final = {} if forwarder is None else _stop_forwarder(forwarder)
                     if vanished or len(cpu0) != len(pids):
                         # Stopped first, so its own report (and any worker's
                         # traceback on the shared stderr) is there to show.
@@ -572,7 +739,7 @@ def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Meas
                             f"process(es) of the forwarder's tree {pids} gone during the "
                             f"run: {vanished or 'before the first sample'} ({why})"
                         )
-                    if not final:
+                    if forwarder is not None and not final:
                         # The throughput still counts; only the counters are missing.
                         print(f"(no final counters from the forwarder: {_tail(stderr_path, 3)})")
                     report = {**info, **final}
@@ -585,7 +752,8 @@ def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Meas
             raise BenchError(f"{type(exc).__name__}: {exc}", _tail(stderr_path)) from None
     return Measurement(
         gbps=gbps,
-        cpu_percent=100 * cpu / (t1 - t0),
+        # No forwarder (vxlan): the work is the kernel's, in softirq and the iperf3 processes.
+        cpu_percent=100 * cpu / (t1 - t0) if pids else math.nan,
         rss_mib=rss,
         bytes_per_read=_bytes_per_read(report),
         forwarder=report,
@@ -622,6 +790,17 @@ def _offload_implementation(pure: bool) -> str:
     return done.stdout.strip() or f"error: {done.stderr.strip()[-300:]}"
 
 
+def _tunnel_pump() -> str | None:
+    """None if trio_tun.engine.TunnelPump is importable, else why not."""
+    code = "from trio_tun.engine import TunnelPump"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode == 0:
+        return None
+    return f"trio_tun.engine.TunnelPump is not available: {done.stderr.strip()[-300:]}"
+
+
 def preflight(modes: Sequence[Mode]) -> dict[str, str]:
     """Why each unrunnable mode is skipped ({mode name: reason}); prints what it finds."""
     skipped: dict[str, str] = {}
@@ -638,6 +817,9 @@ def preflight(modes: Sequence[Mode]) -> dict[str, str]:
             problem = "python-pytun is not installed (pip install python-pytun): skipping pytun"
             print(problem)
             skipped["pytun"] = problem
+    if any(m.name == "tunnel-engine" for m in modes) and (problem := _tunnel_pump()) is not None:
+        print(f"tunnel-engine: {problem}")
+        skipped["tunnel-engine"] = problem
     if any(m.name == "trio-speedups" for m in modes):
         impl = _offload_implementation(pure=False)
         print(f"trio_tun.offload.implementation (speedups mode): {impl}")
@@ -707,8 +889,10 @@ def table(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]) -> li
             per_read = "-" if m.bytes_per_read is None else f"{m.bytes_per_read:,.0f}"
             vs_c = _fmt_ratio(_ratio(medians, mode.name, "c-offload", n))
             vs_pytun = _fmt_ratio(_ratio(medians, mode.name, "pytun", n))
+            cpu = "-" if math.isnan(m.cpu_percent) else f"{m.cpu_percent:.0f}"
+            rss = "-" if math.isnan(m.rss_mib) else f"{m.rss_mib:.1f}"
             lines.append(
-                f"| {mode.name} | {n} | {m.gbps:.2f} | {m.cpu_percent:.0f} | {m.rss_mib:.1f} "
+                f"| {mode.name} | {n} | {m.gbps:.2f} | {cpu} | {rss} "
                 f"| {vs_c} | {vs_pytun} | {per_read} |"
             )
     return lines
@@ -796,6 +980,48 @@ def scaling_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int
     return lines
 
 
+def _per(numerator: Any, denominator: Any) -> str:
+    return f"{numerator / denominator:.1f}" if numerator and denominator else "-"
+
+
+def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]) -> list[str]:
+    """The tunnel modes against the kernel's VXLAN, and how well the UDP side batches."""
+    selected = {m.name for m in modes}
+    shown = [name for name in (*TUNNEL_MODES, TUNNEL_REFERENCE) if name in selected]
+    if not shown:
+        return []
+    medians = outcome.medians()
+    lines = [
+        f"Reference: the kernel's own UDP encapsulation (`{TUNNEL_REFERENCE}`), no target.  "
+        "The UDP columns are the client -> server direction (endpoint A's sends, endpoint "
+        "B's receives) of the median run: datagrams per message is what UDP_SEGMENT / "
+        "UDP_GRO achieved (a message is one sendmsg/recvmsg's worth; sendmmsg/recvmmsg "
+        "put several messages in one system call, counted in the per-syscall columns); "
+        "packets per TUN write is the receiving TUN's GRO coalescing.",
+        "",
+        f"| mode | streams | Gbit/s | vs {TUNNEL_REFERENCE} | datagrams/sendmsg | "
+        "datagrams/send syscall | datagrams/recvmsg | datagrams/recv syscall | "
+        "packets/TUN write |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in shown:
+        for n in streams:
+            m = medians.get((name, n))
+            if m is None:
+                continue
+            d = m.forwarder.get("a_to_b") or {}
+            lines.append(
+                f"| {name} | {n} | {m.gbps:.2f} "
+                f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_REFERENCE, n))} "
+                f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_tx_messages'))} "
+                f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_writes'))} "
+                f"| {_per(d.get('udp_rx_datagrams'), d.get('udp_rx_messages'))} "
+                f"| {_per(d.get('udp_rx_datagrams'), d.get('udp_reads'))} "
+                f"| {_per(d.get('tx_packets'), d.get('writes'))} |"
+            )
+    return lines
+
+
 def failure_lines(outcome: Outcome) -> list[str]:
     lines = []
     for (mode, n), failure in outcome.failures:
@@ -832,16 +1058,19 @@ def render(
         "",
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}, Linux {platform.release()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; iperf3 TCP "
-        f"{args.duration} s, MTU {MTU}, median of {args.repeat} run(s), receive_batch "
+        f"{args.duration} s, MTU {MTU} (tunnel and vxlan modes: {TUNNEL_MTU} over a "
+        f"{MTU} veth underlay), median of {args.repeat} run(s), receive_batch "
         f"max_packets: {batch}; total runtime {elapsed:.0f} s"
         f"{' (INTERRUPTED: partial results)' if outcome.interrupted else ''}.",
         "",
         "CPU % is the forwarder's utime+stime over the iperf3 run in % of one core (it "
         "includes kernel work done in the forwarder's context, such as the receiving "
         "side's TCP stack after a TUN write); RSS is its VmHWM; for workers-2 both are "
-        "summed over the parent and its worker processes (read from their /proc entries; "
+        "summed over the parent and its worker processes, for the tunnel modes over the "
+        "launcher and both endpoint processes (read from their /proc entries; "
         "shared pages, such as the interpreter's, count once per process, so the RSS sum "
-        "overstates the real footprint).  bytes/read is the mean "
+        "overstates the real footprint); vxlan has no forwarder process, hence '-'.  "
+        "bytes/read is the mean "
         "size of one read from tfa (client -> server, virtio header included), from the "
         "forwarder's own counters (not available for workers-2: the counters live in the "
         "workers).  Single runs on a small shared VM can swing by 30 %: "
@@ -855,6 +1084,8 @@ def render(
         "",
         *(target_checks(outcome, modes, args.streams) or ["(none among the selected modes)"]),
     ]
+    if tunnel := tunnel_lines(outcome, modes, args.streams):
+        lines += ["", "## Tunnel data path (issue 11)", "", *tunnel]
     if scaling := scaling_lines(outcome, modes, args.streams):
         lines += ["", "## Multi-queue engine and worker processes", "", *scaling]
     if failed := failure_lines(outcome):
@@ -906,7 +1137,8 @@ def _run_cell(mode: Mode, topo: Topology, n: int, config: RunConfig, outcome: Ou
             print(exc.stderr_tail, flush=True)
         outcome.failures.append(((mode.name, n), Failure(exc.reason, exc.stderr_tail)))
         return
-    print(f"{m.gbps:.2f} Gbit/s, CPU {m.cpu_percent:.0f} %", flush=True)
+    cpu = "no forwarder" if math.isnan(m.cpu_percent) else f"CPU {m.cpu_percent:.0f} %"
+    print(f"{m.gbps:.2f} Gbit/s, {cpu}", flush=True)
     outcome.runs.setdefault((mode.name, n), []).append(m)
 
 
