@@ -291,7 +291,8 @@ class _SlowSocket:
         await anyio.sleep(self.delay)
         self.tx_datagrams += int(len(batch) * self.share)
 
-    def statistics(self) -> _SlowSocket:
+    @property
+    def counters(self) -> _SlowSocket:
         return self
 
 

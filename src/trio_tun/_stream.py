@@ -198,6 +198,14 @@ class PacketStream(UnreliableObjectStream[bytes]):
         """How frames on the wire map to packets (see :mod:`trio_tun._framing`)."""
         return self._framing
 
+    @property
+    def counters(self) -> Statistics:
+        """The live counters (read-only by convention); :meth:`statistics` for a snapshot.
+
+        For code that reads a counter per batch (the engine): no copy is made.
+        """
+        return self._counters
+
     def statistics(self) -> Statistics:
         """A snapshot of the counters trio-tun keeps for this stream (see :class:`Statistics`)."""
         return self._counters.snapshot()

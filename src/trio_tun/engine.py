@@ -59,6 +59,9 @@ class QueueStream(Protocol):
 
     async def send_batch(self, packets: Iterable[Packet]) -> None: ...
 
+    @property
+    def counters(self) -> Statistics: ...
+
     def statistics(self) -> Statistics: ...
 
     def detach_queue(self) -> None: ...
@@ -287,13 +290,13 @@ class OffloadEngine(ScopedLifetime):
             queue.writer_done.set()
 
     async def _write(self, stream: QueueStream, packets: list[Packet]) -> None:
-        before = stream.statistics().tx_packets
+        before = stream.counters.tx_packets
         try:
             await stream.send_batch(packets)
         finally:
             # Whatever the kernel did not take (refused, or we were stopped
             # mid-batch) is dropped; tx_packets counts segments exactly.
-            written = stream.statistics().tx_packets - before
+            written = stream.counters.tx_packets - before
             self._written += written
             self._dropped += len(packets) - written
 
@@ -453,7 +456,9 @@ class DatagramSocket(Protocol):
 
     async def send_batch(self, datagrams: Iterable[Packet]) -> None: ...
 
-    def statistics(self) -> Any: ...
+    @property
+    def counters(self) -> Any:
+        """Live counters with ``tx_datagrams`` (what the kernel accepted)."""
 
 
 Transform = Callable[[list[bytes]], "Awaitable[Sequence[Packet]] | Sequence[Packet]"]
@@ -559,7 +564,7 @@ class TunnelPump:
             self._tun_received += len(batch)
             out = await self._apply(self._outbound, batch)
             if out:
-                await self._deliver(sock.send_batch, out, lambda: sock.statistics().tx_datagrams)
+                await self._deliver(sock.send_batch, out, lambda: sock.counters.tx_datagrams)
 
     async def _inward(self, sock: DatagramSocket, tun: QueueStream) -> None:
         while True:
@@ -567,7 +572,7 @@ class TunnelPump:
             self._udp_received += len(batch)
             out = await self._apply(self._inbound, batch)
             if out:
-                await self._deliver(tun.send_batch, out, lambda: tun.statistics().tx_packets)
+                await self._deliver(tun.send_batch, out, lambda: tun.counters.tx_packets)
 
     @staticmethod
     async def _apply(transform: Transform | None, batch: list[bytes]) -> Sequence[Packet]:

@@ -418,6 +418,11 @@ class _UdpBase(Generic[_T]):
         """Whether ``sendmmsg``/``recvmmsg`` are used (False: a Python loop)."""
         return self._syscalls.batched
 
+    @property
+    def counters(self) -> UdpStatistics:
+        """The live counters (read-only by convention); :meth:`statistics` for a snapshot."""
+        return self._counters
+
     def statistics(self) -> UdpStatistics:
         """Counters kept by trio-tun for this stream (see :class:`UdpStatistics`)."""
         return self._counters.snapshot()
