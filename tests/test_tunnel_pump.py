@@ -333,3 +333,33 @@ async def test_the_grace_period_bounds_a_stuck_send() -> None:
     assert time.monotonic() - started < 10
     stats = pump.statistics()
     assert (stats.accepted, stats.written, stats.dropped, stats.in_flight) == (10, 0, 10, 0)
+
+
+class _OneBatchSocket(_SlowSocket):
+    """Brings one batch from the peer, then nothing."""
+
+    def __init__(self, batch: list[bytes]) -> None:
+        super().__init__(0.0)
+        self.batch: list[bytes] | None = batch
+
+    async def receive_batch(self) -> list[bytes]:
+        if self.batch is None:
+            await anyio.sleep_forever()
+        batch, self.batch = self.batch, None
+        assert batch is not None
+        return batch
+
+
+async def test_datagrams_no_tun_could_take_are_dropped_and_counted() -> None:
+    app, dev = memory_tun_pair()
+    good = _packet(1)
+    sock = _OneBatchSocket([b"", good, bytes(70_000), _packet(2)])
+    pump = TunnelPump([dev], [sock])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump.run)
+        with anyio.fail_after(10):
+            got = [await app.receive(), await app.receive()]
+        tg.cancel_scope.cancel()
+    assert got == [good, _packet(2)]
+    stats = pump.statistics()
+    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (4, 4, 2, 2)

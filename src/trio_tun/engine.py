@@ -571,8 +571,15 @@ class TunnelPump:
             batch = await sock.receive_batch()
             self._udp_received += len(batch)
             out = await self._apply(self._inbound, batch)
-            if out:
-                await self._deliver(tun.send_batch, out, lambda: tun.counters.tx_packets)
+            # A datagram no TUN device could take (empty, or larger than a
+            # packet) is dropped and counted, never the end of the pump.
+            limit = tun.max_packet
+            good = [p for p in out if 0 < len(p) <= limit]
+            if len(good) != len(out):
+                self._accepted += len(out) - len(good)
+                self._dropped += len(out) - len(good)
+            if good:
+                await self._deliver(tun.send_batch, good, lambda: tun.counters.tx_packets)
 
     @staticmethod
     async def _apply(transform: Transform | None, batch: list[bytes]) -> Sequence[Packet]:
