@@ -1,26 +1,28 @@
-"""A toy VPN through ``dev.engine()`` that shuts down gracefully on SIGTERM and Ctrl-C.
+"""A toy VPN through ``TunnelPump`` that shuts down gracefully on SIGTERM and Ctrl-C.
 
 Like ``toy_vpn.py`` (IP packets from a TUN device carried in UDP datagrams to
-a peer; no encryption, a toy), but the device side is an
-:class:`~trio_tun.engine.OffloadEngine` over all of the device's queues, and the
-program shows the usual Trio way to stop such a service::
+a peer; no encryption, a toy), but over all of a multi-queue device's queues,
+each with its own UDP socket (``open_udp(..., reuse_port=True)``, all on the
+same port), and with the data path run by a :class:`~trio_tun.engine.TunnelPump`:
+per queue, one task reads a batch from the TUN queue and sends it with one
+``send_batch`` (UDP GSO), another receives a batch (UDP GRO) and writes it to
+the queue with one coalescing ``send_batch``.  The program shows the usual
+Trio way to stop such a service::
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         ...
-        with trio.move_on_after(duration) as scope:          # the scope around the engine
-            async with dev.engine(grace=...) as engine:
-                ...                                          # the tunnel's tasks
+        with trio.move_on_after(duration) as scope:    # the scope around the pump
+            await pump.run()
         # first signal: scope.cancel()
 
 Catching SIGINT with a signal receiver turns Ctrl-C from a KeyboardInterrupt
 (raised wherever the main task happens to be, possibly in the middle of a
 clean-up) into an ordinary cancellation.  Cancelling the scope stops the
-tunnel's tasks; leaving ``async with dev.engine()`` then stops the engine's
-readers and lets its writers write, within ``--grace`` seconds, every packet
-the engine had accepted.  The program prints its final accounting, in which
-``accepted == written + dropped`` always holds, and exits 0.  A second signal
-during the flush is only reported: the flush is shielded and bounded by the
-grace period anyway.
+pump's readers; a batch already in hand is still written, within ``--grace``
+seconds, and whatever is not written by then is counted as dropped.  The
+program prints its final accounting, in which ``accepted == written +
+dropped`` always holds, and exits 0.  A second signal during the flush is
+only reported: the flush is shielded and bounded by the grace period anyway.
 
 Run one copy on each end (root needed)::
 
@@ -37,51 +39,19 @@ import contextlib
 import ipaddress
 import math
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 
 import trio
-from toy_vpn import DEFAULT_MTU, Endpoint, endpoint
+from toy_vpn import DEFAULT_MTU, endpoint
 
 import trio_tun
-from trio_tun.engine import OffloadEngine
-
-#: Leaves room for the outer IPv4 (20 bytes) and UDP (8 bytes) headers on a 1500-byte link.
+from trio_tun.engine import TunnelPump
 
 
-class Tunnel:
-    """The two directions of the tunnel, with their own counters."""
-
-    def __init__(self, engine: OffloadEngine, sock: trio.socket.SocketType, peer: Endpoint) -> None:
-        self.engine = engine
-        self.sock = sock
-        self.peer = peer
-        self.sent_datagrams = 0
-        self.received_datagrams = 0
-
-    async def tun_to_udp(self) -> None:
-        """Every packet the kernel routes into the device goes to the peer as one datagram."""
-        async for batch in self.engine:
-            for packet in batch:
-                # A tunnel drops what it can't carry, as a network would.
-                with contextlib.suppress(OSError):
-                    await self.sock.sendto(packet, self.peer)
-                    self.sent_datagrams += 1
-
-    async def udp_to_tun(self) -> None:
-        """Every datagram from the peer goes to the engine, which writes it to the device."""
-        while True:
-            data, sender = await self.sock.recvfrom(65535)
-            if sender[:2] != self.peer or not data:
-                continue  # not from our peer (or empty): ignore it
-            self.received_datagrams += 1
-            try:
-                await self.engine.send_batch([data])
-            except ValueError:
-                continue  # larger than a device takes: drop it
-            except trio.ClosedResourceError:
-                return  # the engine is shutting down
+def drop_empty(batch: list[bytes]) -> list[bytes]:
+    """The pump's inbound step: an empty datagram is no packet (a TUN device refuses it)."""
+    return batch if all(batch) else [datagram for datagram in batch if datagram]
 
 
 async def watch_signals(signals: AsyncIterator[int], scope: trio.CancelScope, grace: float) -> None:
@@ -90,7 +60,7 @@ async def watch_signals(signals: AsyncIterator[int], scope: trio.CancelScope, gr
     async for signum in signals:
         name = signal.Signals(signum).name
         if first:
-            print(f"{name}: stopping; the engine flushes for at most {grace:g} s", flush=True)
+            print(f"{name}: stopping; the pump flushes for at most {grace:g} s", flush=True)
             scope.cancel()
             first = False
         else:
@@ -112,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mtu", type=int, default=DEFAULT_MTU, help="tunnel MTU (default: 1400)")
     parser.add_argument("--queues", type=int, default=2, help="device queues (default: 2)")
     parser.add_argument(
-        "--grace", type=float, default=2.0, help="seconds the engine gets to flush (default: 2)"
+        "--grace", type=float, default=2.0, help="seconds the pump gets to flush (default: 2)"
     )
     parser.add_argument(
         "--duration", type=float, default=None, help="stop after this many seconds (default: never)"
@@ -126,51 +96,62 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    family = socket.AF_INET6 if ":" in args.local[0] else socket.AF_INET
+    local, peer = args.local, args.peer
     # Installed before anything else: from here on SIGTERM and Ctrl-C arrive
     # as messages on `signals`, never as KeyboardInterrupt or a sudden death.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as watcher:
-            with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
-                await sock.bind(args.local)
-                async with trio_tun.open_tun(
-                    args.name, addresses=args.tun_address, mtu=args.mtu, queues=args.queues
-                ) as dev:
-                    duration = math.inf if args.duration is None else args.duration
-                    with trio.move_on_after(duration) as scope:
-                        # A signal that came during set-up cancels right away.
-                        watcher.start_soon(watch_signals, signals, scope, args.grace)
-                        async with (
-                            dev.engine(grace=args.grace) as engine,
-                            trio.open_nursery() as nursery,
-                        ):
-                            tunnel = Tunnel(engine, sock, args.peer)
-                            nursery.start_soon(tunnel.tun_to_udp)
-                            nursery.start_soon(tunnel.udp_to_tun)
-                            print(
-                                f"{dev.name} up: {', '.join(args.tun_address)} over "
-                                f"{len(dev.queues)} queue(s) via UDP {args.local[0]}:"
-                                f"{args.local[1]} <-> {args.peer[0]}:{args.peer[1]}",
-                                flush=True,
-                            )
-                    # Here the engine has shut down: every packet it accepted
-                    # was written or counted as dropped.
-                    stats = engine.statistics()
-                    print(
-                        f"{dev.name}: {tunnel.sent_datagrams} datagrams sent to the peer, "
-                        f"{tunnel.received_datagrams} received from it",
-                        flush=True,
+        async with trio.open_nursery() as watcher, contextlib.AsyncExitStack() as stack:
+            duration = math.inf if args.duration is None else args.duration
+            pump: TunnelPump | None = None
+            with trio.move_on_after(duration) as scope:
+                # A signal that comes during set-up cancels right away.
+                watcher.start_soon(watch_signals, signals, scope, args.grace)
+                dev = await stack.enter_async_context(
+                    trio_tun.open_tun(
+                        args.name, addresses=args.tun_address, mtu=args.mtu, queues=args.queues
                     )
-                    print(
-                        f"accounting: accepted {stats.accepted} = written {stats.written} + "
-                        f"dropped {stats.dropped} (in flight {stats.in_flight}); "
-                        f"received {stats.received} = delivered {stats.delivered} + "
-                        f"rx_dropped {stats.rx_dropped}",
-                        flush=True,
+                )
+                # One socket per queue, all bound to the same port: a flow keeps
+                # its queue and its socket, so its packets stay in order.
+                sockets = [
+                    await stack.enter_async_context(
+                        trio_tun.open_udp(
+                            local[0],
+                            local[1],
+                            remote_host=peer[0],
+                            remote_port=peer[1],
+                            reuse_port=True,
+                        )
                     )
+                    for _ in dev.queues
+                ]
+                pump = TunnelPump(dev.queues, sockets, inbound=drop_empty, grace=args.grace)
+                print(
+                    f"{dev.name} up: {', '.join(args.tun_address)} over "
+                    f"{len(dev.queues)} queue(s) via UDP {local[0]}:{local[1]} <-> "
+                    f"{peer[0]}:{peer[1]} (TUN offload {dev.offload}, UDP GSO "
+                    f"{sockets[0].gso}, GRO {sockets[0].gro})",
+                    flush=True,
+                )
+                await pump.run()
+            # Here the pump has returned: every item it accepted was written
+            # or counted as dropped.  (The device and sockets are still open.)
             # The signal watcher has nothing left to stop.
             watcher.cancel_scope.cancel()
-    return 0 if stats.accepted == stats.written + stats.dropped else 1
+            if pump is None:
+                print("stopped during set-up", flush=True)
+                return 0
+            stats = pump.statistics()
+            tx = sum(s.statistics().tx_datagrams for s in sockets)
+            rx = sum(s.statistics().rx_datagrams for s in sockets)
+            print(f"{dev.name}: {tx} datagrams sent to the peer, {rx} received from it", flush=True)
+            print(
+                f"accounting: accepted {stats.accepted} = written {stats.written} + "
+                f"dropped {stats.dropped} (in flight {stats.in_flight}); read from the "
+                f"device {stats.tun_received}, from the peer {stats.udp_received}",
+                flush=True,
+            )
+    return 0 if stats.in_flight == 0 and stats.accepted == stats.written + stats.dropped else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

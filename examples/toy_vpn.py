@@ -12,17 +12,25 @@ Run one copy on each end, each pointing at the other::
 and ``ping 10.8.0.2`` on A crosses the tunnel.  The whole VPN is the two pump
 functions below, run side by side in a nursery until ``--duration`` runs out.
 
+Both directions move batches, not packets: with offload on (the default of
+``open_tun``) one TUN read brings a whole TCP super-packet, already split into
+segments by ``receive_batch``; ``send_batch`` on the UDP stream sends runs of
+equal-sized datagrams with one ``sendmsg`` each (UDP GSO), and the peer's
+``receive_batch`` gets up to 64 of them per ``recvmsg`` (UDP GRO) and hands them
+to its TUN device, which coalesces them back into super-packets.  That is what
+makes the tunnel several times faster than one ``sendto`` per packet (``python
+-m trio_tun demo`` measures both).
+
 It is a toy: no encryption, no authentication beyond "the datagram came from the
-peer's address", no keepalives.  Needs root (CAP_NET_ADMIN).
+peer's address" (the UDP socket is connected to the peer, so the kernel drops
+anything else), no keepalives.  Needs root (CAP_NET_ADMIN).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import math
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -36,23 +44,22 @@ DEFAULT_MTU = 1400
 Endpoint = tuple[str, int]
 
 
-async def tun_to_udp(dev: trio_tun.TunStream, sock: trio.socket.SocketType, peer: Endpoint) -> None:
+async def tun_to_udp(dev: trio_tun.TunStream, udp: trio_tun.UdpStream) -> None:
     """Every packet the kernel routes into the device goes to the peer as one datagram."""
     while True:
-        for packet in await dev.receive_batch():
-            # A tunnel drops what it can't carry (peer unreachable, ...), as a network would.
-            with contextlib.suppress(OSError):
-                await sock.sendto(packet, peer)
+        # A datagram the network can't carry (peer unreachable, ...) is counted
+        # in udp.statistics().tx_dropped and the tunnel carries on, as a network would.
+        await udp.send_batch(await dev.receive_batch())
 
 
-async def udp_to_tun(sock: trio.socket.SocketType, dev: trio_tun.TunStream, peer: Endpoint) -> None:
+async def udp_to_tun(udp: trio_tun.UdpStream, dev: trio_tun.TunStream) -> None:
     """Every datagram from the peer is handed to the kernel as an IP packet."""
     while True:
-        data, sender = await sock.recvfrom(65535)
-        if sender[:2] != peer or not data:
-            continue  # not from our peer (or empty): ignore it
-        # The kernel refuses what isn't IP; send() counts that in statistics().tx_dropped.
-        await dev.send(data)
+        batch = await udp.receive_batch()
+        if not all(batch):
+            batch = [datagram for datagram in batch if datagram]  # empty: no packet
+        # The kernel refuses what isn't IP; send_batch counts that in statistics().tx_dropped.
+        await dev.send_batch(batch)
 
 
 def endpoint(text: str) -> Endpoint:
@@ -91,25 +98,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    family = socket.AF_INET6 if ":" in args.local[0] else socket.AF_INET
-    with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
-        await sock.bind(args.local)
-        async with trio_tun.open_tun(args.name, addresses=args.tun_address, mtu=args.mtu) as dev:
-            print(
-                f"{dev.name} up: {', '.join(args.tun_address)} via UDP "
-                f"{args.local[0]}:{args.local[1]} <-> {args.peer[0]}:{args.peer[1]}",
-                flush=True,
-            )
-            with trio.move_on_after(math.inf if args.duration is None else args.duration):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(tun_to_udp, dev, sock, args.peer)
-                    nursery.start_soon(udp_to_tun, sock, dev, args.peer)
-            stats = dev.statistics()
-            print(
-                f"{dev.name}: {stats.rx_packets} packets into the tunnel, "
-                f"{stats.tx_packets} out of it ({stats.tx_dropped} refused by the kernel)",
-                flush=True,
-            )
+    local, peer = args.local, args.peer
+    async with (
+        trio_tun.open_udp(local[0], local[1], remote_host=peer[0], remote_port=peer[1]) as udp,
+        trio_tun.open_tun(args.name, addresses=args.tun_address, mtu=args.mtu) as dev,
+    ):
+        print(
+            f"{dev.name} up: {', '.join(args.tun_address)} via UDP "
+            f"{local[0]}:{local[1]} <-> {peer[0]}:{peer[1]} "
+            f"(TUN offload {dev.offload}, UDP GSO {udp.gso}, GRO {udp.gro})",
+            flush=True,
+        )
+        with trio.move_on_after(math.inf if args.duration is None else args.duration):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tun_to_udp, dev, udp)
+                nursery.start_soon(udp_to_tun, udp, dev)
+        stats, u = dev.statistics(), udp.statistics()
+        print(
+            f"{dev.name}: {stats.rx_packets} packets into the tunnel, "
+            f"{stats.tx_packets} out of it ({stats.tx_dropped} refused by the kernel)",
+            flush=True,
+        )
+        print(
+            f"UDP: {u.tx_datagrams} datagrams sent in {u.writes} system calls "
+            f"({u.tx_dropped} dropped), {u.rx_datagrams} received in {u.reads}",
+            flush=True,
+        )
     return 0
 
 

@@ -23,17 +23,35 @@ def run_module(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.skipif(shutil.which("ping") is None, reason="iputils-ping not installed")
-def test_demo_pings_and_transfers_through_the_toy_vpn() -> None:
+def test_demo_compares_the_batched_and_the_per_datagram_tunnel() -> None:
     result = run_module("demo")
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "demo: OK" in out
     assert "ping 10.8.0.2: 5/5 replies" in out
     assert "ping fd00:8::2: 5/5 replies" in out
-    transfer = re.search(r"tcp: (\d+) bytes in .* sha256 (\w+)", out)
-    assert transfer is not None, out
-    assert int(transfer.group(1)) == 8 * 1024 * 1024
-    assert transfer.group(2) == "match"
+    # The same transfer crossed both tunnels, the batched one first.
+    transfers = re.findall(r"tcp: (\d+) bytes in .* = ([\d.]+) Mbit/s, sha256 (\w+)", out)
+    assert len(transfers) == 2, out
+    for count, mbits, match in transfers:
+        assert int(count) == 128 * 1024 * 1024 and float(mbits) > 0 and match == "match", out
+    assert out.index("batched tunnel up") < out.index("per-datagram tunnel up"), out
+    # Batching was really in use in the first tunnel and really off in the second.
+    batched, single = out.split("per-datagram tunnel up")
+    sends = re.compile(r"tx (\d+) datagrams in (\d+) sends \([\d.]+ per call, (\d+) with GSO\)")
+    fast = [tuple(map(int, m)) for m in sends.findall(batched)]
+    slow = [tuple(map(int, m)) for m in sends.findall(single)]
+    assert len(fast) == len(slow) == 2, out
+    assert fast[0][2] > 0 and fast[0][0] > 4 * fast[0][1], out  # the data direction, left
+    assert all(gso == 0 and datagrams == calls for datagrams, calls, gso in slow), out
+    assert "UDP GSO True, GRO True" in batched and "UDP GSO False, GRO False" in single, out
+    ratio = re.search(
+        r"throughput: batched ([\d.]+) Mbit/s, per-datagram ([\d.]+) Mbit/s: "
+        r"batching is ([\d.]+|inf)x faster",
+        out,
+    )
+    assert ratio is not None, out
+    assert "why: " in out
     assert "namespaces, veth pair and TUN devices removed" in out
 
 
