@@ -13,9 +13,11 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import sys
+import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from trio_tun.platform.linux import netns as _netns
 
@@ -61,3 +63,18 @@ def report(result: dict[str, Any]) -> None:
 
 def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def read_line(stream: IO[bytes], deadline: float) -> str | None:
+    """One line from a pipe, or None on EOF or when *deadline* passes."""
+    fd = stream.fileno()
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data.decode(errors="replace")

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import platform
-import select
 import shutil
 import signal
 import statistics
@@ -57,6 +56,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
+
+import _fwdcommon
 
 from trio_tun._config import NETNS_RUN_DIR
 from trio_tun.platform.linux import netns as _netns
@@ -469,21 +470,6 @@ def _kill_group(proc: subprocess.Popen[Any] | None) -> None:
     _kill(proc)
 
 
-def _read_line(stream: IO[bytes], deadline: float) -> str | None:
-    """One line from a pipe, or None on EOF or when *deadline* passes."""
-    fd = stream.fileno()
-    data = b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return None
-        data += chunk
-    return data.decode(errors="replace")
-
-
 def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
     ends = [topo.client.path, CLIENT_DEV, topo.server.path, SERVER_DEV]
     trio_batch = config.trio_batch
@@ -528,7 +514,7 @@ def _start_forwarder(
         start_new_session=True,
     )
     assert proc.stdout is not None
-    line = _read_line(proc.stdout, time.monotonic() + READY_TIMEOUT)
+    line = _fwdcommon.read_line(proc.stdout, time.monotonic() + READY_TIMEOUT)
     if line is None or not line.startswith("READY"):
         _kill_group(proc)
         raise BenchError(f"forwarder did not get ready (exit code {proc.returncode})")

@@ -45,13 +45,12 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import _fwdcommon
 import attrs
@@ -217,20 +216,6 @@ def _run_endpoint(args: argparse.Namespace) -> None:
 # -- the launcher -------------------------------------------------------------------
 
 
-def _read_line(stream: IO[bytes], deadline: float) -> str | None:
-    fd = stream.fileno()
-    data = b""
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return None
-        data += chunk
-    return data.decode(errors="replace")
-
-
 def _final_json(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     """SIGTERM *proc* (an endpoint we started) and return its last JSON line ({} if none)."""
     with contextlib.suppress(ProcessLookupError):
@@ -292,7 +277,7 @@ def _run_launcher(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + ENDPOINT_READY_TIMEOUT
         for side, proc in procs.items():
             assert proc.stdout is not None
-            line = _read_line(proc.stdout, deadline)
+            line = _fwdcommon.read_line(proc.stdout, deadline)
             if line is None or not line.startswith(_fwdcommon.READY_LINE):
                 _fwdcommon.warn(f"endpoint {side} did not get ready (exit code {proc.poll()})")
                 return ENDPOINT_FAILED
