@@ -18,7 +18,13 @@ TEST_TOOLS = {
     "wireguard-go": "wireguard-go",
     "wg": "wireguard-tools",
 }
-BENCH_TOOLS = {"ping": "iputils-ping", "iperf3": "iperf3", "cc": "gcc"}
+BENCH_TOOLS = {
+    "ping": "iputils-ping",
+    "iperf3": "iperf3",
+    "cc": "gcc",
+    "wireguard-go": "wireguard-go",
+    "wg": "wireguard-tools",
+}
 
 
 def _ensure_debian_packages(session: nox.Session, tools: dict[str, str]) -> None:

@@ -33,6 +33,15 @@ directly (the underlay, 10.99.0.0/24, also inside the harness's namespaces).
 device in each end namespace, no Python in the path: the reference for what
 the tunnel could reach.
 
+The WireGuard modes (issue 12) run two WireGuard peers over the same underlay
+(bench/fwd_wireguard.py): each peer creates its own interface in its end
+namespace (MTU 1420, addressed like tfa/tfb, routed to the other end's
+network) and speaks WireGuard over UDP 10.99.0.1:51820 <-> 10.99.0.2:51820.
+``wg-go`` is wireguard-go on both ends, ``wg-trio`` examples/wireguard.py (our
+trio-tun peer) on both, ``wg-mixed`` ours in the client namespace (it encrypts
+iperf3's data) and wireguard-go in the server namespace (it decrypts).  CPU is
+summed over the launcher and both peers.
+
 Run as root:  python bench/forward.py [--duration 10] [--streams 1 4] [--modes ...]
 """
 
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -103,10 +113,19 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # against forwarding the same TUN traffic raw within one process.
     ("tunnel-batched", "tunnel-perdatagram", 10.0),
     ("tunnel-batched", "trio-raw", 0.8),
+    # Issue 12: our WireGuard peer at least as fast as wireguard-go.
+    ("wg-trio", "wg-go", 1.0),
 )
 # Reported against the tunnel modes, without a target: the kernel's own UDP tunnel.
 TUNNEL_REFERENCE = "vxlan"
 TUNNEL_MODES: tuple[str, ...] = ("tunnel-batched", "tunnel-perdatagram", "tunnel-engine")
+# The WireGuard modes: interface MTU (1500 minus WireGuard's 60 bytes over IPv4,
+# wireguard-go's default) and their reference, wireguard-go on both ends.
+WG_MTU = 1420
+WG_MODES: tuple[str, ...] = ("wg-go", "wg-trio", "wg-mixed")
+WG_REFERENCE = "wg-go"
+# wireguard-go's control sockets: one directory, shared by every namespace.
+WG_SOCKET_DIR = Path("/var/run/wireguard")
 
 
 # -- modes ----------------------------------------------------------------------
@@ -117,7 +136,8 @@ class Mode:
     name: str
     description: str
     # Which forwarder program: "trio", "engine", "c", "pytun", "tunnel" (two
-    # endpoint processes over a UDP underlay) or "kernel" (none: VXLAN devices).
+    # endpoint processes over a UDP underlay), "wireguard" (two WireGuard peers
+    # over the underlay) or "kernel" (none: VXLAN devices).
     kind: str
     offload: bool  # IFF_VNET_HDR + TSO mask on both devices
     trio_mode: str = ""  # "raw", "batch" or "packet" for the trio forwarder
@@ -127,6 +147,7 @@ class Mode:
     workers: bool = False  # engine kind: one WorkerPool process per queue pair
     tunnel_mode: str = ""  # tunnel kind: fwd_tunnel.py --mode (batched, perdatagram, engine)
     mtu: int = MTU  # of the devices iperf3's traffic is routed into
+    wg_peers: tuple[str, str] = ("", "")  # wireguard kind: "trio" or "go", client and server end
 
 
 MODES: dict[str, Mode] = {
@@ -218,6 +239,32 @@ MODES: dict[str, Mode] = {
             implementation="speedups",
             tunnel_mode="engine",
             mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            "wg-go",
+            "WireGuard: wireguard-go <-> wireguard-go (MTU 1420) over the veth underlay; "
+            "CPU and RSS summed over both peers",
+            "wireguard",
+            False,
+            mtu=WG_MTU,
+            wg_peers=("go", "go"),
+        ),
+        Mode(
+            "wg-trio",
+            "WireGuard: examples/wireguard.py (our trio-tun peer) on both ends",
+            "wireguard",
+            False,
+            mtu=WG_MTU,
+            wg_peers=("trio", "trio"),
+        ),
+        Mode(
+            "wg-mixed",
+            "WireGuard: our peer in the client namespace (encrypts the iperf3 data) <-> "
+            "wireguard-go in the server namespace (decrypts it)",
+            "wireguard",
+            False,
+            mtu=WG_MTU,
+            wg_peers=("trio", "go"),
         ),
         Mode(
             "vxlan",
@@ -423,10 +470,41 @@ def vxlan_devices(topo: Topology, mtu: int) -> Iterator[None]:
                 _delete_device(ns, name)
 
 
+def _wg_names() -> tuple[str, str]:
+    """The WireGuard modes' interface names: unique on this machine while we run.
+
+    wireguard-go names its control socket after the interface, in a directory
+    every namespace shares; our pid keeps them apart from anyone else's.
+    """
+    return f"wgb{os.getpid()}a", f"wgb{os.getpid()}b"
+
+
+@contextlib.contextmanager
+def wireguard_leftovers(topo: Topology) -> Iterator[None]:
+    """Remove what killed WireGuard peers may leave: interfaces and (new) control sockets."""
+    names = _wg_names()
+    sockets = [WG_SOCKET_DIR / f"{name}.sock" for name in names]
+    existing = {path for path in sockets if path.exists()}
+    try:
+        yield
+    finally:
+        for ns, name in zip((topo.client, topo.server), names, strict=True):
+            with contextlib.suppress(Exception):
+                _delete_device(ns, name)
+        for path in sockets:
+            if path not in existing:  # never one that was there before this cell
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
 @contextlib.contextmanager
 def network(topo: Topology, mode: Mode) -> Iterator[None]:
     """Everything one measurement of *mode* routes iperf3's traffic through; removed after."""
-    if mode.kind == "kernel":
+    if mode.kind == "wireguard":
+        # The peers make their own interfaces; only the underlay is ours.
+        with underlay(topo), wireguard_leftovers(topo):
+            yield
+    elif mode.kind == "kernel":
         with underlay(topo), vxlan_devices(topo, mode.mtu):
             yield
     elif mode.kind == "tunnel":
@@ -473,6 +551,18 @@ def _kill_group(proc: subprocess.Popen[Any] | None) -> None:
 def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
     ends = [topo.client.path, CLIENT_DEV, topo.server.path, SERVER_DEV]
     trio_batch = config.trio_batch
+    if mode.kind == "wireguard":
+        dev_a, dev_b = _wg_names()
+        script = str(BENCH_DIR / "fwd_wireguard.py")
+        peers = ["--peer-a", mode.wg_peers[0], "--peer-b", mode.wg_peers[1]]
+        underlay = ["--underlay-a", UNDERLAY_ADDRS[0], "--underlay-b", UNDERLAY_ADDRS[1]]
+        inner = [
+            f"--inner-a={CLIENT_ADDR}/{PREFIX_LEN}",
+            f"--inner-b={SERVER_ADDR}/{PREFIX_LEN}",
+        ]
+        bound = ["--max-seconds", str(config.timeout + READY_TIMEOUT + STOP_TIMEOUT)]
+        wg_ends = [topo.client.path, dev_a, topo.server.path, dev_b]
+        return [sys.executable, script, *wg_ends, *peers, *underlay, *inner, *bound]
     if mode.kind == "tunnel":
         script = str(BENCH_DIR / "fwd_tunnel.py")
         underlay = ["--underlay-a", UNDERLAY_ADDRS[0], "--underlay-b", UNDERLAY_ADDRS[1]]
@@ -787,11 +877,27 @@ def _tunnel_pump() -> str | None:
     return f"trio_tun.engine.TunnelPump is not available: {done.stderr.strip()[-300:]}"
 
 
+def _wireguard_problem(mode: Mode) -> str | None:
+    """None if *mode*'s WireGuard peers can run here, else why not."""
+    missing = [tool for tool in ("ping",) if shutil.which(tool) is None]
+    if "go" in mode.wg_peers:
+        missing += [tool for tool in ("wireguard-go", "wg") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (Debian: wireguard-go, wireguard-tools)"
+    if "trio" in mode.wg_peers and importlib.util.find_spec("cryptography") is None:
+        return "examples/wireguard.py needs 'cryptography' (pip install cryptography)"
+    return None
+
+
 def preflight(modes: Sequence[Mode]) -> dict[str, str]:
     """Why each unrunnable mode is skipped ({mode name: reason}); prints what it finds."""
     skipped: dict[str, str] = {}
     if shutil.which("iperf3") is None:
         return {m.name: "iperf3 is not installed (apt-get install iperf3)" for m in modes}
+    for mode in modes:
+        if mode.kind == "wireguard" and (problem := _wireguard_problem(mode)) is not None:
+            print(f"{mode.name}: {problem}")
+            skipped[mode.name] = problem
     kinds = {m.kind for m in modes}
     if "c" in kinds and (problem := _build_c_forwarder()) is not None:
         print(f"C forwarder: {problem}")
@@ -1008,6 +1114,48 @@ def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]
     return lines
 
 
+def _cpu_per_gbps(m: Measurement) -> str:
+    if math.isnan(m.cpu_percent) or m.gbps <= 0:
+        return "-"
+    return f"{m.cpu_percent / m.gbps:.0f}"
+
+
+def wireguard_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]) -> list[str]:
+    """The WireGuard modes against wireguard-go: throughput and CPU per Gbit/s."""
+    selected = {m.name for m in modes}
+    shown = [name for name in WG_MODES if name in selected]
+    if not shown:
+        return []
+    medians = outcome.medians()
+    if not any((name, n) in medians for name in shown for n in streams):
+        return []
+    lines = [
+        f"Reference: wireguard-go on both ends (`{WG_REFERENCE}`).  CPU is summed over both "
+        "peers (and the idle launcher), so it covers encryption and decryption of the data "
+        "direction and the ACKs; CPU per Gbit/s is CPU % (of one core) divided by Gbit/s: "
+        "lower is cheaper.",
+        "",
+        f"| mode | streams | Gbit/s | vs {WG_REFERENCE} | CPU % | CPU % per Gbit/s "
+        f"| CPU per Gbit/s vs {WG_REFERENCE} |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in shown:
+        for n in streams:
+            m = medians.get((name, n))
+            if m is None:
+                continue
+            ref = medians.get((WG_REFERENCE, n))
+            cost = "-"
+            if ref is not None and ref.gbps > 0 and m.gbps > 0 and ref.cpu_percent > 0:
+                cost = f"{(m.cpu_percent / m.gbps) / (ref.cpu_percent / ref.gbps):.2f}x"
+            lines.append(
+                f"| {name} | {n} | {m.gbps:.2f} "
+                f"| {_fmt_ratio(_ratio(medians, name, WG_REFERENCE, n))} "
+                f"| {m.cpu_percent:.0f} | {_cpu_per_gbps(m)} | {cost} |"
+            )
+    return lines
+
+
 def failure_lines(outcome: Outcome) -> list[str]:
     lines = []
     for (mode, n), failure in outcome.failures:
@@ -1027,6 +1175,8 @@ def forwarder_details(outcome: Outcome) -> list[str]:
         "a_to_b",
         "b_to_a",
         "engines",
+        "peers",
+        "peer_exit_codes",
     )
     lines = []
     for (mode, n), m in outcome.medians().items():
@@ -1044,16 +1194,17 @@ def render(
         "",
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}, Linux {platform.release()}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; iperf3 TCP "
-        f"{args.duration} s, MTU {MTU} (tunnel and vxlan modes: {TUNNEL_MTU} over a "
-        f"{MTU} veth underlay), median of {args.repeat} run(s), receive_batch "
-        f"max_packets: {batch}; total runtime {elapsed:.0f} s"
+        f"{args.duration} s, MTU {MTU} (tunnel and vxlan modes: {TUNNEL_MTU}, WireGuard "
+        f"modes: {WG_MTU}, over a {MTU} veth underlay), median of {args.repeat} run(s), "
+        f"receive_batch max_packets: {batch}; total runtime {elapsed:.0f} s"
         f"{' (INTERRUPTED: partial results)' if outcome.interrupted else ''}.",
         "",
         "CPU % is the forwarder's utime+stime over the iperf3 run in % of one core (it "
         "includes kernel work done in the forwarder's context, such as the receiving "
         "side's TCP stack after a TUN write); RSS is its VmHWM; for workers-2 both are "
         "summed over the parent and its worker processes, for the tunnel modes over the "
-        "launcher and both endpoint processes (read from their /proc entries; "
+        "launcher and both endpoint processes, for the WireGuard modes over the launcher "
+        "and both peers (read from their /proc entries; "
         "shared pages, such as the interpreter's, count once per process, so the RSS sum "
         "overstates the real footprint); vxlan has no forwarder process, hence '-'.  "
         "bytes/read is the mean "
@@ -1072,6 +1223,8 @@ def render(
     ]
     if tunnel := tunnel_lines(outcome, modes, args.streams):
         lines += ["", "## Tunnel data path (issue 11)", "", *tunnel]
+    if wireguard := wireguard_lines(outcome, modes, args.streams):
+        lines += ["", "## WireGuard (issue 12)", "", *wireguard]
     if scaling := scaling_lines(outcome, modes, args.streams):
         lines += ["", "## Multi-queue engine and worker processes", "", *scaling]
     if failed := failure_lines(outcome):
