@@ -125,10 +125,14 @@ class Tunnel:
         self.udp = udp
         self._rearm = trio.Event()
         self._under_load_until = -math.inf
+        # All three tasks send on the one socket, and a stream refuses a second
+        # concurrent sender (BusyResourceError) while the first waits for buffer space.
+        self._send_lock = trio.Lock()
 
     async def _send(self, outgoing: list[Outgoing]) -> None:
-        for out in outgoing:
-            await self.udp.send_batch(out.datagrams, out.endpoint)
+        async with self._send_lock:
+            for out in outgoing:
+                await self.udp.send_batch(out.datagrams, out.endpoint)
         # New traffic may have armed a timer earlier than the one being waited for.
         self._rearm.set()
 

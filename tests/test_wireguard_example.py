@@ -7,14 +7,17 @@ every wait is bounded and every process is stopped and reaped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,17 @@ class Peer:
                 break
             time.sleep(0.05)
         pytest.fail(f"{self.name} not ready:\n{self.output()}")
+
+    def stats(self) -> str:
+        """The counters printed on SIGUSR1 (needs ``--stats``), waited for within 10 s."""
+        before = self.output().count("interface ")
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while (out := self.output()).count("interface ") == before:
+            assert self.proc.poll() is None, f"{self.name} exited:\n{out}"
+            assert time.monotonic() < deadline, f"{self.name} printed no stats:\n{out}"
+            time.sleep(0.02)
+        return out[out.rindex("interface ") :]
 
     def stop(self) -> tuple[int, str]:
         if self.proc.poll() is None:
@@ -131,8 +145,8 @@ def underlay() -> Iterator[tuple[NetNamespace, NetNamespace]]:
         yield left, right
 
 
-@needs_tools
-def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
+def python_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Configurations of two of our peers: A (10.78.0.1) knows B's endpoint, B learns A's."""
     (a_priv, a_pub), (b_priv, b_pub) = keypair(), keypair()
     a_conf = conf(
         tmp_path / "a.conf", a_priv, 51830, "10.78.0.1/24, fd78::1/64", b_pub,
@@ -143,6 +157,19 @@ def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
         tmp_path / "b.conf", b_priv, 51831, "10.78.0.2/24, fd78::2/64", a_pub,
         "10.78.0.1/32, fd78::1/128", "",
     )  # fmt: skip
+    return a_conf, b_conf
+
+
+def handshakes(stats: str) -> int:
+    """The (last) peer handshake counter in ``--stats`` output."""
+    found = re.findall(r"handshakes (\d+)", stats)
+    assert found, stats
+    return int(found[-1])
+
+
+@needs_tools
+def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
+    a_conf, b_conf = python_pair(tmp_path)
     with underlay() as (left, right), running(left, a_conf, "wgpya0") as a:
         with running(right, b_conf, "wgpyb0") as b:
             a.wait_ready()
@@ -247,3 +274,233 @@ def test_rekeys_with_wireguard_go_lose_nothing(tmp_path: Path) -> None:
     handshakes = re.search(r"handshakes (\d+)", out)
     assert handshakes is not None and int(handshakes.group(1)) >= 2, out
     assert "dropped {}" in out, out
+
+
+# -- bulk TCP through the tunnel -------------------------------------------------------------
+
+CHUNK = 1 << 18
+#: No single socket call may block longer than this (a restart is a few seconds at most).
+SOCKET_TIMEOUT = 30.0
+#: Every transfer ends within this, or the test fails.
+TRANSFER_DEADLINE = 120.0
+
+
+class TcpTransfer:
+    """Random bytes over one TCP connection from *client_ns* to *server_ip* in *server_ns*.
+
+    Blocking sockets with timeouts, on two threads; the receiver hashes what it gets.
+    With *total* the sender stops after that many bytes; without, after :meth:`finish`
+    (still bounded by :data:`TRANSFER_DEADLINE`).
+    """
+
+    def __init__(
+        self,
+        client_ns: NetNamespace,
+        server_ns: NetNamespace,
+        server_ip: str,
+        *,
+        total: int | None = None,
+    ) -> None:
+        self.total = total
+        self.sent = hashlib.sha256()
+        self.received = hashlib.sha256()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + TRANSFER_DEADLINE
+        family = socket.AF_INET6 if ":" in server_ip else socket.AF_INET
+        self._listener = server_ns.socket(family, socket.SOCK_STREAM)
+        self._listener.bind((server_ip, 0))
+        self._listener.listen(1)
+        self._listener.settimeout(SOCKET_TIMEOUT)
+        self._client = client_ns.socket(family, socket.SOCK_STREAM)
+        self._client.settimeout(SOCKET_TIMEOUT)
+        self._address = (server_ip, self._listener.getsockname()[1])
+        self._threads = [
+            threading.Thread(target=self._guarded, args=(f,), daemon=True)
+            for f in (self._serve, self._send)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported by wait()
+            self.errors.append(exc)
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn:
+            conn.settimeout(SOCKET_TIMEOUT)
+            while chunk := conn.recv(1 << 20):
+                if time.monotonic() > self._deadline:
+                    raise TimeoutError(f"still receiving after {TRANSFER_DEADLINE} s")
+                self.received.update(chunk)
+                self.bytes_received += len(chunk)
+
+    def _send(self) -> None:
+        self._client.connect(self._address)
+        while not self._stop.is_set():
+            if time.monotonic() > self._deadline:
+                raise TimeoutError(f"still sending after {TRANSFER_DEADLINE} s")
+            size = CHUNK if self.total is None else min(CHUNK, self.total - self.bytes_sent)
+            if size <= 0:
+                break
+            data = os.urandom(size)
+            self._client.sendall(data)
+            self.sent.update(data)
+            self.bytes_sent += size
+        self._client.shutdown(socket.SHUT_WR)
+
+    def __enter__(self) -> TcpTransfer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # On the way out of a failed test: closing the sockets ends both threads.
+        self._stop.set()
+        self._client.close()
+        self._listener.close()
+
+    def wait_received(self, count: int) -> None:
+        """Wait (bounded) until the receiver has *count* bytes; fails the test otherwise."""
+        deadline = time.monotonic() + TRANSFER_DEADLINE
+        for _ in range(int(TRANSFER_DEADLINE / 0.02)):
+            if self.bytes_received >= count or self.errors or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        assert not self.errors, self.errors
+        assert self.bytes_received >= count, f"stuck at {self.bytes_received} bytes"
+
+    def finish(self) -> None:
+        """Stop sending (an open-ended transfer) and wait for the receiver to see the end."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Join both threads (bounded) and assert the bytes arrived exactly."""
+        for thread in self._threads:
+            thread.join(max(0.0, self._deadline - time.monotonic()) + SOCKET_TIMEOUT)
+        assert not any(t.is_alive() for t in self._threads), "transfer did not end in time"
+        assert not self.errors, self.errors
+        assert self.total is None or self.bytes_sent == self.total, self.bytes_sent
+        assert self.bytes_received == self.bytes_sent, (self.bytes_received, self.bytes_sent)
+        assert self.received.hexdigest() == self.sent.hexdigest()
+
+
+MB = 1 << 20
+
+
+@needs_tools
+@needs_wireguard_go
+def test_100mb_of_tcp_each_way_with_wireguard_go(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with (
+        underlay() as (left, right),
+        wireguard_go(left, tmp_path, py_pub, psk),
+        running(right, our_side(tmp_path, py_priv, psk), "wgpye0") as py,
+    ):
+        py.wait_ready()
+        # Both directions at once: each side's encrypt and decrypt paths under load together.
+        with (
+            TcpTransfer(right, left, "10.79.0.1", total=100 * MB) as up,
+            TcpTransfer(left, right, "10.79.0.2", total=100 * MB) as down,
+        ):
+            up.wait()
+            down.wait()
+        code, out = py.stop()
+    assert code == 0, out
+    assert handshakes(out) >= 1, out
+
+
+@needs_tools
+def test_100mb_of_tcp_each_way_between_two_python_peers(tmp_path: Path) -> None:
+    a_conf, b_conf = python_pair(tmp_path)
+    with (
+        underlay() as (left, right),
+        running(left, a_conf, "wgpyf0") as a,
+        running(right, b_conf, "wgpyg0") as b,
+    ):
+        a.wait_ready()
+        b.wait_ready()
+        with (
+            TcpTransfer(left, right, "10.78.0.2", total=100 * MB) as a_to_b,
+            TcpTransfer(right, left, "10.78.0.1", total=100 * MB) as b_to_a,
+        ):
+            a_to_b.wait()
+            b_to_a.wait()
+        code_b, out_b = b.stop()
+        code_a, out_a = a.stop()
+    assert code_a == 0, out_a
+    assert code_b == 0, out_b
+    assert handshakes(out_a) >= 1 and handshakes(out_b) >= 1, out_a + out_b
+
+
+@needs_tools
+@needs_wireguard_go
+def test_restart_mid_transfer_recovers_with_a_new_handshake(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with (
+        underlay() as (left, right),
+        wireguard_go(left, tmp_path, py_pub, psk),
+        contextlib.ExitStack() as stack,
+    ):
+        conf_path = our_side(tmp_path, py_priv, psk)
+        # We send, wireguard-go's side receives.  The connection outlives both of our
+        # processes: the kernel keeps the socket while the TUN device (and its address)
+        # is gone, and TCP retransmits into the new one, which must handshake first.
+        # (Were we only ACKing, nothing would make the new process initiate; wireguard-go
+        # would, after 15 s of silence, and TCP's backed-off retransmits would follow.)
+        with running(right, conf_path, "wgpyh0") as first:
+            first.wait_ready()
+            transfer = stack.enter_context(TcpTransfer(right, left, "10.79.0.1"))
+            transfer.wait_received(8 * MB)
+            code_1, out_1 = first.stop()
+        with running(right, conf_path, "wgpyh0") as second:
+            restarted_at = transfer.bytes_received
+            second.wait_ready()
+            transfer.wait_received(restarted_at + 8 * MB)
+            transfer.finish()
+            transfer.wait()
+            code_2, out_2 = second.stop()
+    assert code_1 == 0, out_1
+    assert code_2 == 0, out_2
+    assert handshakes(out_1) >= 1, out_1
+    # The new process knows no session: traffic resumed because it initiated a
+    # handshake that wireguard-go accepted (a fresh TAI64N timestamp), not because
+    # wireguard-go gave up on the old session (that takes 15 s) and initiated itself.
+    assert handshakes(out_2) >= 1, out_2
+    assert re.search(r"initiations sent [1-9]\d*, responses sent 0\)", out_2), out_2
+
+
+@needs_tools
+@needs_wireguard_go
+def test_rekey_during_a_tcp_transfer_with_wireguard_go(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with underlay() as (left, right), wireguard_go(left, tmp_path, py_pub, psk):
+        conf_path = our_side(tmp_path, py_priv, psk)
+        # Timers divided by 30: we rekey once our key is 4 s old; keys die at 6 s.
+        with running(right, conf_path, "wgpyi0", "--shorten-timers", "30") as py:
+            py.wait_ready()
+            with TcpTransfer(right, left, "10.79.0.1") as transfer:
+                transfer.wait_received(1 * MB)
+                first = during = handshakes(py.stats())
+                deadline = time.monotonic() + 60
+                for _ in range(240):  # 4 s of key age needed; at most 60 s
+                    if (during := handshakes(py.stats())) > first or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.25)
+                assert during > first, f"no rekey within 60 s:\n{py.output()}"
+                # The connection must go on over the new session, too.
+                transfer.wait_received(transfer.bytes_received + 8 * MB)
+                transfer.finish()
+                transfer.wait()
+            code, out = py.stop()
+    assert code == 0, out
+    assert first >= 1 and during > first, out
+    # A rekey ahead of time loses nothing: no packet expired, waited in vain or overflowed.
+    final = out[out.rindex("interface ") :]
+    assert re.search(r"handshakes \d+ .*\n.*\n  dropped \{\}", final), final
