@@ -46,7 +46,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -55,7 +54,6 @@ from typing import Any
 import _fwdcommon
 import attrs
 import trio
-from anyio.abc import SocketAttribute
 
 import trio_tun
 import trio_tun.offload
@@ -66,8 +64,6 @@ from trio_tun.platform.linux import tun as linux
 PORT = 51820
 #: Socket buffers of the UDP sockets (what wireguard-go asks for); FORCE passes rmem_max as root.
 SOCKET_BUFFER = 7 << 20
-_SO_SNDBUFFORCE = 32
-_SO_RCVBUFFORCE = 33
 #: How long an endpoint may take to print READY.
 ENDPOINT_READY_TIMEOUT = 12.0
 #: How long a stopped endpoint may take to print its counters.
@@ -109,15 +105,6 @@ def _attach(dev: str) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _grow_buffers(udp: UdpStream) -> None:
-    raw = udp.extra(SocketAttribute.raw_socket)
-    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 async def _outbound_batched(tun: PacketStream, udp: UdpStream) -> None:
@@ -167,8 +154,8 @@ async def _serve(args: argparse.Namespace, tun: PacketStream, info: dict[str, An
                 netns=ns,
                 gso=batched,
                 gro=batched,
+                buffer_size=SOCKET_BUFFER,
             ) as udp:
-                _grow_buffers(udp)
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.cancel_scope.deadline = trio.current_time() + args.max_seconds

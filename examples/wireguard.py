@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import trio
-from anyio.abc import SocketAttribute
 
 import trio_tun
 
@@ -49,9 +48,6 @@ Endpoint = tuple[str, int]
 
 DEFAULT_MTU: Final = 1420
 SOCKET_BUFFER: Final = 7 << 20
-# Linux values; the socket module does not export them.
-_SO_SNDBUFFORCE: Final = 32
-_SO_RCVBUFFORCE: Final = 33
 #: Handshake messages in one receive batch that make us ask for cookies (mac2) ...
 UNDER_LOAD_BATCH: Final = 16
 #: ... for this long afterwards (wireguard-go's UnderLoadAfterTime).
@@ -77,18 +73,11 @@ class DatagramTransport(Protocol):
 @contextlib.asynccontextmanager
 async def open_udp(port: int) -> AsyncIterator[DatagramTransport]:
     """The UDP side: one dual-stack ``trio_tun.open_udp`` socket (GSO/GRO where it can)."""
-    async with trio_tun.open_udp(local_host="::", local_port=port) as stream:
-        raw = stream.extra(SocketAttribute.raw_socket)
-        # A burst from a fast peer overflows the default buffer long before Python
-        # reads it (wireguard-go asks for 7 MiB too); FORCE passes rmem_max as root.
-        for force, plain in (
-            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
-        ):
-            try:
-                raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-            except OSError:
-                raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+    # A burst from a fast peer overflows the default buffer long before Python
+    # reads it (wireguard-go asks for 7 MiB too).
+    async with trio_tun.open_udp(
+        local_host="::", local_port=port, buffer_size=SOCKET_BUFFER
+    ) as stream:
         yield _Udp(stream)
 
 

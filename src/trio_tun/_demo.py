@@ -36,7 +36,6 @@ from typing import Final
 
 import attrs
 import trio
-from anyio.abc import SocketAttribute
 
 from ._open import open_tun
 from ._stream import TunStream
@@ -56,9 +55,6 @@ TRANSFER_DEADLINE: Final = 20.0
 PING_DEADLINE: Final = 15.0
 CHUNK: Final = 1 << 20
 SOCKET_BUFFER: Final = 7 << 20
-# Linux values; the socket module does not export them.
-_SO_SNDBUFFORCE: Final = 32
-_SO_RCVBUFFORCE: Final = 33
 
 WHY: Final = (
     "why: Python pays a fixed cost per call; the batched tunnel pays it once per batch "
@@ -125,21 +121,6 @@ async def _one_by_one_in(udp: UdpStream, tun: TunStream) -> None:
             await tun.send(packet)
 
 
-def _grow_buffers(udp: UdpStream) -> None:
-    """Socket buffers as a VPN asks for them (wireguard-go: 7 MiB), for both tunnels alike.
-
-    Without them a burst from the fast tunnel overflows the receiver's default
-    buffer before Python reads it, and TCP spends the transfer retransmitting.
-    ``*BUFFORCE`` passes the host's ``rmem_max``/``wmem_max`` (we are root).
-    """
-    raw = udp.extra(SocketAttribute.raw_socket)
-    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            raw.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            raw.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-
-
 @contextlib.asynccontextmanager
 async def _tunnel(sides: tuple[_Side, _Side], *, batched: bool) -> AsyncIterator[list[_Endpoint]]:
     """Both endpoints of the tunnel, forwarding until the block is left."""
@@ -164,9 +145,11 @@ async def _tunnel(sides: tuple[_Side, _Side], *, batched: bool) -> AsyncIterator
                     netns=side.ns.fileno(),
                     gso="auto" if batched else False,
                     gro="auto" if batched else False,
+                    # Without room for a burst, the fast tunnel's receiver
+                    # drops and TCP spends the transfer retransmitting.
+                    buffer_size=SOCKET_BUFFER,
                 )
             )
-            _grow_buffers(udp)
             endpoints.append(_Endpoint(tun, udp))
         nursery = await stack.enter_async_context(trio.open_nursery())
         # Runs first on the way out: the forwarders stop before anything closes.

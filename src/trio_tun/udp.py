@@ -952,6 +952,7 @@ def open_udp(
     remote_port: int,
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
+    buffer_size: int | None = None,
     netns: str | os.PathLike[str] | int | None = None,
     gso: _Mode = "auto",
     gro: _Mode = "auto",
@@ -967,6 +968,7 @@ def open_udp(
     remote_port: None = None,
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
+    buffer_size: int | None = None,
     netns: str | os.PathLike[str] | int | None = None,
     gso: _Mode = "auto",
     gro: _Mode = "auto",
@@ -981,6 +983,7 @@ def open_udp(
     remote_port: int | None = None,
     family: int = socket.AF_UNSPEC,
     reuse_port: bool = False,
+    buffer_size: int | None = None,
     netns: str | os.PathLike[str] | int | None = None,
     gso: _Mode = "auto",
     gro: _Mode = "auto",
@@ -1009,6 +1012,10 @@ def open_udp(
             IPv4 when neither is given.
         reuse_port: Set ``SO_REUSEPORT`` so several sockets (e.g. one per
             worker of a multi-queue engine) share the port.
+        buffer_size: Receive and send buffer sizes in bytes.  A fast peer's
+            burst overflows the default receive buffer before Python reads it;
+            as root, Linux's ``SO_RCVBUFFORCE``/``SO_SNDBUFFORCE`` pass the
+            system's ``rmem_max``/``wmem_max``, otherwise they cap the size.
         netns: Create the socket in this network namespace (a name from ``ip
             netns``, a path or an open fd; Linux, needs ``CAP_SYS_ADMIN``).
             One process can hold endpoints in several namespaces.
@@ -1031,9 +1038,36 @@ def open_udp(
         raise ValueError(f"remote_port must be in 1..65535, not {remote_port}")
     if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
         raise ValueError("family must be AF_INET or AF_INET6")
+    if buffer_size is not None and (isinstance(buffer_size, bool) or buffer_size < 1):
+        raise ValueError(f"buffer_size must be a positive number of bytes, not {buffer_size!r}")
     return _open_udp(
-        local_host, local_port, remote_host, remote_port, family, reuse_port, netns, gso, gro
+        local_host,
+        local_port,
+        remote_host,
+        remote_port,
+        family,
+        reuse_port,
+        buffer_size,
+        netns,
+        gso,
+        gro,
     )
+
+
+# Linux's SO_RCVBUFFORCE / SO_SNDBUFFORCE (the socket module does not name them).
+_FORCED_BUFFERS: Final = ((33, socket.SO_RCVBUF), (32, socket.SO_SNDBUF))
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    forced = sys.platform == "linux"
+    for force, plain in _FORCED_BUFFERS:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force if forced else plain, size)
+        except OSError:
+            if not forced:
+                raise
+            # Without CAP_NET_ADMIN: the size, capped by the system.
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 @asynccontextmanager
@@ -1044,6 +1078,7 @@ async def _open_udp(
     remote_port: int | None,
     family: int,
     reuse_port: bool,
+    buffer_size: int | None,
     netns: str | os.PathLike[str] | int | None,
     gso: _Mode,
     gro: _Mode,
@@ -1080,6 +1115,8 @@ async def _open_udp(
             if option is None:
                 raise ValueError("reuse_port is not available on this system")
             sock.setsockopt(socket.SOL_SOCKET, option, 1)
+        if buffer_size is not None:
+            _set_buffers(sock, buffer_size)
         host, scope = _split_scope(bind_host)
         sock.bind((host, local_port) if family == socket.AF_INET else (host, local_port, 0, scope))
         gso_on, gso_fell_back = _switch_on(sock, syscalls, _gso.UDP_SEGMENT, gso, "UDP_SEGMENT")
