@@ -16,6 +16,7 @@ harness) and N fds are attached to each, all with the same flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -70,14 +71,6 @@ def _attach(dev: str, queues: int) -> list[int]:
     return fds
 
 
-async def _pump(src: OffloadEngine, dst: OffloadEngine) -> None:
-    async for batch in src:
-        try:
-            await dst.send_batch(batch)
-        except trio.ClosedResourceError:
-            return  # the other engine is shutting down
-
-
 async def _run_engines(
     a: Sequence[PacketStream], b: Sequence[PacketStream], info: dict[str, Any]
 ) -> list[OffloadEngine]:
@@ -86,8 +79,10 @@ async def _run_engines(
         async with OffloadEngine(a, grace=GRACE) as ea, OffloadEngine(b, grace=GRACE) as eb:
             engines[:] = [ea, eb]
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump, ea, eb)
-                nursery.start_soon(_pump, eb, ea)
+                # Run to completion: each reader writes what it read straight
+                # into the other device's queue of the same index.
+                nursery.start_soon(functools.partial(ea.serve, reply_to=eb))
+                nursery.start_soon(functools.partial(eb.serve, reply_to=ea))
                 _fwdcommon.announce_ready(info)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()

@@ -9,10 +9,11 @@ forwards everything one device reads to the other::
     python examples/multiqueue_forwarder.py --queues 2 --netns-a left --netns-b right &
     ip netns exec left ping 10.20.2.1      # crosses mqa0 -> forwarder -> mqb0
 
-The forwarder is the two loops of :func:`pump`: ``async for batch in ea:
-await eb.send_batch(batch)`` and back.  Each engine reads every queue of its
-device (the kernel spreads flows over the queues) and writes each flow through
-one queue, keeping its order.  It stops after ``--duration`` seconds or on
+The forwarder is ``ea.serve(reply_to=eb)`` and ``eb.serve(reply_to=ea)``:
+each engine reads every queue of its device (the kernel spreads flows over the
+queues), and each queue's reader writes what it read straight into the other
+device's queue of the same index (run to completion: no channel, no task
+hop), so every flow keeps its order.  It stops after ``--duration`` seconds or on
 SIGTERM/Ctrl-C; the engines then flush what they accepted (within
 ``--grace``) and the script prints their statistics.  Needs root.
 """
@@ -20,6 +21,7 @@ SIGTERM/Ctrl-C; the engines then flush what they accepted (within
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import math
 import signal
@@ -30,15 +32,6 @@ import trio
 
 import trio_tun
 from trio_tun.engine import EngineStatistics, OffloadEngine
-
-
-async def pump(src: OffloadEngine, dst: OffloadEngine) -> None:
-    """Everything *src* reads goes to *dst*, batch by batch."""
-    async for batch in src:
-        try:
-            await dst.send_batch(batch)
-        except trio.ClosedResourceError:
-            return  # dst is shutting down: the forwarder is stopping
 
 
 def describe(name: str, stats: EngineStatistics) -> str:
@@ -120,8 +113,8 @@ async def run(args: argparse.Namespace) -> int:
                     trio.open_nursery() as nursery,
                 ):
                     engines[:] = [ea, eb]
-                    nursery.start_soon(pump, ea, eb)
-                    nursery.start_soon(pump, eb, ea)
+                    nursery.start_soon(functools.partial(ea.serve, reply_to=eb))
+                    nursery.start_soon(functools.partial(eb.serve, reply_to=ea))
                     print(
                         f"forwarding {a.name} ({args.address_a}) <-> {b.name} ({args.address_b}) "
                         f"over {len(a.queues)} queue(s) each, offload {a.offload}",

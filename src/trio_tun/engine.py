@@ -28,7 +28,7 @@ import inspect
 import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -70,6 +70,10 @@ class QueueStream(Protocol):
 
 
 Handler = Callable[[list[bytes]], "Awaitable[Iterable[Packet] | None] | Iterable[Packet] | None"]
+
+
+def _forward_unchanged(batch: list[bytes]) -> list[bytes]:
+    return batch
 
 
 def flow_hash(packet: Packet) -> int:
@@ -117,6 +121,39 @@ class EngineStatistics:
     queues: tuple[Statistics, ...]
 
 
+class _Turn:
+    """Mutual exclusion for one queue's send side, free when uncontended.
+
+    On the run-to-completion path every batch takes a turn, and even
+    ``anyio.Lock(fast_acquire=True)`` costs a noticeable share of a batch's
+    budget; here the uncontended case is one attribute test and set.  Not
+    fair (a woken waiter retries), which only matters under contention, and
+    contention only comes from mixing ``serve`` with ``send_batch``.
+    """
+
+    __slots__ = ("_released", "held")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._released: anyio.Event | None = None
+
+    async def take(self) -> None:
+        """Wait until the turn is free and take it (a cancellation takes nothing)."""
+        if not self.held:
+            await anyio.lowlevel.checkpoint()
+        while self.held:
+            if self._released is None:
+                self._released = anyio.Event()
+            await self._released.wait()
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        if self._released is not None:
+            self._released.set()
+            self._released = None
+
+
 @attrs.define(eq=False)
 class _Queue:
     index: int
@@ -128,6 +165,13 @@ class _Queue:
     writer_scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
     writer_done: anyio.Event = attrs.field(factory=anyio.Event)
     reader_done: anyio.Event = attrs.field(factory=anyio.Event)
+    # The writer task and run-to-completion readers (of this engine or of one
+    # serving into it) take turns at the stream's send side.
+    turn: _Turn = attrs.field(factory=_Turn)
+    # True while this queue's reader runs a handler and writes its output: the
+    # start of shutdown leaves it alone until the write is done (or the grace
+    # period runs out) instead of cancelling it halfway.
+    delivering: bool = False
 
 
 class OffloadEngine(ScopedLifetime):
@@ -168,6 +212,16 @@ class OffloadEngine(ScopedLifetime):
             channel_batches
         )
         self._task_group: anyio.abc.TaskGroup | None = None
+        # While serve() runs, readers hand each batch to the handler and
+        # write its output themselves (run to completion).
+        self._serving = False
+        self._handler: Handler = _forward_unchanged
+        self._reply_to: OffloadEngine = self
+        self._check_replies = False
+        # Batches in the inbound channel or on their way into it; a reader
+        # serves a batch directly only when none is, so order is kept.
+        self._inbound_pending = 0
+        self._enabled: list[_Queue] = list(self._queues)
         self._closing = False
         self._closed = False
         self._accepted = 0
@@ -211,16 +265,25 @@ class OffloadEngine(ScopedLifetime):
         self._closing = True
         try:
             for queue in self._queues:
-                queue.reader_scope.cancel()
+                # A reader in the middle of a run-to-completion write finishes
+                # it (it stops by itself afterwards); any other stops now.
+                if not queue.delivering:
+                    queue.reader_scope.cancel()
                 queue.send.close()
             with anyio.move_on_after(grace):
                 for queue in self._queues:
                     await queue.writer_done.wait()
+                    await queue.reader_done.wait()
+                # Writes into our queues by an engine serving into this one.
+                for queue in self._queues:
+                    await queue.turn.take()
+                    queue.turn.release()
         finally:
             # Past the grace period (or cancelled): stop writers at once and
             # count what they had not written.
             for queue in self._queues:
                 queue.writer_scope.cancel()
+                queue.reader_scope.cancel()
             with anyio.CancelScope(shield=True):
                 for queue in self._queues:
                     await queue.writer_done.wait()
@@ -245,11 +308,15 @@ class OffloadEngine(ScopedLifetime):
                 delivered = self._inbound_receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
+            self._inbound_pending -= 1
             self._rx_dropped += len(delivered)
 
     def _start_queue(self, queue: _Queue) -> None:
         assert self._task_group is not None
-        queue.reader_scope = anyio.CancelScope()
+        # Both shielded: an outside cancellation reaches them only through
+        # _shutdown, which decides what may finish within the grace period.
+        queue.reader_scope = anyio.CancelScope(shield=True)
+        queue.delivering = False
         queue.writer_scope = anyio.CancelScope(shield=True)
         queue.reader_done = anyio.Event()
         queue.writer_done = anyio.Event()
@@ -260,18 +327,97 @@ class OffloadEngine(ScopedLifetime):
 
     async def _reader(self, queue: _Queue, inbound: MemoryObjectSendStream[list[bytes]]) -> None:
         batch: list[bytes] = []
+        receive_batch = queue.stream.receive_batch
         try:
             with inbound, queue.reader_scope:
-                while True:
-                    batch = await queue.stream.receive_batch()
+                while queue.enabled and not self._closing:
+                    batch = await receive_batch()
                     self._received += len(batch)
-                    await inbound.send(batch)
+                    if self._serving and not self._inbound_pending:
+                        # Handed to the handler: from here on a stop counts
+                        # the handler's output, not the batch.
+                        self._delivered += len(batch)
+                        served, batch = batch, []
+                        queue.delivering = True
+                        await self._serve_batch(queue, served)
+                        queue.delivering = False
+                    else:
+                        # Counted until the application takes it out.
+                        self._inbound_pending += 1
+                        try:
+                            await inbound.send(batch)
+                        except BaseException:
+                            self._inbound_pending -= 1
+                            raise
                     batch = []
         finally:
             # A batch read but not handed over (cancelled while the application
             # was not keeping up) is counted, not silently lost.
             self._rx_dropped += len(batch)
             queue.reader_done.set()
+
+    async def _serve_batch(self, queue: _Queue, batch: list[bytes]) -> None:
+        """Run the handler on *batch* and write its output, all in the reader's task.
+
+        This is the engine's fast path: one call per batch read, no task hop.
+        """
+        target = self._reply_to
+        handler = self._handler
+        if handler is _forward_unchanged and not self._check_replies:
+            packets = cast("list[Packet]", batch)  # read from a device: valid as is
+        else:
+            replies = handler(batch) if handler is not None else batch
+            if inspect.isawaitable(replies):
+                replies = await replies
+            if not replies:
+                return
+            packets = target._valid(replies if isinstance(replies, list) else list(replies))
+        enabled = target._enabled
+        if target._closed or not enabled or not packets:
+            target._refuse(packets)
+            return
+        # Reader i always writes to the same queue of the target: one flow,
+        # one queue, in order.
+        out = enabled[queue.index % len(enabled)]
+        if out.turn.held:
+            await target._write_when_free(queue.index, packets)
+            return
+        out.turn.held = True
+        try:
+            target._accepted += len(packets)
+            await target._write(out.stream, packets)
+        finally:
+            out.turn.release()
+
+    def _valid(self, packets: list[Packet]) -> list[Packet]:
+        # Bad handler output is the handler's bug, not the engine's end:
+        # dropped and counted like a packet the kernel refuses.
+        limit = self.max_packet
+        if packets and (min(map(len, packets)) == 0 or max(map(len, packets)) > limit):
+            good = [p for p in packets if 0 < len(p) <= limit]
+            self._refuse(packets[: len(packets) - len(good)])
+            return good
+        return packets
+
+    def _refuse(self, packets: Sequence[Packet]) -> None:
+        """Count *packets* as accepted and dropped at once (the identity holds)."""
+        self._accepted += len(packets)
+        self._dropped += len(packets)
+
+    async def _write_when_free(self, hint: int, packets: list[Packet]) -> None:
+        """The contended path of :meth:`_serve_batch`: wait for the queue's turn."""
+        while not self._closed and self._enabled:
+            queue = self._enabled[hint % len(self._enabled)]
+            await queue.turn.take()
+            try:
+                # Detached while we waited: pick again.
+                if queue.enabled:
+                    self._accepted += len(packets)
+                    await self._write(queue.stream, packets)
+                    return
+            finally:
+                queue.turn.release()
+        self._refuse(packets)
 
     async def _writer(self, queue: _Queue) -> None:
         stream = queue.stream
@@ -285,7 +431,11 @@ class OffloadEngine(ScopedLifetime):
                             packets.extend(queue.receive.receive_nowait())
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
-                    await self._write(stream, packets)
+                    await queue.turn.take()
+                    try:
+                        await self._write(stream, packets)
+                    finally:
+                        queue.turn.release()
         finally:
             queue.writer_done.set()
 
@@ -312,6 +462,7 @@ class OffloadEngine(ScopedLifetime):
             batch = await self._inbound_receive.receive()
         except anyio.ClosedResourceError:
             raise anyio.EndOfStream from None
+        self._inbound_pending -= 1
         self._delivered += len(batch)
         return batch
 
@@ -324,9 +475,6 @@ class OffloadEngine(ScopedLifetime):
                 yield await self.receive_batch()
             except anyio.EndOfStream:
                 return
-
-    def _writable(self) -> list[_Queue]:
-        return [q for q in self._queues if q.enabled]
 
     async def send_batch(self, packets: Iterable[Packet]) -> None:
         """Hand packets to the writers (one flow always to the same writer).
@@ -344,7 +492,7 @@ class OffloadEngine(ScopedLifetime):
         if not batch:
             await anyio.lowlevel.checkpoint()
             return
-        limit = self._queues[0].stream.max_packet
+        limit = self.max_packet
         # min/max over map(len) run in C: this is per packet, on the hot path.
         shortest, longest = min(map(len, batch)), max(map(len, batch))
         if shortest == 0 or longest > limit:
@@ -354,7 +502,7 @@ class OffloadEngine(ScopedLifetime):
         while pending:
             if self._closing:
                 raise ClosedResourceError("the engine is shutting down")
-            queues = self._writable()
+            queues = self._enabled
             width = len(queues)
             buckets: dict[int, list[Packet]]
             if width == 1:
@@ -373,20 +521,57 @@ class OffloadEngine(ScopedLifetime):
                     continue
                 self._accepted += len(bucket)
 
-    async def serve(self, handler: Handler) -> None:
-        """Run ``replies = handler(batch)`` for every inbound batch and send the replies.
+    async def serve(
+        self, handler: Handler | None = None, *, reply_to: OffloadEngine | None = None
+    ) -> None:
+        """Run ``replies = handler(batch)`` on every batch read, run to completion.
 
-        *handler* may be a plain or an async function and may return ``None``
-        for no replies.  Returns when the engine shuts down.
+        While ``serve`` runs, each queue's reader hands the batch it read to
+        *handler* and writes the replies itself, to queue ``i % n`` of
+        *reply_to* (default: this engine) for reader *i*: no channel and no
+        task hop between the read and the write, and one reader's output
+        always lands on one queue, so flows keep their order.  *handler* may be
+        a plain or an async function and may return ``None`` for no replies;
+        ``None`` as the handler forwards every batch unchanged (forward to
+        another device with ``a.serve(reply_to=b)``).  Replies that no device
+        could take (empty, or longer than ``max_packet``) are counted as
+        dropped.
+
+        Batches read before ``serve`` started are served from the inbound
+        channel first.  An exception raised by *handler* ends the engine and
+        propagates out of its ``async with`` block.  Returns when the engine
+        has shut down.
+
+        Raises:
+            anyio.BusyResourceError: ``serve`` is already running.
         """
-        async for batch in self:
-            replies = handler(batch)
-            if inspect.isawaitable(replies):
-                replies = await replies
-            if replies:
-                await self.send_batch(replies)
+        if self._serving:
+            raise anyio.BusyResourceError("serving")
+        target = self if reply_to is None else reply_to
+        apply = _forward_unchanged if handler is None else handler
+        self._handler = apply
+        self._reply_to = target
+        # Packets read from our queues fit any device at least as large.
+        self._check_replies = target.max_packet < self.max_packet
+        self._serving = True
+        try:
+            async for batch in self:
+                replies = apply(batch)
+                if inspect.isawaitable(replies):
+                    replies = await replies
+                if replies:
+                    await target.send_batch(replies)
+        finally:
+            self._serving = False
+            self._handler = _forward_unchanged
+            self._reply_to = self
 
     # -- queues --------------------------------------------------------
+
+    @property
+    def max_packet(self) -> int:
+        """The longest packet the engine's queues accept."""
+        return self._queues[0].stream.max_packet
 
     @property
     def queues(self) -> tuple[QueueStream, ...]:
@@ -406,14 +591,21 @@ class OffloadEngine(ScopedLifetime):
         queue = self._queues[index]
         if not queue.enabled:
             return
-        if len(self._writable()) == 1:
+        if len(self._enabled) == 1:
             raise ValueError("can't detach the last attached queue of an engine")
         queue.enabled = False
+        self._enabled.remove(queue)
         queue.send.close()
         await queue.writer_done.wait()
-        queue.reader_scope.cancel()
+        # A reader mid-write for serve() finishes that batch, then stops.
+        if not queue.delivering:
+            queue.reader_scope.cancel()
         await queue.reader_done.wait()
-        queue.stream.detach_queue()
+        await queue.turn.take()
+        try:
+            queue.stream.detach_queue()
+        finally:
+            queue.turn.release()
 
     async def attach_queue(self, index: int) -> None:
         """Put a queue taken out with :meth:`detach_queue` back into service."""
@@ -427,6 +619,7 @@ class OffloadEngine(ScopedLifetime):
             self._channel_batches
         )
         queue.enabled = True
+        self._enabled = [q for q in self._queues if q.enabled]
         self._start_queue(queue)
         await anyio.lowlevel.checkpoint()
 
