@@ -363,3 +363,129 @@ async def test_datagrams_no_tun_could_take_are_dropped_and_counted() -> None:
     assert got == [good, _packet(2)]
     stats = pump.statistics()
     assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (4, 4, 2, 2)
+
+
+class _ExclusiveSocket(_SlowSocket):
+    """Counts sends that overlap: a real stream would raise BusyResourceError."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.busy = False
+        self.overlaps = 0
+        self.sent: list[bytes] = []
+
+    async def send_batch(self, datagrams: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.overlaps += self.busy
+        self.busy = True
+        try:
+            for datagram in datagrams:
+                await anyio.lowlevel.checkpoint()
+                self.sent.append(bytes(datagram))
+                self.tx_datagrams += 1
+        finally:
+            self.busy = False
+
+
+async def test_send_udp_takes_turns_with_the_pump_and_is_counted() -> None:
+    app, dev = memory_tun_pair(capacity=4096)
+    sock = _ExclusiveSocket()
+    pump = TunnelPump([dev], [sock])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump.run)
+
+        async def timer() -> None:
+            for n in range(200):
+                await pump.send_udp([b"k" + n.to_bytes(4, "big")])
+
+        tg.start_soon(timer)
+        for first in range(0, 1000, 50):
+            await app.send_batch([_packet(n) for n in range(first, first + 50)])
+            await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(20):
+            while len(sock.sent) < 1200:  # noqa: ASYNC110 - polling a fake's list
+                await anyio.sleep(0.001)
+        tg.cancel_scope.cancel()
+    assert sock.overlaps == 0
+    data = [d for d in sock.sent if d[:1] == b"\x45"]
+    keepalives = [d for d in sock.sent if d[:1] == b"k"]
+    assert [int.from_bytes(d[20:24], "big") for d in data] == list(range(1000))
+    assert [int.from_bytes(d[1:5], "big") for d in keepalives] == list(range(200))
+    stats = pump.statistics()
+    assert (stats.accepted, stats.written, stats.dropped) == (1200, 1200, 0)
+
+
+def test_unconnected_sockets_need_both_transforms() -> None:
+    class Unconnected(_SlowSocket):
+        async def send_many(self, items: Iterable[tuple[bytes, tuple[str, int]]]) -> None: ...
+
+    with pytest.raises(ValueError, match="both an inbound and an outbound"):
+        TunnelPump([object()], [Unconnected(0.0)], outbound=list)  # type: ignore[list-item]
+
+
+async def test_unconnected_sockets_carry_a_tunnel_with_side_traffic(
+    sites: tuple[NetNamespace, NetNamespace],
+) -> None:
+    """One unconnected socket per end (as a VPN with peers has), plus a timer's datagrams."""
+    left, right = sites
+    count, pings = 3000, 50
+    async with contextlib.AsyncExitStack() as stack:
+        ends = []
+        for side, ns in enumerate((left, right)):
+            here, there = (1, 2) if side == 0 else (2, 1)
+            tun = await stack.enter_async_context(
+                trio_tun.open_tun(
+                    f"tp{side}",
+                    addresses=[f"10.60.{here}.1/24"],
+                    mtu=1400,
+                    netns=ns.fileno(),
+                    offload=True,
+                )
+            )
+            await tun.add_route(f"10.60.{there}.0/24")
+            udp = await stack.enter_async_context(
+                trio_tun.open_udp(f"10.61.0.{side + 1}", PORT, netns=ns.fileno())
+            )
+            ends.append((tun, udp, (f"10.61.0.{2 - side}", PORT)))
+        side_traffic: list[list[int]] = [[], []]
+
+        def make(side: int) -> TunnelPump:
+            tun, udp, peer = ends[side]
+
+            def outbound(packets: list[bytes]) -> list[tuple[bytes, tuple[str, int]]]:
+                return [(p, peer) for p in packets]
+
+            def inbound(items: list[tuple[bytes, tuple[str, int]]]) -> list[bytes]:
+                inner = []
+                for data, sender in items:
+                    assert sender == peer
+                    if data[:1] == b"k":  # the timer's datagrams never reach the TUN
+                        side_traffic[side].append(int.from_bytes(data[1:5], "big"))
+                    else:
+                        inner.append(data)
+                return inner
+
+            return TunnelPump(tun.queues, [udp], outbound=outbound, inbound=inbound)
+
+        pl, pr = make(0), make(1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pl.run)
+            tg.start_soon(pr.run)
+
+            async def timer() -> None:
+                for n in range(pings):
+                    await pl.send_udp([(b"k" + n.to_bytes(4, "big"), ends[0][2])])
+                    await anyio.sleep(0.005)
+
+            tg.start_soon(timer)
+            with anyio.fail_after(90):
+                got = await anyio.to_thread.run_sync(_udp_sequence, left, right, count)
+                while len(side_traffic[1]) < pings:  # noqa: ASYNC110 - bounded by fail_after
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    # Inner datagrams once and in order, the timer's datagrams all there and in order.
+    assert got == list(range(count))
+    assert side_traffic == [[], list(range(pings))]
+    for pump in (pl, pr):
+        stats = pump.statistics()
+        assert stats.in_flight == 0 and stats.accepted == stats.written + stats.dropped
+    assert pl.statistics().written >= count + pings

@@ -643,18 +643,30 @@ class OffloadEngine(ScopedLifetime):
 
 
 class DatagramSocket(Protocol):
-    """What :class:`TunnelPump` needs of a UDP socket (a connected ``trio_tun.UdpStream``)."""
+    """What :class:`TunnelPump` needs of a UDP socket.
 
-    async def receive_batch(self) -> list[bytes]: ...
+    A connected ``trio_tun.UdpStream`` (items are ``bytes``), or an
+    unconnected ``trio_tun.UnconnectedUdpStream`` (items are ``(bytes, (host,
+    port))``; the pump sends them with its ``send_many``, which still turns
+    each run for one destination into one GSO send).
+    """
 
-    async def send_batch(self, datagrams: Iterable[Packet]) -> None: ...
+    async def receive_batch(self) -> list[Any]: ...
+
+    async def send_batch(self, datagrams: Iterable[Any], /) -> None: ...
 
     @property
     def counters(self) -> Any:
         """Live counters with ``tx_datagrams`` (what the kernel accepted)."""
 
 
-Transform = Callable[[list[bytes]], "Awaitable[Sequence[Packet]] | Sequence[Packet]"]
+Transform = Callable[[list[Any]], "Awaitable[Sequence[Any]] | Sequence[Any]"]
+
+
+def _sender(sock: DatagramSocket) -> Callable[[Sequence[Any]], Awaitable[None]]:
+    # An unconnected socket takes (data, address) items through send_many.
+    send_many: Callable[[Sequence[Any]], Awaitable[None]] | None = getattr(sock, "send_many", None)
+    return send_many if send_many is not None else sock.send_batch
 
 
 @attrs.frozen
@@ -691,6 +703,12 @@ class TunnelPump:
     hand when the cancellation arrives is still written, for at most *grace*
     seconds, and anything not written by then is counted as dropped, so
     ``accepted == written + dropped`` once :meth:`run` has returned.
+
+    With unconnected sockets (a peer per destination, as in WireGuard) the
+    items on the UDP side are ``(bytes, (host, port))``: *inbound* receives
+    them and *outbound* returns them, and both must be given.  Other tasks
+    (timers, handshakes) and the handlers themselves send on a socket through
+    :meth:`send_udp`, which takes turns with the pump's own writes.
     """
 
     def __init__(
@@ -706,8 +724,17 @@ class TunnelPump:
             raise ValueError("a pump needs one socket per TUN queue (and at least one queue)")
         if grace < 0 or not math.isfinite(grace):
             raise ValueError(f"grace must be a finite number of seconds >= 0, not {grace!r}")
+        if (outbound is None or inbound is None) and any(
+            hasattr(sock, "send_many") for sock in sockets
+        ):
+            raise ValueError(
+                "unconnected sockets carry (data, address) items: give both an inbound "
+                "and an outbound transform"
+            )
         self._queues = list(tun_queues)
         self._sockets = list(sockets)
+        self._senders = [_sender(sock) for sock in sockets]
+        self._turns = [_Turn() for _ in sockets]
         self._outbound = outbound
         self._inbound = inbound
         self._grace = grace
@@ -737,8 +764,8 @@ class TunnelPump:
         self._running = True
         try:
             async with anyio.create_task_group() as task_group:
-                for tun, sock in zip(self._queues, self._sockets, strict=True):
-                    task_group.start_soon(self._outward, tun, sock)
+                for index, (tun, sock) in enumerate(zip(self._queues, self._sockets, strict=True)):
+                    task_group.start_soon(self._outward, tun, index)
                     task_group.start_soon(self._inward, sock, tun)
                 try:
                     await anyio.sleep_forever()
@@ -751,13 +778,38 @@ class TunnelPump:
         finally:
             self._running = False
 
-    async def _outward(self, tun: QueueStream, sock: DatagramSocket) -> None:
+    async def _outward(self, tun: QueueStream, index: int) -> None:
         while True:
             batch = await tun.receive_batch()
             self._tun_received += len(batch)
             out = await self._apply(self._outbound, batch)
             if out:
-                await self._deliver(sock.send_batch, out, lambda: sock.counters.tx_datagrams)
+                await self._send_udp(index, out)
+
+    async def send_udp(self, items: Sequence[Any], index: int = 0) -> None:
+        """Send *items* on socket *index* from outside the pump's own loop.
+
+        For what is not a reply to a TUN batch: handshake messages, keepalives,
+        cookie replies, from a timer task or from the *inbound* transform.  The
+        write takes turns with the pump's (no ``BusyResourceError``), and is
+        counted like the pump's own: ``accepted``, then ``written`` or
+        ``dropped``.  Like the pump's writes it is shielded and bounded by the
+        grace period once the pump is shutting down.
+        """
+        if items:
+            await self._send_udp(index, items)
+
+    async def _send_udp(self, index: int, items: Sequence[Any]) -> None:
+        sock, turn = self._sockets[index], self._turns[index]
+        # Uncontended (the pump alone on its socket) a turn is one flag.
+        if turn.held:
+            await turn.take()
+        else:
+            turn.held = True
+        try:
+            await self._deliver(self._senders[index], items, lambda: sock.counters.tx_datagrams)
+        finally:
+            turn.release()
 
     async def _inward(self, sock: DatagramSocket, tun: QueueStream) -> None:
         while True:
@@ -785,8 +837,8 @@ class TunnelPump:
 
     async def _deliver(
         self,
-        send: Callable[[Iterable[Packet]], Awaitable[None]],
-        items: Sequence[Packet],
+        send: Callable[[Sequence[Any]], Awaitable[None]],
+        items: Sequence[Any],
         sent: Callable[[], int],
     ) -> None:
         # Shielded: a batch in hand is written whole unless the grace period
