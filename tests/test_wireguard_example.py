@@ -537,6 +537,9 @@ def test_100mb_of_tcp_each_way_between_two_python_peers(tmp_path: Path) -> None:
     ):
         a.wait_ready()
         b.wait_ready()
+        # B has no Endpoint for A: until A's first handshake, whatever B sends to A is
+        # dropped as no_endpoint (B's SYN, were it first).  The handshake goes first.
+        ping(left, "10.78.0.2")
         with (
             TcpTransfer(left, right, "10.78.0.2", total=100 * MB) as a_to_b,
             TcpTransfer(right, left, "10.78.0.1", total=100 * MB) as b_to_a,
@@ -627,3 +630,90 @@ def test_rekey_during_a_tcp_transfer_with_wireguard_go(tmp_path: Path) -> None:
     # replayed, waited in vain or overflowed, for this peer or anywhere in the device.
     assert go.drops == {}, out
     assert final.rx_drops == {} and data_path_drops(final) == {}, out
+
+
+@needs_tools
+def test_restart_mid_transfer_between_two_python_peers(tmp_path: Path) -> None:
+    pair = python_pair(tmp_path)
+    with (
+        underlay() as (left, right),
+        running(right, pair.b_conf, "wgpyk0") as b,
+        contextlib.ExitStack() as stack,
+    ):
+        b.wait_ready()
+        # A (the one that knows an endpoint) sends and is restarted; B only ACKs, so
+        # traffic resumes only if the new A initiates when TCP retransmits into it.
+        with running(left, pair.a_conf, "wgpyj0") as first:
+            first.wait_ready()
+            transfer = stack.enter_context(TcpTransfer(left, right, "10.78.0.2"))
+            transfer.wait_received(8 * MB)
+            code_1, out_1 = first.stop()
+        with running(left, pair.a_conf, "wgpyj0") as second:
+            restarted_at = transfer.bytes_received
+            second.wait_ready()
+            transfer.wait_received(restarted_at + 8 * MB)
+            transfer.finish()
+            transfer.wait()
+            code_2, out_2 = second.stop()
+        code_b, out_b = b.stop()
+    assert (code_1, code_2, code_b) == (0, 0, 0), out_1 + out_2 + out_b
+    before, after = counters(out_1).peer(pair.b_pub), counters(out_2).peer(pair.b_pub)
+    assert before.handshakes >= 1 and before.drops == {}, out_1
+    assert after.handshakes >= 1 and after.initiations_sent >= 1, out_2
+    assert after.responses_sent == 0 and after.drops == {}, out_2
+    # B answered one handshake of each A process (a fresher timestamp each time) and
+    # dropped nothing: the new session replaced the old one cleanly.
+    report_b = counters(out_b)
+    a_seen_by_b = report_b.peer(pair.a_pub)
+    assert a_seen_by_b.handshakes >= 2 and a_seen_by_b.responses_sent >= 2, out_b
+    assert a_seen_by_b.initiations_sent == 0, out_b
+    assert a_seen_by_b.drops == {} and report_b.rx_drops == {}, out_b
+
+
+@needs_tools
+def test_rekey_during_tcp_both_ways_between_two_python_peers(tmp_path: Path) -> None:
+    pair = python_pair(tmp_path)
+    # Both sides' timers divided by 30: A (the initiator) rekeys once its key is 4 s
+    # old, and both sides refuse keys older than 6 s, so the new session must be in use
+    # in both directions before the old one dies.
+    shorten = ("--shorten-timers", "30")
+    with (
+        underlay() as (left, right),
+        running(left, pair.a_conf, "wgpyl0", *shorten) as a,
+        running(right, pair.b_conf, "wgpym0", *shorten) as b,
+    ):
+        a.wait_ready()
+        b.wait_ready()
+        ping(left, "10.78.0.2")  # B learns A's endpoint before it has anything to send
+        with (
+            TcpTransfer(left, right, "10.78.0.2") as a_to_b,
+            TcpTransfer(right, left, "10.78.0.1") as b_to_a,
+        ):
+            a_to_b.wait_received(1 * MB)
+            b_to_a.wait_received(1 * MB)
+            first = during = handshakes(a.stats())
+            deadline = time.monotonic() + 60
+            for _ in range(240):  # 4 s of key age needed; at most 60 s
+                if (during := handshakes(a.stats())) > first or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            assert during > first, f"no rekey within 60 s:\n{a.output()}"
+            # Both connections go on over the new session.
+            a_to_b.wait_received(a_to_b.bytes_received + 8 * MB)
+            b_to_a.wait_received(b_to_a.bytes_received + 8 * MB)
+            a_to_b.finish()
+            b_to_a.finish()
+            a_to_b.wait()
+            b_to_a.wait()
+        code_b, out_b = b.stop()
+        code_a, out_a = a.stop()
+    assert (code_a, code_b) == (0, 0), out_a + out_b
+    report_a, report_b = counters(out_a), counters(out_b)
+    b_seen_by_a, a_seen_by_b = report_a.peer(pair.b_pub), report_b.peer(pair.a_pub)
+    assert first >= 1 and b_seen_by_a.handshakes >= during > first, out_a
+    assert a_seen_by_b.handshakes >= 2, out_b
+    # A rekey ahead of time loses nothing on either side: no datagram on an unknown
+    # or expired session, no failed open, no replay, no packet waiting in vain.
+    assert b_seen_by_a.drops == {} and a_seen_by_b.drops == {}, out_a + out_b
+    assert report_a.rx_drops == {} and report_b.rx_drops == {}, out_a + out_b
+    assert data_path_drops(report_a) == {} and data_path_drops(report_b) == {}, out_a + out_b
