@@ -190,6 +190,9 @@ class Counters:
     rx: dict[str, int]
     rx_drops: dict[str, int]
     tx_drops: dict[str, int]
+    cookie_replies_sent: int
+    mac2_accepted: int
+    rate_limited: int
     peers: dict[str, PeerCounters]
 
     def peer(self, public_key: str) -> PeerCounters:
@@ -202,6 +205,8 @@ _REPORT = re.compile(
     r"interface \S+: public key \S+\n"
     rf"  rx \d+ datagrams {_COUNTS}; dropped {_COUNTS}\n"
     rf"  tx \d+ datagrams; dropped {_COUNTS}\n"
+    r"  under load: (\d+) cookie replies sent, (\d+) handshakes with a valid mac2,"
+    r" (\d+) rate limited\n"
     r"((?:peer .*\n(?:  .*\n){3})*)"
 )
 _PEER = re.compile(
@@ -227,7 +232,7 @@ def counters(output: str) -> Counters:
     reports = list(_REPORT.finditer(output + "\n"))
     assert reports, f"no complete stats report in:\n{output}"
     report = reports[-1]
-    peers_text = report.group(4)
+    peers_text = report.group(7)
     peers = {}
     position = 0
     while position < len(peers_text):
@@ -238,9 +243,9 @@ def counters(output: str) -> Counters:
             endpoint, int(hs), int(init), int(resp), int(rx), int(tx), _counts(drops)
         )
         position = m.end()
-    return Counters(
-        _counts(report.group(1)), _counts(report.group(2)), _counts(report.group(3)), peers
-    )
+    rx, rx_drops, tx_drops = (_counts(report.group(i)) for i in (1, 2, 3))
+    cookies, mac2, limited = (int(report.group(i)) for i in (4, 5, 6))
+    return Counters(rx, rx_drops, tx_drops, cookies, mac2, limited, peers)
 
 
 def only_peer(output: str) -> PeerCounters:
@@ -717,3 +722,39 @@ def test_rekey_during_tcp_both_ways_between_two_python_peers(tmp_path: Path) -> 
     assert b_seen_by_a.drops == {} and a_seen_by_b.drops == {}, out_a + out_b
     assert report_a.rx_drops == {} and report_b.rx_drops == {}, out_a + out_b
     assert data_path_drops(report_a) == {} and data_path_drops(report_b) == {}, out_a + out_b
+
+
+@needs_tools
+@needs_wireguard_go
+def test_wireguard_go_gets_a_cookie_and_retries_with_mac2(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with (
+        underlay() as (left, right),
+        wireguard_go(left, tmp_path, py_pub, psk) as ifname,
+        # Always under load: no handshake is answered without a cookie first.
+        running(
+            right, our_side(tmp_path, py_priv, psk), "wgpyn0", "--under-load-threshold", "0"
+        ) as py,
+    ):
+        py.wait_ready()
+        # wireguard-go initiates; it stores our cookie reply and sends its next
+        # initiation (REKEY_TIMEOUT, 5 s, later) with mac2.  One ping waits for that.
+        first = left.run(["ping", "-c", "1", "-W", "20", "10.79.0.2"], check=False)
+        assert first.returncode == 0, first.stdout + first.stderr + py.output()
+        ping(left, "10.79.0.2")
+        shown = left.run(["wg", "show", ifname, "latest-handshakes"]).stdout
+        code, out = py.stop()
+    assert code == 0, out
+    assert py_pub in shown and not shown.strip().endswith("\t0"), shown
+    final = counters(out)
+    # Every initiation without mac2 got a cookie reply and nothing else; the one that
+    # came back with a valid mac2 (and a token from its source's bucket) was answered.
+    assert final.cookie_replies_sent >= 1, out
+    assert final.rx.get("cookie_sent") == final.cookie_replies_sent, out
+    assert final.mac2_accepted == 1 and final.rate_limited == 0, out
+    assert final.rx.get("initiation") == 1, out
+    assert final.rx_drops == {}, out
+    go = final.peer((tmp_path / "go.pub").read_text())
+    assert (go.handshakes, go.initiations_sent, go.responses_sent) == (1, 0, 1), out
+    assert go.rx_packets >= 4 and go.tx_packets >= 4 and go.drops == {}, out
