@@ -258,8 +258,9 @@ def only_peer(output: str) -> PeerCounters:
 def data_path_drops(report: Counters) -> dict[str, int]:
     """Device-wide send drops other than ``no_route``.
 
-    The kernel sends a few packets of its own to the new interface (IPv6 router and
-    multicast listener messages to ff02::) that no peer's AllowedIPs cover.
+    The kernel sends a few packets of its own into the new interface (IPv6 router
+    solicitations to ff02::2, from the link-local address it gave the device) that no
+    peer's AllowedIPs cover.
     """
     return {k: v for k, v in report.tx_drops.items() if k != "no_route"}
 

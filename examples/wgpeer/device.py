@@ -404,7 +404,9 @@ class WireGuardDevice:
         Returns the inner IP packets (trimmed of padding, each from a source address
         its peer is allowed) and the datagrams to send in reply (handshake responses,
         cookie replies, keepalives, packets that were waiting for a session).  When
-        *under_load*, handshake messages without a valid mac2 get a cookie reply only.
+        *under_load*, handshake messages without a valid mac2 get a cookie reply only,
+        and those with one still need a token from their source's bucket in
+        :attr:`rate_limiter`.
         """
         inner: list[bytes] = []
         out = _Batch()
