@@ -3,6 +3,7 @@
 Usage::
 
     python examples/wireguard.py wg0.conf [--name IFNAME] [--stats]
+        [--shorten-timers FACTOR] [--under-load-threshold N]
 
 The configuration is a wg-quick file (``[Interface]`` PrivateKey, ListenPort,
 Address, MTU; ``[Peer]`` PublicKey, PresharedKey, AllowedIPs, Endpoint,
@@ -15,7 +16,10 @@ PersistentKeepalive).  Three tasks run until SIGINT or SIGTERM:
 * timers: sleeps until the device's next deadline (or until new traffic may have
   armed an earlier one) and sends what ``device.tick`` returns.
 
-``--stats`` prints per-peer counters on exit and whenever SIGUSR1 arrives.  Routes
+``--stats`` prints per-peer counters on exit and whenever SIGUSR1 arrives.
+``--under-load-threshold N`` sets how many handshake messages in one receive
+batch put the device under load (cookies demanded, handshakes rate limited per
+source) for the next second; 0 means always under load.  Routes
 are added for AllowedIPs outside the interface's own prefixes, except default
 routes (which would capture the tunnel's own UDP traffic; use policy routing for
 those).  Needs root (CAP_NET_ADMIN).
@@ -41,7 +45,15 @@ import trio_tun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wgpeer import Outgoing, WireGuardDevice, encode_key, parse_config, shortened
+from wgpeer import (
+    Drop,
+    Outgoing,
+    Received,
+    WireGuardDevice,
+    encode_key,
+    parse_config,
+    shortened,
+)
 from wgpeer.config import Config
 
 Endpoint = tuple[str, int]
@@ -106,12 +118,27 @@ def _unmapped(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
 
 
 class Tunnel:
-    """The device, its TUN stream and UDP socket, and the tasks that move packets."""
+    """The device, its TUN stream and UDP socket, and the tasks that move packets.
 
-    def __init__(self, device: WireGuardDevice, tun: PacketDevice, udp: DatagramTransport) -> None:
+    *under_load_batch* handshake messages in one received batch put the device under
+    load for :data:`UNDER_LOAD_FOR` seconds; 0 keeps it under load all the time
+    (every handshake needs a cookie first), which tests the cookie path for real.
+    """
+
+    def __init__(
+        self,
+        device: WireGuardDevice,
+        tun: PacketDevice,
+        udp: DatagramTransport,
+        *,
+        under_load_batch: int = UNDER_LOAD_BATCH,
+    ) -> None:
+        if under_load_batch < 0:
+            raise ValueError(f"under_load_batch must not be negative, not {under_load_batch}")
         self.device = device
         self.tun = tun
         self.udp = udp
+        self.under_load_batch = under_load_batch
         self._rearm = trio.Event()
         self._under_load_until = -math.inf
         # All three tasks send on the one socket, and a stream refuses a second
@@ -135,7 +162,7 @@ class Tunnel:
             datagrams = await self.udp.receive_batch()
             now = trio.current_time()
             handshakes = sum(1 for d, _ in datagrams if d[:1] in (b"\x01", b"\x02"))
-            if handshakes >= UNDER_LOAD_BATCH:
+            if handshakes >= self.under_load_batch:
                 self._under_load_until = now + UNDER_LOAD_FOR
             inner, replies = self.device.decrypt(
                 datagrams, now, under_load=now < self._under_load_until
@@ -159,6 +186,9 @@ def format_stats(device: WireGuardDevice, name: str) -> str:
         f"interface {name}: public key {encode_key(device.public_key)}",
         f"  rx {s.rx_datagrams} datagrams {dict(s.rx)}; dropped {dict(s.rx_drops)}",
         f"  tx {s.tx_datagrams} datagrams; dropped {dict(s.tx_drops)}",
+        f"  under load: {s.rx[Received.COOKIE_SENT]} cookie replies sent,"
+        f" {s.mac2_accepted} handshakes with a valid mac2,"
+        f" {s.rx_drops[Drop.HANDSHAKE_RATE_LIMITED]} rate limited",
     ]
     for peer in device.peers.values():
         p = peer.stats
@@ -220,7 +250,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         open_udp(config.interface.listen_port or 0) as udp,
     ):
         await add_routes(tun, config)
-        tunnel = Tunnel(device, tun, udp)
+        tunnel = Tunnel(device, tun, udp, under_load_batch=args.under_load_threshold)
         print(
             f"{tun.name} up: {', '.join(config.interface.addresses)}, "
             f"UDP port {config.interface.listen_port or 'any'}, {len(device.peers)} peer(s)",
@@ -250,6 +280,16 @@ def _factor(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="wg-quick style configuration file")
@@ -263,6 +303,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FACTOR",
         help="divide every protocol time (rekey, reject, keepalive, retry) by FACTOR, "
         "to watch rekeys happen in seconds; for testing",
+    )
+    parser.add_argument(
+        "--under-load-threshold",
+        type=_count,
+        default=UNDER_LOAD_BATCH,
+        metavar="N",
+        help="handshake messages in one received batch that put the device under load "
+        "for a second: handshakes then need a cookie (mac2) and are rate limited per "
+        f"source (default {UNDER_LOAD_BATCH}; 0: always under load)",
     )
     return parser.parse_args(argv)
 

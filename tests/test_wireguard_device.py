@@ -26,6 +26,7 @@ from wgpeer import (
     Drop,
     Outgoing,
     Peer,
+    RateLimiter,
     Received,
     TimerConfig,
     WireGuardDevice,
@@ -434,6 +435,83 @@ def test_cookie_reply_under_load_then_mac2_accepted() -> None:
     other = net.a.initiate(net.b.public_key, net.now + 10)[0].datagrams[0]
     net.b.decrypt([(other, ("192.0.2.99", 1))], net.now, under_load=True)
     assert net.b.stats.rx[Received.COOKIE_SENT] == 2
+
+
+def _cookie_for_a(net: Net) -> None:
+    """B, under load, answers A's initiation with a cookie reply that A takes."""
+    first = net.a.initiate(net.b.public_key, net.now)[0].datagrams[0]
+    _, replies = net.b.decrypt([(first, A_EP)], net.now, under_load=True)
+    net.a.decrypt([(replies[0].datagrams[0], B_EP)], net.now)
+    assert net.a.stats.rx == {Received.COOKIE_REPLY: 1}
+
+
+def _initiations(net: Net, count: int, start: float = 0.0) -> list[bytes]:
+    """*count* initiations from A, each with a fresh timestamp (and A's cookie in mac2).
+
+    A makes them at its own times *start* + 6 s, + 12 s ... after ``net.now`` (far
+    enough apart for its REKEY_TIMEOUT, near enough for its cookie to stay fresh).
+    """
+    result = []
+    for i in range(count):
+        net.a._wall_clock = lambda wall=1.7e9 + net.now + start + 1 + i: wall
+        result += net.a.initiate(net.b.public_key, net.now + start + 6 * (i + 1))[0].datagrams
+    return result
+
+
+def test_under_load_handshakes_are_rate_limited_per_source() -> None:
+    net = Net()
+    _cookie_for_a(net)
+    burst = _initiations(net, 8)
+    assert all(d[-16:] != bytes(16) for d in burst)  # all carry mac2
+    net.b.decrypt([(d, A_EP) for d in burst], net.now, under_load=True)
+    # All 8 prove their source; the bucket lets 5 through to the DH (the first is
+    # accepted, the next four are within the per-peer flood interval), 3 stop before.
+    assert net.b.stats.mac2_accepted == 8
+    assert net.b.stats.rx == {Received.COOKIE_SENT: 1, Received.INITIATION: 1}
+    assert net.b.stats.rx_drops == {Drop.HANDSHAKE_FLOOD: 4, Drop.HANDSHAKE_RATE_LIMITED: 3}
+    assert net.pb.stats.drops == {Drop.HANDSHAKE_FLOOD: 4}
+    # A token comes back every 50 ms.
+    later = _initiations(net, 2, start=50)
+    net.b.decrypt([(d, A_EP) for d in later], net.now + 0.05, under_load=True)
+    assert net.b.stats.rx[Received.INITIATION] == 2
+    assert net.b.stats.rx_drops[Drop.HANDSHAKE_RATE_LIMITED] == 4
+
+
+def test_rate_limit_applies_only_under_load() -> None:
+    net = Net()
+    _cookie_for_a(net)
+    burst = _initiations(net, 8)
+    net.b.decrypt([(d, A_EP) for d in burst], net.now, under_load=False)
+    assert net.b.stats.mac2_accepted == 0  # not looked at when not under load
+    assert net.b.stats.rx_drops == {Drop.HANDSHAKE_FLOOD: 7}
+    assert len(net.b.rate_limiter) == 0
+
+
+def test_responses_are_rate_limited_too() -> None:
+    net = Net(timers_a=TimerConfig(rekey_timeout=0.1))
+    # A is under load and B's address has just spent its only token.
+    net.a.rate_limiter = RateLimiter(rate=1, burst=1)
+    assert net.a.rate_limiter.allow(B_EP[0], net.now)
+
+    def exchange() -> None:
+        initiation = net.a.initiate(net.b.public_key, net.now)[0].datagrams[0]
+        _, responses = net.b.decrypt([(initiation, A_EP)], net.now)
+        _, replies = net.a.decrypt([(responses[0].datagrams[0], B_EP)], net.now, under_load=True)
+        net.b.decrypt([(d, A_EP) for o in replies for d in o.datagrams], net.now)
+
+    exchange()  # B's response has no mac2 yet: a cookie reply, which B takes
+    assert net.a.stats.rx == {Received.COOKIE_SENT: 1}
+    assert net.b.stats.rx == {Received.INITIATION: 1, Received.COOKIE_REPLY: 1}
+    net.now += 0.2
+    exchange()  # with mac2 now, but 0.2 s is not enough for a new token
+    assert net.a.stats.mac2_accepted == 1
+    assert net.a.stats.rx_drops == {Drop.HANDSHAKE_RATE_LIMITED: 1}
+    assert net.pa.stats.handshakes_completed == 0
+    net.now += 0.8
+    exchange()
+    assert net.a.stats.mac2_accepted == 2
+    assert net.a.stats.rx[Received.RESPONSE] == 1
+    assert net.pa.stats.handshakes_completed == 1
 
 
 def test_cookie_reply_for_unknown_index_or_forged_is_dropped() -> None:

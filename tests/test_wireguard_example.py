@@ -6,6 +6,7 @@ every wait is bounded and every process is stopped and reaped.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import os
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 
 from trio_tun.testing import NetNamespace, link_namespaces
@@ -145,7 +147,15 @@ def underlay() -> Iterator[tuple[NetNamespace, NetNamespace]]:
         yield left, right
 
 
-def python_pair(tmp_path: Path) -> tuple[Path, Path]:
+@attrs.frozen
+class PythonPair:
+    a_conf: Path
+    b_conf: Path
+    a_pub: str
+    b_pub: str
+
+
+def python_pair(tmp_path: Path) -> PythonPair:
     """Configurations of two of our peers: A (10.78.0.1) knows B's endpoint, B learns A's."""
     (a_priv, a_pub), (b_priv, b_pub) = keypair(), keypair()
     a_conf = conf(
@@ -157,21 +167,114 @@ def python_pair(tmp_path: Path) -> tuple[Path, Path]:
         tmp_path / "b.conf", b_priv, 51831, "10.78.0.2/24, fd78::2/64", a_pub,
         "10.78.0.1/32, fd78::1/128", "",
     )  # fmt: skip
-    return a_conf, b_conf
+    return PythonPair(a_conf, b_conf, a_pub, b_pub)
+
+
+@attrs.frozen
+class PeerCounters:
+    """One ``peer`` block of ``--stats`` output."""
+
+    endpoint: str
+    handshakes: int
+    initiations_sent: int
+    responses_sent: int
+    rx_packets: int
+    tx_packets: int
+    drops: dict[str, int]
+
+
+@attrs.frozen
+class Counters:
+    """The last complete ``--stats`` report in a peer's output, parsed line by line."""
+
+    rx: dict[str, int]
+    rx_drops: dict[str, int]
+    tx_drops: dict[str, int]
+    cookie_replies_sent: int
+    mac2_accepted: int
+    rate_limited: int
+    peers: dict[str, PeerCounters]
+
+    def peer(self, public_key: str) -> PeerCounters:
+        assert public_key in self.peers, f"no peer {public_key} in {sorted(self.peers)}"
+        return self.peers[public_key]
+
+
+_COUNTS = r"(\{[^}]*\})"
+_REPORT = re.compile(
+    r"interface \S+: public key \S+\n"
+    rf"  rx \d+ datagrams {_COUNTS}; dropped {_COUNTS}\n"
+    rf"  tx \d+ datagrams; dropped {_COUNTS}\n"
+    r"  under load: (\d+) cookie replies sent, (\d+) handshakes with a valid mac2,"
+    r" (\d+) rate limited\n"
+    r"((?:peer .*\n(?:  .*\n){3})*)"
+)
+_PEER = re.compile(
+    r"peer (\S+)\n"
+    r"  endpoint (\S+); handshakes (\d+) \(initiations sent (\d+), responses sent (\d+)\)\n"
+    r"  rx (\d+) packets \d+ bytes, \d+ keepalives; tx (\d+) packets \d+ bytes, \d+ keepalives\n"
+    rf"  dropped {_COUNTS}\n"
+)
+
+
+def _counts(text: str) -> dict[str, int]:
+    value = ast.literal_eval(text)
+    assert isinstance(value, dict), text
+    return value
+
+
+def counters(output: str) -> Counters:
+    """Parse the last ``--stats`` report in *output*; fails the test if there is none.
+
+    Every line is matched exactly, so a change of the format fails here rather than
+    letting a loose substring check pass by accident.
+    """
+    reports = list(_REPORT.finditer(output + "\n"))
+    assert reports, f"no complete stats report in:\n{output}"
+    report = reports[-1]
+    peers_text = report.group(7)
+    peers = {}
+    position = 0
+    while position < len(peers_text):
+        m = _PEER.match(peers_text, position)
+        assert m is not None, f"unparsed peer block:\n{peers_text[position:]}"
+        key, endpoint, hs, init, resp, rx, tx, drops = m.groups()
+        peers[key] = PeerCounters(
+            endpoint, int(hs), int(init), int(resp), int(rx), int(tx), _counts(drops)
+        )
+        position = m.end()
+    rx, rx_drops, tx_drops = (_counts(report.group(i)) for i in (1, 2, 3))
+    cookies, mac2, limited = (int(report.group(i)) for i in (4, 5, 6))
+    return Counters(rx, rx_drops, tx_drops, cookies, mac2, limited, peers)
+
+
+def only_peer(output: str) -> PeerCounters:
+    """The counters of the one peer a configuration has."""
+    peers = counters(output).peers
+    assert len(peers) == 1, peers
+    return next(iter(peers.values()))
+
+
+def data_path_drops(report: Counters) -> dict[str, int]:
+    """Device-wide send drops other than ``no_route``.
+
+    The kernel sends a few packets of its own into the new interface (IPv6 router
+    solicitations to ff02::2, from the link-local address it gave the device) that no
+    peer's AllowedIPs cover.
+    """
+    return {k: v for k, v in report.tx_drops.items() if k != "no_route"}
 
 
 def handshakes(stats: str) -> int:
-    """The (last) peer handshake counter in ``--stats`` output."""
-    found = re.findall(r"handshakes (\d+)", stats)
-    assert found, stats
-    return int(found[-1])
+    """The handshake counter of the one peer in ``--stats`` output."""
+    return only_peer(stats).handshakes
 
 
 @needs_tools
 def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
-    a_conf, b_conf = python_pair(tmp_path)
-    with underlay() as (left, right), running(left, a_conf, "wgpya0") as a:
-        with running(right, b_conf, "wgpyb0") as b:
+    pair = python_pair(tmp_path)
+    with underlay() as (left, right), running(left, pair.a_conf, "wgpya0") as a:
+        with running(right, pair.b_conf, "wgpyb0") as b:
             a.wait_ready()
             b.wait_ready()
             ping(left, "10.78.0.2")
@@ -181,9 +284,14 @@ def test_two_python_peers_carry_ping_both_ways(tmp_path: Path) -> None:
         code_a, out_a = a.stop()
     assert code_a == 0, out_a
     assert code_b == 0, out_b
-    assert "handshakes 1 (initiations sent 1, responses sent 0)" in out_a, out_a
-    assert "handshakes 1 (initiations sent 0, responses sent 1)" in out_b, out_b
-    assert "endpoint 10.251.0.1:51830" in out_b, out_b
+    b_seen_by_a = counters(out_a).peer(pair.b_pub)
+    a_seen_by_b = counters(out_b).peer(pair.a_pub)
+    assert (b_seen_by_a.handshakes, b_seen_by_a.initiations_sent) == (1, 1), out_a
+    assert b_seen_by_a.responses_sent == 0, out_a
+    assert (a_seen_by_b.handshakes, a_seen_by_b.responses_sent) == (1, 1), out_b
+    assert a_seen_by_b.initiations_sent == 0, out_b
+    assert a_seen_by_b.endpoint == "10.251.0.1:51830", out_b
+    assert b_seen_by_a.drops == {} and a_seen_by_b.drops == {}, out_a + out_b
 
 
 @contextlib.contextmanager
@@ -253,7 +361,9 @@ def test_interop_with_wireguard_go(tmp_path: Path) -> None:
         code, out = py.stop()
     assert code == 0, out
     assert py_pub in shown and not shown.strip().endswith("\t0"), shown
-    assert "handshakes 1 (initiations sent 1" in out, out
+    go = counters(out).peer((tmp_path / "go.pub").read_text())
+    assert (go.handshakes, go.initiations_sent, go.responses_sent) == (1, 1, 0), out
+    assert go.drops == {}, out
 
 
 @needs_tools
@@ -271,9 +381,17 @@ def test_rekeys_with_wireguard_go_lose_nothing(tmp_path: Path) -> None:
             code, out = py.stop()
     assert code == 0, out
     assert result.returncode == 0 and " 0% packet loss" in result.stdout, result.stdout
-    handshakes = re.search(r"handshakes (\d+)", out)
-    assert handshakes is not None and int(handshakes.group(1)) >= 2, out
-    assert "dropped {}" in out, out
+    final = counters(out)
+    go = final.peer((tmp_path / "go.pub").read_text())
+    # Key age 5 s over 12 s of pings: we rekeyed (as initiator) at least twice ...
+    assert go.handshakes >= 2 and go.initiations_sent >= go.handshakes, out
+    assert go.responses_sent == 0, out
+    # ... and every ping and reply crossed on some session: nothing on the data path
+    # expired, failed to open, replayed, waited in vain or overflowed, for this peer
+    # or anywhere in the device.
+    assert go.drops == {}, out
+    assert final.rx_drops == {} and data_path_drops(final) == {}, out
+    assert go.rx_packets >= 60 and go.tx_packets >= 60, out
 
 
 # -- bulk TCP through the tunnel -------------------------------------------------------------
@@ -411,19 +529,23 @@ def test_100mb_of_tcp_each_way_with_wireguard_go(tmp_path: Path) -> None:
             down.wait()
         code, out = py.stop()
     assert code == 0, out
-    assert handshakes(out) >= 1, out
+    go = counters(out).peer((tmp_path / "go.pub").read_text())
+    assert go.handshakes >= 1 and go.drops == {}, out
 
 
 @needs_tools
 def test_100mb_of_tcp_each_way_between_two_python_peers(tmp_path: Path) -> None:
-    a_conf, b_conf = python_pair(tmp_path)
+    pair = python_pair(tmp_path)
     with (
         underlay() as (left, right),
-        running(left, a_conf, "wgpyf0") as a,
-        running(right, b_conf, "wgpyg0") as b,
+        running(left, pair.a_conf, "wgpyf0") as a,
+        running(right, pair.b_conf, "wgpyg0") as b,
     ):
         a.wait_ready()
         b.wait_ready()
+        # B has no Endpoint for A: until A's first handshake, whatever B sends to A is
+        # dropped as no_endpoint (B's SYN, were it first).  The handshake goes first.
+        ping(left, "10.78.0.2")
         with (
             TcpTransfer(left, right, "10.78.0.2", total=100 * MB) as a_to_b,
             TcpTransfer(right, left, "10.78.0.1", total=100 * MB) as b_to_a,
@@ -434,7 +556,10 @@ def test_100mb_of_tcp_each_way_between_two_python_peers(tmp_path: Path) -> None:
         code_a, out_a = a.stop()
     assert code_a == 0, out_a
     assert code_b == 0, out_b
-    assert handshakes(out_a) >= 1 and handshakes(out_b) >= 1, out_a + out_b
+    b_seen_by_a = counters(out_a).peer(pair.b_pub)
+    a_seen_by_b = counters(out_b).peer(pair.a_pub)
+    assert b_seen_by_a.handshakes >= 1 and a_seen_by_b.handshakes >= 1, out_a + out_b
+    assert b_seen_by_a.drops == {} and a_seen_by_b.drops == {}, out_a + out_b
 
 
 @needs_tools
@@ -467,12 +592,15 @@ def test_restart_mid_transfer_recovers_with_a_new_handshake(tmp_path: Path) -> N
             code_2, out_2 = second.stop()
     assert code_1 == 0, out_1
     assert code_2 == 0, out_2
-    assert handshakes(out_1) >= 1, out_1
+    go_pub = (tmp_path / "go.pub").read_text()
+    before, after = counters(out_1).peer(go_pub), counters(out_2).peer(go_pub)
+    assert before.handshakes >= 1 and before.drops == {}, out_1
     # The new process knows no session: traffic resumed because it initiated a
     # handshake that wireguard-go accepted (a fresh TAI64N timestamp), not because
     # wireguard-go gave up on the old session (that takes 15 s) and initiated itself.
-    assert handshakes(out_2) >= 1, out_2
-    assert re.search(r"initiations sent [1-9]\d*, responses sent 0\)", out_2), out_2
+    assert after.handshakes >= 1 and after.initiations_sent >= 1, out_2
+    assert after.responses_sent == 0, out_2
+    assert after.drops == {}, out_2
 
 
 @needs_tools
@@ -501,6 +629,133 @@ def test_rekey_during_a_tcp_transfer_with_wireguard_go(tmp_path: Path) -> None:
             code, out = py.stop()
     assert code == 0, out
     assert first >= 1 and during > first, out
-    # A rekey ahead of time loses nothing: no packet expired, waited in vain or overflowed.
-    final = out[out.rindex("interface ") :]
-    assert re.search(r"handshakes \d+ .*\n.*\n  dropped \{\}", final), final
+    final = counters(out)
+    go = final.peer((tmp_path / "go.pub").read_text())
+    assert go.handshakes >= during and go.responses_sent == 0, out
+    # A rekey ahead of time loses nothing: no packet expired, failed to open, was
+    # replayed, waited in vain or overflowed, for this peer or anywhere in the device.
+    assert go.drops == {}, out
+    assert final.rx_drops == {} and data_path_drops(final) == {}, out
+
+
+@needs_tools
+def test_restart_mid_transfer_between_two_python_peers(tmp_path: Path) -> None:
+    pair = python_pair(tmp_path)
+    with (
+        underlay() as (left, right),
+        running(right, pair.b_conf, "wgpyk0") as b,
+        contextlib.ExitStack() as stack,
+    ):
+        b.wait_ready()
+        # A (the one that knows an endpoint) sends and is restarted; B only ACKs, so
+        # traffic resumes only if the new A initiates when TCP retransmits into it.
+        with running(left, pair.a_conf, "wgpyj0") as first:
+            first.wait_ready()
+            transfer = stack.enter_context(TcpTransfer(left, right, "10.78.0.2"))
+            transfer.wait_received(8 * MB)
+            code_1, out_1 = first.stop()
+        with running(left, pair.a_conf, "wgpyj0") as second:
+            restarted_at = transfer.bytes_received
+            second.wait_ready()
+            transfer.wait_received(restarted_at + 8 * MB)
+            transfer.finish()
+            transfer.wait()
+            code_2, out_2 = second.stop()
+        code_b, out_b = b.stop()
+    assert (code_1, code_2, code_b) == (0, 0, 0), out_1 + out_2 + out_b
+    before, after = counters(out_1).peer(pair.b_pub), counters(out_2).peer(pair.b_pub)
+    assert before.handshakes >= 1 and before.drops == {}, out_1
+    assert after.handshakes >= 1 and after.initiations_sent >= 1, out_2
+    assert after.responses_sent == 0 and after.drops == {}, out_2
+    # B answered one handshake of each A process (a fresher timestamp each time) and
+    # dropped nothing: the new session replaced the old one cleanly.
+    report_b = counters(out_b)
+    a_seen_by_b = report_b.peer(pair.a_pub)
+    assert a_seen_by_b.handshakes >= 2 and a_seen_by_b.responses_sent >= 2, out_b
+    assert a_seen_by_b.initiations_sent == 0, out_b
+    assert a_seen_by_b.drops == {} and report_b.rx_drops == {}, out_b
+
+
+@needs_tools
+def test_rekey_during_tcp_both_ways_between_two_python_peers(tmp_path: Path) -> None:
+    pair = python_pair(tmp_path)
+    # Both sides' timers divided by 30: A (the initiator) rekeys once its key is 4 s
+    # old, and both sides refuse keys older than 6 s, so the new session must be in use
+    # in both directions before the old one dies.
+    shorten = ("--shorten-timers", "30")
+    with (
+        underlay() as (left, right),
+        running(left, pair.a_conf, "wgpyl0", *shorten) as a,
+        running(right, pair.b_conf, "wgpym0", *shorten) as b,
+    ):
+        a.wait_ready()
+        b.wait_ready()
+        ping(left, "10.78.0.2")  # B learns A's endpoint before it has anything to send
+        with (
+            TcpTransfer(left, right, "10.78.0.2") as a_to_b,
+            TcpTransfer(right, left, "10.78.0.1") as b_to_a,
+        ):
+            a_to_b.wait_received(1 * MB)
+            b_to_a.wait_received(1 * MB)
+            first = during = handshakes(a.stats())
+            deadline = time.monotonic() + 60
+            for _ in range(240):  # 4 s of key age needed; at most 60 s
+                if (during := handshakes(a.stats())) > first or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            assert during > first, f"no rekey within 60 s:\n{a.output()}"
+            # Both connections go on over the new session.
+            a_to_b.wait_received(a_to_b.bytes_received + 8 * MB)
+            b_to_a.wait_received(b_to_a.bytes_received + 8 * MB)
+            a_to_b.finish()
+            b_to_a.finish()
+            a_to_b.wait()
+            b_to_a.wait()
+        code_b, out_b = b.stop()
+        code_a, out_a = a.stop()
+    assert (code_a, code_b) == (0, 0), out_a + out_b
+    report_a, report_b = counters(out_a), counters(out_b)
+    b_seen_by_a, a_seen_by_b = report_a.peer(pair.b_pub), report_b.peer(pair.a_pub)
+    assert first >= 1 and b_seen_by_a.handshakes >= during > first, out_a
+    assert a_seen_by_b.handshakes >= 2, out_b
+    # A rekey ahead of time loses nothing on either side: no datagram on an unknown
+    # or expired session, no failed open, no replay, no packet waiting in vain.
+    assert b_seen_by_a.drops == {} and a_seen_by_b.drops == {}, out_a + out_b
+    assert report_a.rx_drops == {} and report_b.rx_drops == {}, out_a + out_b
+    assert data_path_drops(report_a) == {} and data_path_drops(report_b) == {}, out_a + out_b
+
+
+@needs_tools
+@needs_wireguard_go
+def test_wireguard_go_gets_a_cookie_and_retries_with_mac2(tmp_path: Path) -> None:
+    py_priv, py_pub = keypair()
+    psk = crypto.encode_key(os.urandom(32))
+    with (
+        underlay() as (left, right),
+        wireguard_go(left, tmp_path, py_pub, psk) as ifname,
+        # Always under load: no handshake is answered without a cookie first.
+        running(
+            right, our_side(tmp_path, py_priv, psk), "wgpyn0", "--under-load-threshold", "0"
+        ) as py,
+    ):
+        py.wait_ready()
+        # wireguard-go initiates; it stores our cookie reply and sends its next
+        # initiation (REKEY_TIMEOUT, 5 s, later) with mac2.  One ping waits for that.
+        first = left.run(["ping", "-c", "1", "-W", "20", "10.79.0.2"], check=False)
+        assert first.returncode == 0, first.stdout + first.stderr + py.output()
+        ping(left, "10.79.0.2")
+        shown = left.run(["wg", "show", ifname, "latest-handshakes"]).stdout
+        code, out = py.stop()
+    assert code == 0, out
+    assert py_pub in shown and not shown.strip().endswith("\t0"), shown
+    final = counters(out)
+    # Every initiation without mac2 got a cookie reply and nothing else; the one that
+    # came back with a valid mac2 (and a token from its source's bucket) was answered.
+    assert final.cookie_replies_sent >= 1, out
+    assert final.rx.get("cookie_sent") == final.cookie_replies_sent, out
+    assert final.mac2_accepted == 1 and final.rate_limited == 0, out
+    assert final.rx.get("initiation") == 1, out
+    assert final.rx_drops == {}, out
+    go = final.peer((tmp_path / "go.pub").read_text())
+    assert (go.handshakes, go.initiations_sent, go.responses_sent) == (1, 0, 1), out
+    assert go.rx_packets >= 4 and go.tx_packets >= 4 and go.drops == {}, out

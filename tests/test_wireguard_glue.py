@@ -144,3 +144,46 @@ async def test_timer_task_retries_an_unanswered_handshake(
 def test_v4_mapped_addresses_are_normalised() -> None:
     assert example._unmapped(("::ffff:192.0.2.1", 5, 0, 0)) == ("192.0.2.1", 5)
     assert example._unmapped(("2001:db8::1", 5, 0, 0)) == ("2001:db8::1", 5)
+
+
+@pytest.mark.trio
+async def test_a_tunnel_always_under_load_hands_out_a_cookie_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    a = WireGuardDevice(crypto.generate_private_key(), rng=random.Random(4))
+    b = WireGuardDevice(crypto.generate_private_key(), rng=random.Random(5))
+    peer_b = a.add_peer(b.public_key, allowed_ips=["10.0.0.2/32"], endpoint=B_EP)
+    peer_a = b.add_peer(a.public_key, allowed_ips=["10.0.0.1/32"])
+    network: dict[Endpoint, MemoryUdp] = {}
+    app_a, tun_a = memory_tun_pair(names=("appa", "tuna"))
+    app_b, tun_b = memory_tun_pair(names=("appb", "tunb"))
+    udp_a, udp_b = MemoryUdp(network, A_EP), MemoryUdp(network, B_EP)
+    async with trio.open_nursery() as nursery:
+        for device, tun, udp, threshold in ((a, tun_a, udp_a, 16), (b, tun_b, udp_b, 0)):
+            tunnel = example.Tunnel(device, tun, udp, under_load_batch=threshold)
+            nursery.start_soon(tunnel.tun_to_udp)
+            nursery.start_soon(tunnel.udp_to_tun)
+            nursery.start_soon(tunnel.timers)
+        packet = ipv4("10.0.0.1", "10.0.0.2", b"through the cookie")
+        await app_a.send(packet)
+        start = trio.current_time()
+        with trio.fail_after(10):
+            assert await app_b.receive() == packet
+        # B answered the first initiation with a cookie only; A's retry, one
+        # REKEY_TIMEOUT (plus jitter) later, carried mac2 and was answered.
+        assert 5.0 <= trio.current_time() - start <= 5.0 + 0.334 + 0.1
+        assert b.stats.rx[Received.COOKIE_SENT] == 1 and a.stats.rx[Received.COOKIE_REPLY] == 1
+        assert b.stats.mac2_accepted == 1 and b.stats.rx[Received.INITIATION] == 1
+        assert peer_b.stats.initiations_sent == 2 and peer_a.stats.handshakes_completed == 1
+        nursery.cancel_scope.cancel()
+    assert not a.stats.rx_drops and not b.stats.rx_drops
+
+
+def test_under_load_threshold_option() -> None:
+    assert example.parse_args(["x.conf"]).under_load_threshold == example.UNDER_LOAD_BATCH
+    assert example.parse_args(["x.conf", "--under-load-threshold", "0"]).under_load_threshold == 0
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(SystemExit):
+            example.parse_args(["x.conf", "--under-load-threshold", bad])
+    with pytest.raises(ValueError, match="negative"):
+        example.Tunnel(None, None, None, under_load_batch=-1)

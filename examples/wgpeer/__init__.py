@@ -2,9 +2,10 @@
 
 The modules, lowest first: :mod:`.crypto` (primitives), :mod:`.messages` (wire
 formats), :mod:`.noise` (the handshake), :mod:`.cookie` (mac1/mac2 and cookie
-replies), :mod:`.replay` (the counter window), :mod:`.allowedips` (cryptokey
-routing), :mod:`.timers` (constants), :mod:`.peer` (per-peer state),
-:mod:`.device` (everything together) and :mod:`.config` (wg-quick files).
+replies), :mod:`.ratelimit` (handshakes per source under load), :mod:`.replay`
+(the counter window), :mod:`.allowedips` (cryptokey routing), :mod:`.timers`
+(constants), :mod:`.peer` (per-peer state), :mod:`.device` (everything together)
+and :mod:`.config` (wg-quick files).
 """
 
 from .allowedips import AllowedIPs
@@ -12,6 +13,7 @@ from .config import Config, InterfaceConfig, PeerConfig, parse_config, parse_end
 from .crypto import decode_key, encode_key, generate_private_key, public_key
 from .device import DeviceStats, Drop, Outgoing, Received, WireGuardDevice
 from .peer import Keypair, Peer, PeerStats
+from .ratelimit import RateLimiter
 from .replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE, ReplayFilter
 from .timers import TimerConfig, shortened
 
@@ -28,6 +30,7 @@ __all__ = [
     "Peer",
     "PeerConfig",
     "PeerStats",
+    "RateLimiter",
     "Received",
     "ReplayFilter",
     "TimerConfig",

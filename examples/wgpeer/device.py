@@ -26,6 +26,7 @@ from .config import Config
 from .cookie import CookieChecker
 from .crypto import dh, generate_private_key, public_key, tai64n
 from .peer import Endpoint, Keypair, Peer
+from .ratelimit import RateLimiter
 from .replay import ReplayFilter
 from .timers import TimerConfig
 
@@ -42,6 +43,9 @@ class Drop:
     HANDSHAKE_FAILED: Final = "handshake_failed"
     HANDSHAKE_REPLAY: Final = "handshake_replay"
     HANDSHAKE_FLOOD: Final = "handshake_flood"
+    #: Under load, a handshake message with a valid mac2 from a source (an IPv4
+    #: address, an IPv6 /64) that has used up its token bucket.
+    HANDSHAKE_RATE_LIMITED: Final = "handshake_rate_limited"
     UNKNOWN_RECEIVER: Final = "unknown_receiver"
     BAD_COOKIE: Final = "bad_cookie"
     EXPIRED: Final = "expired"
@@ -80,6 +84,9 @@ class DeviceStats:
 
     rx_datagrams: int = 0
     tx_datagrams: int = 0
+    #: Handshake messages that arrived under load with a valid mac2 (a cookie we
+    #: handed out earlier), whatever became of them afterwards.
+    mac2_accepted: int = 0
     rx: collections.Counter[str] = attrs.field(factory=collections.Counter)
     rx_drops: collections.Counter[str] = attrs.field(factory=collections.Counter)
     tx_drops: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -115,6 +122,8 @@ class WireGuardDevice:
       mtu: the inner MTU; padding never makes a message longer than this.
       rng: randomness for indices and timer jitter (a seeded one makes tests exact).
       wall_clock: seconds since the epoch, for initiation timestamps.
+      rate_limiter: the per-source limit on handshake messages under load (the
+        protocol's usual 20 per second with a burst of 5 by default).
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class WireGuardDevice:
         mtu: int = DEFAULT_MTU,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.private_key: Final = private_key
         self.public_key: Final = public_key(private_key)
@@ -134,6 +144,7 @@ class WireGuardDevice:
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.stats = DeviceStats()
         self.cookie_checker = CookieChecker(self.public_key)
+        self.rate_limiter = rate_limiter if rate_limiter is not None else RateLimiter()
         self._rng = rng if rng is not None else random.SystemRandom()
         self._wall_clock = wall_clock
         self._index: dict[int, tuple[Peer, Keypair | None]] = {}
@@ -393,7 +404,9 @@ class WireGuardDevice:
         Returns the inner IP packets (trimmed of padding, each from a source address
         its peer is allowed) and the datagrams to send in reply (handshake responses,
         cookie replies, keepalives, packets that were waiting for a session).  When
-        *under_load*, handshake messages without a valid mac2 get a cookie reply only.
+        *under_load*, handshake messages without a valid mac2 get a cookie reply only,
+        and those with one still need a token from their source's bucket in
+        :attr:`rate_limiter`.
         """
         inner: list[bytes] = []
         out = _Batch()
@@ -430,14 +443,26 @@ class WireGuardDevice:
         under_load: bool,
         out: _Batch,
     ) -> str | None:
-        """mac1 always, mac2 under load; the drop/outcome if the message stops here."""
+        """mac1 always; under load, mac2 and the source's rate limit too.
+
+        Returns the drop/outcome if the message stops here, before any DH work.
+        """
         if not self.cookie_checker.check_mac1(datagram):
             return Drop.BAD_MAC1
-        if under_load and not self.cookie_checker.check_mac2(datagram, source, now):
+        if not under_load:
+            return None
+        if not self.cookie_checker.check_mac2(datagram, source, now):
             reply = self.cookie_checker.create_reply(datagram, sender, source, now)
             out.add(source, reply.to_bytes())
             self.stats.tx_datagrams += 1
             return Received.COOKIE_SENT
+        self.stats.mac2_accepted += 1
+        # The cookie proved the source address is real; the bucket keeps that one
+        # address (or /64) from asking for a DH per datagram.  Responses are limited
+        # too: their receiver index is visible on the path, so they can be forged
+        # in bulk just like initiations.
+        if not self.rate_limiter.allow(source[0], now):
+            return Drop.HANDSHAKE_RATE_LIMITED
         return None
 
     def _receive_initiation(
