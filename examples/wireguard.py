@@ -7,14 +7,19 @@ Usage::
 
 The configuration is a wg-quick file (``[Interface]`` PrivateKey, ListenPort,
 Address, MTU; ``[Peer]`` PublicKey, PresharedKey, AllowedIPs, Endpoint,
-PersistentKeepalive).  Three tasks run until SIGINT or SIGTERM:
+PersistentKeepalive).  A ``trio_tun.engine.TunnelPump`` runs the data path to
+completion until SIGINT or SIGTERM, and a timer task runs beside it:
 
 * TUN -> ``device.encrypt`` -> UDP: a batch of inner packets becomes, per peer, one
-  run of datagrams handed to the socket in one ``send_batch`` call;
+  run of datagrams, which the socket sends as one GSO ``sendmsg``;
 * UDP -> ``device.decrypt`` -> TUN: datagrams are opened in order and the inner
   packets written with ``send_batch``, which coalesces TCP segments again;
+  handshake replies go out through ``pump.send_udp``;
 * timers: sleeps until the device's next deadline (or until new traffic may have
   armed an earlier one) and sends what ``device.tick`` returns.
+
+On SIGINT/SIGTERM a batch in hand is still written (for at most a second), the
+device is removed and the process exits 0.
 
 ``--stats`` prints per-peer counters on exit and whenever SIGUSR1 arrives.
 ``--under-load-threshold N`` sets how many handshake messages in one receive
@@ -35,13 +40,14 @@ import math
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
 import trio_tun
+from trio_tun.engine import QueueStream, TunnelPump
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,61 +70,58 @@ SOCKET_BUFFER: Final = 7 << 20
 UNDER_LOAD_BATCH: Final = 16
 #: ... for this long afterwards (wireguard-go's UnderLoadAfterTime).
 UNDER_LOAD_FOR: Final = 1.0
-
-
-class PacketDevice(Protocol):
-    """What the pumps need from the TUN side (a ``TunStream``, or a memory one in tests)."""
-
-    async def receive_batch(self) -> list[bytes]: ...
-
-    async def send_batch(self, packets: list[bytes]) -> None: ...
+#: Seconds a batch in hand may still take to be written once shutdown starts.
+GRACE: Final = 1.0
 
 
 class DatagramTransport(Protocol):
-    """What the pumps need from a UDP socket (the shape of ``trio_tun.open_udp``)."""
+    """What the pump needs from the UDP socket: an unconnected ``trio_tun.open_udp`` stream."""
 
-    async def receive_batch(self) -> list[tuple[bytes, Endpoint]]: ...
+    async def receive_batch(self) -> list[tuple[bytes, tuple[Any, ...]]]: ...
 
-    async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None: ...
+    async def send_many(self, items: Iterable[tuple[bytes, Endpoint]]) -> None: ...
+
+    @property
+    def counters(self) -> Any: ...
 
 
 @contextlib.asynccontextmanager
-async def open_udp(port: int) -> AsyncIterator[DatagramTransport]:
+async def open_udp(port: int) -> AsyncIterator[trio_tun.UnconnectedUdpStream]:
     """The UDP side: one dual-stack ``trio_tun.open_udp`` socket (GSO/GRO where it can)."""
     # A burst from a fast peer overflows the default buffer long before Python
     # reads it (wireguard-go asks for 7 MiB too).
     async with trio_tun.open_udp(
         local_host="::", local_port=port, buffer_size=SOCKET_BUFFER
     ) as stream:
-        yield _Udp(stream)
+        yield stream
 
 
-class _Udp:
-    """The unconnected UDP stream, with IPv4 peers named plainly (not ``::ffff:a.b.c.d``)."""
-
-    def __init__(self, stream: trio_tun.UnconnectedUdpStream) -> None:
-        self._stream = stream
-
-    async def receive_batch(self) -> list[tuple[bytes, Endpoint]]:
-        return [(data, _unmapped(sender)) for data, sender in await self._stream.receive_batch()]
-
-    async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None:
-        # Refused or unreachable peers are counted by the stream, never raised.
-        await self._stream.send_batch(datagrams, destination)
-
-
-def _unmapped(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
-    host = address[0]
+def _unmapped(address: tuple[Any, ...]) -> Endpoint:
+    """IPv4 peers named plainly (not ``::ffff:a.b.c.d``) on the dual-stack socket."""
+    host = str(address[0])
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
-    return host, address[1]
+    return host, int(address[1])
 
 
-# -- the pumps -----------------------------------------------------------------------------
+def _items(outgoing: list[Outgoing]) -> list[tuple[bytes, Endpoint]]:
+    """Per-peer runs as ``(datagram, endpoint)`` items; a run stays one GSO send."""
+    return [(datagram, out.endpoint) for out in outgoing for datagram in out.datagrams]
+
+
+# -- the data path -------------------------------------------------------------------------
 
 
 class Tunnel:
-    """The device, its TUN stream and UDP socket, and the tasks that move packets.
+    """The protocol core between a TUN stream and a UDP socket, on a ``TunnelPump``.
+
+    The pump runs the data path to completion: a batch read from the TUN is
+    sealed by :meth:`_seal` and goes out as per-peer GSO runs in the same task;
+    a batch of datagrams is opened by :meth:`_open` and its inner packets
+    written to the TUN (coalesced) in the same task.  Handshake replies,
+    cookies and timer traffic go through ``pump.send_udp``, which takes turns
+    with the pump's own sends.  Cancelling :meth:`run` lets a batch in hand be
+    written for up to *grace* seconds (nothing is half-written), then stops.
 
     *under_load_batch* handshake messages in one received batch put the device under
     load for :data:`UNDER_LOAD_FOR` seconds; 0 keeps it under load all the time
@@ -128,48 +131,39 @@ class Tunnel:
     def __init__(
         self,
         device: WireGuardDevice,
-        tun: PacketDevice,
+        tun: QueueStream,
         udp: DatagramTransport,
         *,
         under_load_batch: int = UNDER_LOAD_BATCH,
+        grace: float = GRACE,
     ) -> None:
         if under_load_batch < 0:
             raise ValueError(f"under_load_batch must not be negative, not {under_load_batch}")
         self.device = device
-        self.tun = tun
-        self.udp = udp
         self.under_load_batch = under_load_batch
+        self.pump = TunnelPump([tun], [udp], outbound=self._seal, inbound=self._open, grace=grace)
         self._rearm = trio.Event()
         self._under_load_until = -math.inf
-        # All three tasks send on the one socket, and a stream refuses a second
-        # concurrent sender (BusyResourceError) while the first waits for buffer space.
-        self._send_lock = trio.Lock()
 
-    async def _send(self, outgoing: list[Outgoing]) -> None:
-        async with self._send_lock:
-            for out in outgoing:
-                await self.udp.send_batch(out.datagrams, out.endpoint)
+    def _seal(self, packets: list[bytes]) -> list[tuple[bytes, Endpoint]]:
+        items = _items(self.device.encrypt(packets, trio.current_time()))
         # New traffic may have armed a timer earlier than the one being waited for.
         self._rearm.set()
+        return items
 
-    async def tun_to_udp(self) -> None:
-        while True:
-            packets = await self.tun.receive_batch()
-            await self._send(self.device.encrypt(packets, trio.current_time()))
-
-    async def udp_to_tun(self) -> None:
-        while True:
-            datagrams = await self.udp.receive_batch()
-            now = trio.current_time()
-            handshakes = sum(1 for d, _ in datagrams if d[:1] in (b"\x01", b"\x02"))
-            if handshakes >= self.under_load_batch:
-                self._under_load_until = now + UNDER_LOAD_FOR
-            inner, replies = self.device.decrypt(
-                datagrams, now, under_load=now < self._under_load_until
-            )
-            if inner:
-                await self.tun.send_batch(inner)
-            await self._send(replies)
+    async def _open(self, received: list[tuple[bytes, tuple[Any, ...]]]) -> list[bytes]:
+        now = trio.current_time()
+        datagrams = [(data, _unmapped(sender)) for data, sender in received]
+        handshakes = sum(1 for d, _ in datagrams if d[:1] in (b"\x01", b"\x02"))
+        if handshakes >= self.under_load_batch:
+            self._under_load_until = now + UNDER_LOAD_FOR
+        inner, replies = self.device.decrypt(
+            datagrams, now, under_load=now < self._under_load_until
+        )
+        await self.pump.send_udp(_items(replies))
+        # Receiving arms timers too (a keepalive owed, a rekey due).
+        self._rearm.set()
+        return inner
 
     async def timers(self) -> None:
         while True:
@@ -177,7 +171,13 @@ class Tunnel:
             deadline = self.device.next_deadline()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._rearm.wait()
-            await self._send(self.device.tick(trio.current_time()))
+            await self.pump.send_udp(_items(self.device.tick(trio.current_time())))
+
+    async def run(self) -> None:
+        """Move packets and run the protocol's timers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.pump.run)
+            nursery.start_soon(self.timers)
 
 
 def format_stats(device: WireGuardDevice, name: str) -> str:
@@ -258,9 +258,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(tunnel.tun_to_udp)
-                nursery.start_soon(tunnel.udp_to_tun)
-                nursery.start_soon(tunnel.timers)
+                nursery.start_soon(tunnel.run)
                 async for signum in signals:
                     if signum == signal.SIGUSR1:
                         if args.stats:

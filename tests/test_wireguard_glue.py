@@ -61,11 +61,19 @@ class MemoryUdp:
             except trio.WouldBlock:
                 return batch
 
-    async def send_batch(self, datagrams: list[bytes], destination: Endpoint) -> None:
-        for datagram in datagrams:
+    async def send_many(self, items: list[tuple[bytes, Endpoint]]) -> None:
+        for datagram, destination in items:
             self.network[destination]._send.send_nowait((datagram, self.local))
             self.sent += 1
         await trio.lowlevel.checkpoint()
+
+    @property
+    def counters(self) -> MemoryUdp:
+        return self
+
+    @property
+    def tx_datagrams(self) -> int:
+        return self.sent
 
 
 def ipv4(src: str, dst: str, payload: bytes) -> bytes:
@@ -90,9 +98,7 @@ async def test_tunnels_carry_packets_and_keepalive_on_virtual_time(
     async with trio.open_nursery() as nursery:
         for device, tun, udp in ((a, tun_a, udp_a), (b, tun_b, udp_b)):
             tunnel = example.Tunnel(device, tun, udp)
-            nursery.start_soon(tunnel.tun_to_udp)
-            nursery.start_soon(tunnel.udp_to_tun)
-            nursery.start_soon(tunnel.timers)
+            nursery.start_soon(tunnel.run)
         packets = [ipv4("10.0.0.1", "10.0.0.2", bytes([i]) * 100) for i in range(3)]
         await app_a.send_batch(packets)
         with trio.fail_after(5):
@@ -127,8 +133,7 @@ async def test_timer_task_retries_an_unanswered_handshake(
     udp, silent = MemoryUdp(network, A_EP), MemoryUdp(network, B_EP)
     async with trio.open_nursery() as nursery:
         tunnel = example.Tunnel(a, tun, udp)
-        nursery.start_soon(tunnel.tun_to_udp)
-        nursery.start_soon(tunnel.timers)
+        nursery.start_soon(tunnel.run)
         await app.send(ipv4("10.0.0.1", "10.0.0.2", b"x"))
         await trio.sleep(0.1)
         assert peer.stats.initiations_sent == 1
@@ -161,9 +166,7 @@ async def test_a_tunnel_always_under_load_hands_out_a_cookie_first(
     async with trio.open_nursery() as nursery:
         for device, tun, udp, threshold in ((a, tun_a, udp_a, 16), (b, tun_b, udp_b, 0)):
             tunnel = example.Tunnel(device, tun, udp, under_load_batch=threshold)
-            nursery.start_soon(tunnel.tun_to_udp)
-            nursery.start_soon(tunnel.udp_to_tun)
-            nursery.start_soon(tunnel.timers)
+            nursery.start_soon(tunnel.run)
         packet = ipv4("10.0.0.1", "10.0.0.2", b"through the cookie")
         await app_a.send(packet)
         start = trio.current_time()

@@ -28,7 +28,7 @@ import inspect
 import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -643,30 +643,41 @@ class OffloadEngine(ScopedLifetime):
 
 
 class DatagramSocket(Protocol):
-    """What :class:`TunnelPump` needs of a UDP socket.
-
-    A connected ``trio_tun.UdpStream`` (items are ``bytes``), or an
-    unconnected ``trio_tun.UnconnectedUdpStream`` (items are ``(bytes, (host,
-    port))``; the pump sends them with its ``send_many``, which still turns
-    each run for one destination into one GSO send).
-    """
+    """What :class:`TunnelPump` needs of any UDP socket: batched receives and counters."""
 
     async def receive_batch(self) -> list[Any]: ...
-
-    async def send_batch(self, datagrams: Iterable[Any], /) -> None: ...
 
     @property
     def counters(self) -> Any:
         """Live counters with ``tx_datagrams`` (what the kernel accepted)."""
 
 
+class ConnectedSocket(DatagramSocket, Protocol):
+    """A connected ``trio_tun.UdpStream``: the items are ``bytes``."""
+
+    async def send_batch(self, datagrams: Iterable[Any], /) -> None: ...
+
+
+@runtime_checkable
+class UnconnectedSocket(DatagramSocket, Protocol):
+    """An unconnected ``trio_tun.UnconnectedUdpStream``: the items are
+    ``(bytes, (host, port))``, sent with ``send_many``, which still turns each
+    run for one destination into one GSO send."""
+
+    async def send_many(self, items: Iterable[Any], /) -> None: ...
+
+
 Transform = Callable[[list[Any]], "Awaitable[Sequence[Any]] | Sequence[Any]"]
 
 
-def _sender(sock: DatagramSocket) -> Callable[[Sequence[Any]], Awaitable[None]]:
+_Send = Callable[[Sequence[Any]], Awaitable[None]]
+
+
+def _sender(sock: ConnectedSocket | UnconnectedSocket) -> _Send:
     # An unconnected socket takes (data, address) items through send_many.
-    send_many: Callable[[Sequence[Any]], Awaitable[None]] | None = getattr(sock, "send_many", None)
-    return send_many if send_many is not None else sock.send_batch
+    if isinstance(sock, UnconnectedSocket):
+        return sock.send_many
+    return sock.send_batch
 
 
 @attrs.frozen
@@ -714,7 +725,7 @@ class TunnelPump:
     def __init__(
         self,
         tun_queues: Sequence[QueueStream],
-        sockets: Sequence[DatagramSocket],
+        sockets: Sequence[ConnectedSocket | UnconnectedSocket],
         *,
         outbound: Transform | None = None,
         inbound: Transform | None = None,
@@ -725,7 +736,7 @@ class TunnelPump:
         if grace < 0 or not math.isfinite(grace):
             raise ValueError(f"grace must be a finite number of seconds >= 0, not {grace!r}")
         if (outbound is None or inbound is None) and any(
-            hasattr(sock, "send_many") for sock in sockets
+            isinstance(sock, UnconnectedSocket) for sock in sockets
         ):
             raise ValueError(
                 "unconnected sockets carry (data, address) items: give both an inbound "
