@@ -179,7 +179,12 @@ async def transfer_through_fault(
 def refused_are_counted(engine: OffloadEngine) -> None:
     """Whatever a queue's kernel write refused is part of the engine's dropped count."""
     stats = engine.statistics()
+    # The engine is the queues' only writer: what they wrote is what it wrote,
+    # and what they refused is part of what it dropped (the rest of its drops
+    # never reached a write: still queued when it closed).
+    assert stats.written == sum(q.tx_packets for q in stats.queues), stats
     assert stats.dropped >= sum(q.tx_dropped for q in stats.queues), stats
+    assert stats.accepted == stats.written + stats.dropped + stats.in_flight, stats
 
 
 @pytest.mark.trio

@@ -13,12 +13,14 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 import trio
 
 import trio_tun
+from packets_util import checksum
 from trio_tun import TunStream
 from trio_tun._stream import PacketStream
 from trio_tun.platform.linux import tun as linux
@@ -41,10 +43,42 @@ def offload_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
             pytest.skip("compiled speedups not built (or TRIO_TUN_PURE_PYTHON=1)")
     else:
         reference = trio_tun.offload.reference
-        monkeypatch.setattr(trio_tun.offload, "split", reference.split)
-        monkeypatch.setattr(trio_tun.offload, "split_with_header", reference.split_with_header)
-        monkeypatch.setattr(trio_tun.offload, "GroTable", reference.GroTable)
+        # Every name the compiled module would have replaced, so that neither
+        # the split nor the coalescing path meets the kernel in C.
+        for name in (
+            "GroTable",
+            "checksum",
+            "ones_complement_sum",
+            "split",
+            "split_fields",
+        ):
+            monkeypatch.setattr(trio_tun.offload, name, getattr(reference, name))
+        calls = PYTHON_CALLS
+        calls.clear()
+
+        def coalesce(*args: Any, **kwargs: Any) -> list[bytes]:
+            calls["coalesce"] = calls.get("coalesce", 0) + 1
+            return reference.coalesce(*args, **kwargs)
+
+        def split_with_header(frame: Any) -> list[bytes]:
+            calls["split"] = calls.get("split", 0) + 1
+            return reference.split_with_header(frame)
+
+        monkeypatch.setattr(trio_tun.offload, "coalesce", coalesce)
+        monkeypatch.setattr(trio_tun.offload, "split_with_header", split_with_header)
     return impl
+
+
+#: Calls of the pure-Python split and coalesce in the current "python" run.
+PYTHON_CALLS: dict[str, int] = {}
+
+
+def python_path_was_used(impl: str) -> None:
+    """In the "python" runs, the reference code really did the splitting and coalescing."""
+    if impl == "python":
+        assert PYTHON_CALLS.get("split", 0) > 0 and PYTHON_CALLS.get("coalesce", 0) > 0, (
+            PYTHON_CALLS
+        )
 
 
 @asynccontextmanager
@@ -147,6 +181,7 @@ async def test_tcp_200mb_through_split_and_coalesce(
     assert stats.rx_packets > stats.reads
     assert out.tx_coalesced > 0, out
     assert stats.rx_malformed == 0 and out.tx_dropped == 0
+    python_path_was_used(offload_impl)
 
 
 @pytest.mark.trio
@@ -195,6 +230,7 @@ async def test_udp_gso_through_split_and_coalesce(
     assert got == expected
     assert stats.read_bytes / stats.reads > 3 * segment, stats
     assert out.tx_coalesced > 0, out
+    python_path_was_used(offload_impl)
 
 
 @pytest.mark.anyio
@@ -215,14 +251,19 @@ async def test_offload_false_clears_persistent_mask(netns: NetNamespace) -> None
                 sock.sendto(bytes(range(256)) * 16, ("10.20.0.2", 9))
                 with anyio.fail_after(10):
                     packets: list[bytes] = []
-                    while sum(len(p) for p in packets) < 4096:
+                    while sum(len(p) - 28 for p in packets) < 4096:
                         pkt = await dev.receive()
                         if pkt[0] >> 4 == 4 and pkt[9] == socket.IPPROTO_UDP:
-                            packets.append(pkt[28:])
-            assert all(len(p) <= 1000 for p in packets)
-            assert b"".join(packets) == bytes(range(256)) * 16
-            # No virtio header: every packet starts with an IPv4 header.
-            assert all(p for p in packets)
+                            packets.append(pkt)
+            payloads = [p[28:] for p in packets]
+            assert all(len(p) <= 1000 for p in payloads)
+            assert b"".join(payloads) == bytes(range(256)) * 16
+            # No virtio header and no super-packet: every read was one whole
+            # IPv4 datagram, its total length that of the read, its header
+            # checksum valid (the kernel segmented it, not us).
+            for p in packets:
+                assert int.from_bytes(p[2:4], "big") == len(p) <= 1028
+                assert checksum(p[:20]) == 0
     finally:
         # The device outlives both opens; remove it by clearing persistence.
         fd = linux.open_tun_file()

@@ -19,6 +19,16 @@ pytestmark = [pytest.mark.kernel]
 DEADLINE = 120
 
 
+def bytes_read(pid: int | None) -> int:
+    """What process *pid* has read through read-like system calls so far (/proc/PID/io)."""
+    assert pid is not None
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
 async def transfer(a_ns: NetNamespace, b_ns: NetNamespace, size: int) -> tuple[str, str]:
     listener = trio.socket.from_stdlib_socket(b_ns.socket(socket.AF_INET, socket.SOCK_STREAM))
     await listener.bind(("10.70.2.1", 0))
@@ -60,9 +70,13 @@ async def test_sigkilled_worker_is_detected_detached_and_survived(
             await b.add_route("10.70.1.0/24")
             assignments = [(a.queues[i], b.queues[i]) for i in range(2)]
             async with WorkerPool("trio_tun.workers:forward_pair", assignments) as pool:
-                # Traffic flows through both workers.
+                # One TCP flow: the kernel steers it to one queue, so one
+                # worker reads it all from device A.
+                before = [bytes_read(pool.pid(i)) for i in range(2)]
                 sent, got = await transfer(a_ns, b_ns, 4 * 1024 * 1024)
                 assert sent == got
+                read = [bytes_read(pool.pid(i)) - before[i] for i in range(2)]
+                assert max(read) >= 4 * 1024 * 1024, read
                 victim = pool.pid(0)
                 assert victim is not None
                 os.kill(victim, signal.SIGKILL)
@@ -74,8 +88,11 @@ async def test_sigkilled_worker_is_detected_detached_and_survived(
                 # The device is still up and the surviving worker carries the
                 # flows the kernel now steers to queue 1.
                 assert await a.is_up() and await b.is_up()
+                survivor = bytes_read(pool.pid(1))
                 sent, got = await transfer(a_ns, b_ns, 8 * 1024 * 1024)
                 assert sent == got
+                # Every byte of it crossed the surviving worker.
+                assert bytes_read(pool.pid(1)) - survivor >= 8 * 1024 * 1024
                 # The application decides to restart it; both queues come back.
                 await pool.restart(0)
                 assert a.queues[0].queue_attached and pool.pid(0) is not None
