@@ -44,7 +44,7 @@ import anyio
 import anyio.to_thread
 import trio
 
-from .._config import Address, Layer, TunConfig
+from .._config import Address, Layer, TunConfig, check_pattern
 from .._control import NamedControl, Network, configure
 from .._errors import (
     BrokenResourceError,
@@ -133,8 +133,7 @@ def check_adapter_name(name: str | None) -> str:
             f"device name {name!r}: a wintun adapter name has 1 to {MAX_ADAPTER_NAME - 1} "
             "characters"
         )
-    if name.count("%") > 1 or ("%" in name and "%d" not in name):
-        raise ValueError(f"device name {name!r}: the only pattern allowed is a single '%d'")
+    check_pattern(name)
     return name
 
 
