@@ -125,3 +125,28 @@ def test_validate_name_never_crashes_unexpectedly(name: str) -> None:
         return
     encoded = name.encode("utf-8", "surrogateescape")
     assert 0 < len(encoded) <= 15 and "/" not in name
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        ["10.0.0.1/24", "10.0.0.1/24"],
+        ["10.0.0.1/24", "10.0.0.1/16"],  # one address, two prefixes: still one address
+        ["fd00::1/64", "10.0.0.2/24", "fd00:0::1/128"],
+    ],
+)
+def test_duplicate_addresses_rejected_at_construction(addresses: list[str]) -> None:
+    with pytest.raises(ValueError, match="more than once") as info:
+        TunConfig(addresses=addresses)
+    assert str(parse_address(addresses[-1]).ip) in str(info.value)
+    with pytest.raises(ValueError, match="more than once"):
+        trio_tun.open_tun(addresses=addresses)
+
+
+@pytest.mark.parametrize("name", ["%d", "0%d", "12%d"])
+def test_all_digit_name_pattern_rejected(name: str) -> None:
+    # "%d" alone would make the kernel call the device "0": the user meant name=None.
+    with pytest.raises(ValueError, match="name=None"):
+        validate_name(name)
+    with pytest.raises(ValueError, match="name=None"):
+        trio_tun.open_tun(name)

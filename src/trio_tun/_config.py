@@ -130,8 +130,23 @@ def validate_name(name: str | None) -> None:
     bad = [c for c in name if c in {"/", ":"} or c.isspace() or not c.isprintable()]
     if bad:
         raise ValueError(f"device name {name!r} contains {bad[0]!r}, which Linux rejects")
+    check_pattern(name)
+
+
+def check_pattern(name: str) -> None:
+    """A name may hold one ``%d`` for the system to number, after a non-numeric prefix.
+
+    ``"%d"`` alone would make a device called ``0``, which is not what anyone
+    asking for a kernel-chosen name means.
+    """
     if name.count("%") > 1 or ("%" in name and "%d" not in name):
         raise ValueError(f"device name {name!r}: the only pattern allowed is a single '%d'")
+    prefix = name.replace("%d", "")
+    if "%d" in name and (not prefix or prefix.isdigit()):
+        raise ValueError(
+            f"device name {name!r} would give the device a bare number as its name: pass "
+            "name=None to let the system pick, or put a prefix before '%d' (e.g. 'vpn%d')"
+        )
 
 
 def validate_mtu(mtu: int | None, *, ipv6: bool = False) -> None:
@@ -170,7 +185,18 @@ def parse_mac(mac: str | bytes | None) -> bytes | None:
 def _addresses(value: Iterable[AddressLike]) -> tuple[Address, ...]:
     if isinstance(value, str):
         value = [value]
-    return tuple(parse_address(a) for a in value)
+    addresses = tuple(parse_address(a) for a in value)
+    # The same IP twice (even with two prefix lengths) is a typo: the system
+    # would refuse the second one only after the device was made.
+    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Address] = {}
+    for addr in addresses:
+        first = seen.setdefault(addr.ip, addr)
+        if first is not addr:
+            raise ValueError(
+                f"addresses= names {addr.ip} more than once ({first} and {addr}); "
+                "a device holds each address once"
+            )
+    return addresses
 
 
 def _netns_value(value: NetnsLike) -> str | int | None:

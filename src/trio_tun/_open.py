@@ -128,9 +128,11 @@ def open_tun(
     """Create (or attach to) a TUN device and yield its first queue as a :class:`TunStream`.
 
     Args:
-        name: Interface name, or a pattern such as ``"vpn%d"``; ``None`` lets the
-            kernel pick (``tun0``, ``tun1``, ...).
-        addresses: IPv4/IPv6 addresses with prefix, e.g. ``["10.8.0.1/24", "fd00::1/64"]``.
+        name: Interface name, or a pattern such as ``"vpn%d"`` (something before
+            the ``%d``); ``None`` lets the kernel pick (``tun0``, ``tun1``, ...).
+            :attr:`~PacketStream.name` tells the name the device got.
+        addresses: IPv4/IPv6 addresses with prefix, e.g. ``["10.8.0.1/24", "fd00::1/64"]``;
+            each IP at most once.
         mtu: Device MTU (68..65535; at least 1280 with IPv6 addresses).
         up: Bring the device up once configured.
         persist: Keep the device after the last fd is closed (``TUNSETPERSIST``).
@@ -138,7 +140,8 @@ def open_tun(
         group: gid allowed likewise.
         packet_info: Keep the kernel's 4-byte ``tun_pi`` header on every packet.
         netns: Move the device into this network namespace (a name from
-            ``ip netns``, a path, or an open fd); the stream keeps working from here.
+            ``ip netns``, a path, or an open fd); the stream keeps working from
+            here.  Needs ``CAP_SYS_ADMIN`` too.
         offload: ``"auto"`` (use virtio-net offload when the kernel has it),
             ``True`` (require it) or ``False`` (off; also clears a persistent
             device's offload mask).
@@ -149,8 +152,12 @@ def open_tun(
             from 128 KiB to 64 MiB (default 4 MiB).  Ignored elsewhere.
 
     Raises:
-        ValueError: bad configuration, raised before any system call.
-        TunPermissionError: missing CAP_NET_ADMIN (the message says so).
+        ValueError: bad configuration, raised before any device exists.
+        TunPermissionError: missing CAP_NET_ADMIN (or, for ``netns=``,
+            CAP_SYS_ADMIN); the message says which.
+        DeviceBusyError: the name is held by a device in use, by an interface
+            of another kind, or by a device whose mode differs (TUN/TAP,
+            ``queues``); the message says which.
         TunUnavailableError: no ``/dev/net/tun`` (the message says how to load it).
         NotImplementedError: an option the platform lacks (see :doc:`platforms`).
 

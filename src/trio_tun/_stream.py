@@ -46,7 +46,7 @@ from ._config import (
     validate_mtu,
 )
 from ._control import Control
-from ._errors import BusyResourceError, NoDeviceControlError
+from ._errors import BusyResourceError, ClosedResourceError, NoDeviceControlError
 from ._framing import Buffer, Framing, VirtioFraming
 from ._ports import WOULD_BLOCK, Port
 from ._stats import Statistics
@@ -495,11 +495,14 @@ class PacketStream(UnreliableObjectStream[bytes]):
 
     def _require_control(self) -> Control:
         control = self._control
-        if control is None or control.closed:
+        if control is None:
             raise NoDeviceControlError(
-                "this stream has no device control (it wraps an fd whose device is unknown, "
-                "or the device was closed)"
+                "this stream has no device control (it wraps an fd whose device is unknown)"
             )
+        if control.closed or self._port.closed:
+            # Checked here, not left to the system: once our fd is closed the
+            # device may be gone, and a listing would come back empty.
+            raise ClosedResourceError("this stream was closed; its device can't be configured")
         return control
 
     async def _in_thread(self, op: Callable[[Control], T]) -> T:

@@ -9,11 +9,11 @@ a stand-in built the way Trio builds it, on the fake events).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
-import random
+import math
 import struct
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
@@ -22,7 +22,7 @@ import anyio
 import pytest
 import sniffio
 import trio
-from win_fakes import FakeEvents, FakeIpHelper, FakeWintun
+from win_fakes import FakeEvents, FakeIpHelper, FakeSession, FakeWintun
 
 import trio_tun
 from packets_util import udp4, udp6
@@ -37,19 +37,28 @@ pytestmark = pytest.mark.anyio
 
 V4 = udp4("10.8.0.2", "10.8.0.1", 1, 2, b"x" * 100)
 V6 = udp6("fd00:8::2", "fd00:8::1", 1, 2, b"y" * 100)
+WAIT_DEADLINE = 10.0
+POLL_INTERVAL = 0.001
+POLLS = 100_000
 
 
 def fake_wait_for_single_object(events: FakeEvents):  # type: ignore[no-untyped-def]
-    """What ``trio.lowlevel.WaitForSingleObject`` does, on the fake events."""
+    """What ``trio.lowlevel.WaitForSingleObject`` does (trio/_wait_for_object.py), on
+    the fake events: step for step, and no checkpoint where Trio has none."""
 
     async def wait(handle: int) -> None:
-        if events.wait_any([handle], 0) == 0:  # already signalled: consumed
-            await trio.lowlevel.checkpoint()
+        # The quick check: an already signalled handle is consumed and the
+        # function returns at once, without a checkpoint.
+        if events.wait_any([handle], 0) != w.WAIT_TIMEOUT:
             return
         cancel = events.create_event(True)
         try:
             await trio.to_thread.run_sync(
-                events.wait_any, [handle, cancel], w.INFINITE, abandon_on_cancel=True
+                functools.partial(events.wait_any, closed_is_error=False),
+                [handle, cancel],
+                w.INFINITE,
+                abandon_on_cancel=True,
+                limiter=trio.CapacityLimiter(math.inf),
             )
         finally:
             events.set_event(cancel)
@@ -92,6 +101,27 @@ class Rig:
             "contextlib.AbstractAsyncContextManager[TunStream]", open_device(backend, config)
         )
 
+    @property
+    def read_event(self) -> int:
+        return self.wintun.session().read_event
+
+    async def until_waiting(self) -> None:
+        """Return once a thread waits on the read event (bounded: fails after 10 s).
+
+        The synchronisation point the tests use instead of sleeping and hoping
+        the receiver got there first.
+        """
+        with anyio.fail_after(WAIT_DEADLINE):
+            for _ in range(POLLS):
+                if self.events.waiters_on(self.read_event):
+                    return
+                await anyio.sleep(POLL_INTERVAL)
+        raise AssertionError("no thread ever waited on the read event")
+
+    async def inject_when_waiting(self, *packets: bytes) -> None:
+        await self.until_waiting()
+        self.wintun.inject(*packets)
+
     def check_clean(self) -> None:
         assert self.events.errors == []
         for session in self.wintun.sessions.values():
@@ -113,12 +143,6 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 async def dev(rig: Rig) -> AsyncIterator[TunStream]:
     async with rig.open() as stream:
         yield stream
-
-
-def later(delay: float, fn, *args) -> threading.Thread:  # type: ignore[no-untyped-def]
-    thread = threading.Thread(target=lambda: (time.sleep(delay), fn(*args)), daemon=True)
-    thread.start()
-    return thread
 
 
 # -- opening, configuration, closing -------------------------------------------------
@@ -252,55 +276,109 @@ async def test_stream_over_a_wintun_port() -> None:
 
 
 async def test_receive_waits_for_the_read_event(rig: Rig, dev: TunStream) -> None:
-    later(0.05, rig.wintun.inject, V4)
-    with anyio.fail_after(5):
-        assert await dev.receive() == V4
-    for _ in range(5):
-        rig.wintun.inject(V6)
-    with anyio.fail_after(5):
+    with anyio.fail_after(WAIT_DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.inject_when_waiting, V4)
+            assert await dev.receive() == V4
+    assert rig.events.max_waiters[rig.read_event] == 1  # it did wait, once
+    # Five packets in one batch: one tail move, one signal, one batch read.
+    rig.wintun.inject(*[V6] * 5)
+    with anyio.fail_after(WAIT_DEADLINE):
         assert await dev.receive_batch() == [V6] * 5
-    later(0.02, rig.wintun.inject, V4)
-    with anyio.fail_after(5):
-        assert await dev.receive_raw() == V4
+    # The event is still signalled (nobody waited since): the next wait
+    # returns at once, finds the ring empty and waits again.
+    with anyio.fail_after(WAIT_DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.inject_when_waiting, V4)
+            assert await dev.receive_raw() == V4
     stats = dev.statistics()
     assert stats.rx_packets == 7 and stats.reads == 7
+    assert rig.events.max_waiters[rig.read_event] == 1
     # The factory is asked once, with the backend's name.
     assert rig.waiters == ["trio" if sniffio.current_async_library() == "trio" else "anyio"]
 
 
+async def test_stale_signals_are_harmless(rig: Rig, dev: TunStream) -> None:
+    """Packets taken without waiting leave the auto-reset event set: each later
+    receive may wake for nothing once, and must then wait properly."""
+    for round_ in range(10):
+        packet = V4[:-1] + bytes([round_])
+        rig.wintun.inject(packet)  # signalled; the receive below does not wait
+        with anyio.fail_after(WAIT_DEADLINE):
+            assert await dev.receive() == packet
+    with anyio.fail_after(WAIT_DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rig.inject_when_waiting, V6)
+            assert await dev.receive() == V6
+    assert rig.wintun.session().outstanding_rx == {}
+
+
 async def test_cancelled_receives_never_lose_or_leak(rig: Rig, dev: TunStream) -> None:
-    rng = random.Random(6)
+    """Cancellation at each point relative to the packet's arrival, in turn.
+
+    0: the packet is queued before the receive (which then must not wait);
+    1: the receive is cancelled while waiting, the packet comes after;
+    2: the packet arrives and the waiting receive is cancelled in the same
+       instant (the wait may or may not have consumed the signal);
+    3: the receive is cancelled before it starts, with a packet queued.
+    In every case each packet is received exactly once, in order.
+    """
     injected: list[bytes] = []
     received: list[bytes] = []
-    threads = []
-    for round_ in range(25):
-        packet = V4[:-1] + bytes([round_])
-        injected.append(packet)
-        # Inject around the moment the receive is cancelled.
-        threads.append(later(rng.uniform(0, 0.01), rig.wintun.inject, packet))
-        with anyio.move_on_after(rng.uniform(0, 0.01)):
+
+    async def receive_into(scope_box: list[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            scope_box.append(scope)
             received.append(await dev.receive())
-    for thread in threads:
-        thread.join()
-    while len(received) < len(injected):
-        with anyio.fail_after(5):
-            received.append(await dev.receive())
-    # Every packet exactly once (the injecting threads may overtake each other).
-    assert sorted(received) == sorted(injected)
+
+    with anyio.fail_after(WAIT_DEADLINE * 4):
+        for round_ in range(24):
+            packet = V4[:-1] + bytes([round_])
+            injected.append(packet)
+            case = round_ % 4
+            if case == 0:
+                rig.wintun.inject(packet)
+            elif case == 3:
+                rig.wintun.inject(packet)
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    received.append(await dev.receive())
+                assert packet not in received  # cancelled at entry: nothing taken
+            else:
+                box: list[anyio.CancelScope] = []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(receive_into, box)
+                    await rig.until_waiting()
+                    if case == 1:
+                        box[0].cancel()
+                    else:
+                        rig.wintun.inject(packet)
+                        box[0].cancel()  # no checkpoint in between
+                # The cancelled wait let go of the read event at once: no
+                # orphaned waiter is left to swallow the next signal.
+                assert rig.events.waiters_on(rig.read_event) == 0
+                if case == 1:
+                    assert packet not in received
+                    rig.wintun.inject(packet)
+            # Whatever the cancelled receive left is there for the next one,
+            # at once (the stream reads before it waits).
+            if len(received) < len(injected):
+                received.append(await dev.receive())
+            assert received == injected
+    assert received == injected  # each exactly once, in order
     session = rig.wintun.session()
-    assert session.outstanding_rx == {}
-    assert rig.events.max_waiters[session.read_event] <= 1
+    assert not session.rx and session.outstanding_rx == {}
+    assert rig.events.max_waiters[rig.read_event] <= 1
 
 
 async def test_close_wakes_a_blocked_receive(rig: Rig, dev: TunStream) -> None:
     session = rig.wintun.session()
 
     async def closer() -> None:
-        await anyio.sleep(0.05)
-        assert not session.ended or rig.events.waiters_on(session.read_event) == 0
+        await rig.until_waiting()
         await dev.aclose()
 
-    with anyio.fail_after(5):
+    with anyio.fail_after(WAIT_DEADLINE):
         async with anyio.create_task_group() as tg:
             tg.start_soon(closer)
             with pytest.raises(trio_tun.ClosedResourceError):
@@ -313,21 +391,34 @@ async def test_close_wakes_a_blocked_receive(rig: Rig, dev: TunStream) -> None:
 
 
 async def test_adapter_removal_is_broken(rig: Rig, dev: TunStream) -> None:
-    later(0.05, rig.wintun.remove_adapter)
-    with anyio.fail_after(5), pytest.raises(trio_tun.BrokenResourceError, match="removed"):
-        await dev.receive()
+    async def remove() -> None:
+        await rig.until_waiting()
+        rig.wintun.remove_adapter()
+
+    with anyio.fail_after(WAIT_DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(remove)
+            with pytest.raises(trio_tun.BrokenResourceError, match="removed"):
+                await dev.receive()
     with pytest.raises(trio_tun.BrokenResourceError):
         await dev.send(V4)
 
 
 async def test_one_receiver_at_a_time(rig: Rig, dev: TunStream) -> None:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(dev.receive)
-        await anyio.sleep(0.02)
-        with pytest.raises(trio_tun.BusyResourceError):
-            await dev.receive()
-        rig.wintun.inject(V4)
-    assert rig.events.max_waiters[rig.wintun.session().read_event] == 1
+    got: list[bytes] = []
+
+    async def receive() -> None:
+        got.append(await dev.receive())
+
+    with anyio.fail_after(WAIT_DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await rig.until_waiting()
+            with pytest.raises(trio_tun.BusyResourceError):
+                await dev.receive()
+            rig.wintun.inject(V4)
+    assert got == [V4]
+    assert rig.events.max_waiters[rig.read_event] == 1
 
 
 # -- sending ---------------------------------------------------------------------------
@@ -346,31 +437,102 @@ async def test_send_and_batch(rig: Rig, dev: TunStream) -> None:
         await dev.send(b"\x45" * 70000)
 
 
+async def test_malformed_packets_are_dropped_not_fatal(rig: Rig, dev: TunStream) -> None:
+    """The driver stops reading the send ring for good at a packet it can't take;
+    the stream must never hand it one (dropped and counted, as Linux's EINVAL)."""
+    bad = [b"\x00" * 64, b"\x45" + bytes(18), V6[:39], b"\x60"]
+    for packet in bad:
+        await dev.send(packet)
+    await dev.send_batch([V4, bad[0], V6])
+    assert rig.wintun.drain() == [V4, V6]
+    stats = dev.statistics()
+    assert (stats.tx_packets, stats.tx_dropped) == (2, len(bad) + 1)
+    assert not rig.wintun.session().send_ring_dead
+    await dev.send(V4)
+    assert rig.wintun.drain() == [V4]
+
+
+RING = w.WINTUN_MIN_RING_CAPACITY
+#: A packet whose ring slot (4 + size, rounded to 4) is exactly 4 KiB, so a ring
+#: holds one fewer than capacity / slot: C - 4 bytes are usable, not C.
+PACKET_4K = V4 + bytes(4092 - len(V4))
+FITS = RING // 4096 - 1
+BACKOFF_WAITS = 11
+
+
+def _backoff_floor(waits: int) -> float:
+    """The least time *waits* successive back-offs take (sleeps never end early)."""
+    total, delay = 0.0, windows.SEND_BACKOFF_MIN
+    for _ in range(waits):
+        total += delay
+        delay = min(delay * 2, windows.SEND_BACKOFF_MAX)
+    return total
+
+
 async def test_full_ring_waits_without_spinning() -> None:
     rig = Rig()
-    async with rig.open(ring_capacity=0x20000) as dev:
-        packet = V4 + bytes(1400 - len(V4))
+    async with rig.open(ring_capacity=RING) as dev:
         session = rig.wintun.session()
-        sent = 0
-        while session.overflows == 0:
-            with anyio.move_on_after(0.2) as scope:
-                await dev.send(packet)
-            if scope.cancelled_caught:
-                break
-            sent += 1
-        assert sent == 0x20000 // (4 + 1400)
-        # The send that found the ring full was cancelled: nothing allocated.
+        for _ in range(FITS):
+            await dev.send(PACKET_4K)
+        assert session.overflows == 0 and len(session.sent) == FITS
+        # The ring is full now: the next send waits.  Cancelled while waiting,
+        # it allocated nothing and sent nothing.
+        with anyio.fail_after(WAIT_DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(dev.send, PACKET_4K)
+                for _ in range(POLLS):
+                    if session.overflows:
+                        break
+                    await anyio.sleep(POLL_INTERVAL)
+                tg.cancel_scope.cancel()
+        assert session.overflows >= 1
         assert session.allocated == {}
-        assert dev.statistics().tx_packets == sent
-        # A blocked send backs off (tens of attempts, not millions) and goes
-        # through once the driver drains the ring.
+        assert dev.statistics().tx_packets == FITS
+        # A blocked send backs off between attempts, and goes through once the
+        # driver drains the ring: here on the 12th attempt that found no room.
+        stamps: list[float] = []
+
+        def overflowed(record: FakeSession) -> None:
+            stamps.append(time.monotonic())
+            if len(stamps) == BACKOFF_WAITS + 1:
+                rig.wintun._drain(record)
+
+        session.on_overflow = overflowed
         before = session.allocations
-        later(0.1, rig.wintun.drain)
-        with anyio.fail_after(5):
-            await dev.send(packet)
-        assert session.allocations - before < 120
-        assert rig.wintun.drain() == [packet]
+        with anyio.fail_after(WAIT_DEADLINE):
+            await dev.send(PACKET_4K)
+        assert session.allocations - before == BACKOFF_WAITS + 2  # 12 refused, 1 taken
+        # Not a spin: the refused attempts were spread over at least the back-off.
+        assert stamps[-1] - stamps[0] >= _backoff_floor(BACKOFF_WAITS) - 0.001
+        assert rig.wintun.drain() == [PACKET_4K]
+        assert dev.statistics().tx_packets == FITS + 1
     rig.check_clean()
+
+
+def test_fake_ring_holds_capacity_minus_four() -> None:
+    """The fake's ring rule itself: C - 4 bytes usable, on both rings."""
+    rig = Rig()
+    adapter = rig.wintun.create_adapter("ring", windows.TUNNEL_TYPE)
+    handle = rig.wintun.start_session(adapter, RING)
+    fits = [PACKET_4K] * FITS
+    rig.wintun.inject(*fits, PACKET_4K)  # one too many: the batch is dropped
+    assert rig.wintun.session().rx_discarded == FITS + 1
+    rig.wintun.inject(*fits)
+    assert list(rig.wintun.session().rx) == fits
+    pointers = []
+    for _ in range(FITS):
+        pointer, code = rig.wintun.allocate_send_packet(handle, len(PACKET_4K))
+        assert pointer and code == 0
+        pointers.append(pointer)
+    overflow = rig.wintun.allocate_send_packet(handle, len(PACKET_4K))
+    assert overflow == (0, w.ERROR_BUFFER_OVERFLOW)
+    # No size check at allocation (session.c looks only for room).
+    rig.wintun._drain(rig.wintun.session())
+    for pointer in pointers:
+        rig.wintun.copy_to(pointer, PACKET_4K)
+        rig.wintun.send_packet(handle, pointer)
+    assert rig.wintun.drain() == fits
 
 
 # -- device control through IP Helper -------------------------------------------------

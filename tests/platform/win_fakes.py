@@ -1,21 +1,31 @@
 """In-Python fakes of kernel32 events, the wintun ring and the IP Helper API.
 
-They follow the documented semantics closely enough to catch the mistakes
-that matter:
+They follow the real semantics (kernel32's documentation; wintun's
+``api/session.c`` and ``driver/wintun.c``) closely enough to catch the
+mistakes that matter:
 
 * events (``CreateEventW``/``SetEvent``/``WaitForMultipleObjects``): an
   auto-reset event wakes exactly one waiter and is consumed by it; a wait is
   *satisfied at the moment of signalling* (the waiter is removed from every
   handle it waited on), as the Windows kernel does; the lowest signalled
-  index wins.  Closing a handle that a thread still waits on is recorded as
-  an error (Windows leaves that undefined);
-* the ring (``wintun.h``): ``WintunReceivePacket`` returns
-  ``ERROR_NO_MORE_ITEMS`` on an empty ring and arms the read event (the
-  driver signals it when a packet arrives for an "alertable" reader);
-  received packets must be released, allocated ones sent; ring space is
-  ``4 + size`` rounded to 4 per packet; a full ring gives
-  ``ERROR_BUFFER_OVERFLOW``; a terminating adapter gives ``ERROR_HANDLE_EOF``
-  and signals the read event.
+  index wins; a wait on a closed handle fails at once (``WAIT_FAILED``).
+  Closing a handle that a thread still waits on is recorded as an error
+  (Windows leaves that undefined);
+* the read event: the driver sets it after **every** move of the tail of the
+  ring it fills (one batch of packets, one ``SetEvent``), whether or not a
+  reader waits, and once more when the session terminates.  It is auto-reset,
+  so a reader that takes packets without waiting leaves it signalled: its
+  next wait returns at once and finds the ring empty (a stale wake-up);
+* the rings: a packet takes ``4 + size`` bytes rounded up to 4, and a ring of
+  capacity *C* holds at most ``C - 4`` bytes (head and tail never meet when
+  full).  ``WintunReceivePacket`` returns ``ERROR_NO_MORE_ITEMS`` on an empty
+  ring; received packets must be released, allocated ones sent; a full send
+  ring gives ``ERROR_BUFFER_OVERFLOW``; a terminated session gives
+  ``ERROR_HANDLE_EOF``.  ``WintunAllocateSendPacket`` checks nothing but room:
+  the driver finds a packet it can't take (over 65535 bytes, or not IPv4 of at
+  least 20 bytes or IPv6 of at least 40) only when it reads the ring, and then
+  stops reading it for good (its head becomes ``MAXULONG``), so every later
+  allocation fails with ``ERROR_HANDLE_EOF``.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trio_tun.platform import _winapi as w
@@ -93,13 +103,24 @@ class FakeEvents:
     def open_handles(self) -> list[int]:
         return [handle for handle, event in self._events.items() if not event.closed]
 
-    def wait_any(self, handles: Sequence[int], timeout_ms: int) -> int:
+    def wait_any(
+        self, handles: Sequence[int], timeout_ms: int, *, closed_is_error: bool = True
+    ) -> int:
+        """``WaitForMultipleObjects`` (any one).
+
+        *closed_is_error*: record a wait on a closed handle as a mistake.  Off
+        only for the stand-in of Trio's own wait, whose abandoned thread may
+        start after Trio closed its cancel handle (Trio's behaviour, not ours:
+        the wait fails at once and nobody looks at the result).
+        """
         with self._lock:
+            for handle in handles:
+                if self._events[handle].closed:
+                    if closed_is_error:
+                        self.errors.append(f"wait on closed handle {handle:#x}")
+                    raise w.WinApiError(6, "WaitForMultipleObjects")  # ERROR_INVALID_HANDLE
             for index, handle in enumerate(handles):
                 event = self._events[handle]
-                if event.closed:
-                    self.errors.append(f"wait on closed handle {handle:#x}")
-                    raise w.WinApiError(6, "WaitForMultipleObjects")  # ERROR_INVALID_HANDLE
                 if event.signaled:
                     if not event.manual:
                         event.signaled = False
@@ -125,16 +146,25 @@ class FakeSession:
     adapter: int
     capacity: int
     read_event: int
+    #: Packets the driver put in the receive ring and the reader has not taken.
     rx: deque[bytes] = field(default_factory=deque)
-    alertable: bool = False
+    #: Bytes of the receive ring in use (taken packets count until released).
+    rx_used: int = 0
+    #: Packets the driver dropped because the receive ring was full.
+    rx_discarded: int = 0
     terminated: bool = False
     ended: bool = False
     outstanding_rx: dict[int, bytes] = field(default_factory=dict)
     allocated: dict[int, bytearray] = field(default_factory=dict)
+    #: Packets the driver took from the send ring, in order.
     sent: list[bytes] = field(default_factory=list)
     used: int = 0
     allocations: int = 0
     overflows: int = 0
+    #: The driver met a packet it can't take and stopped reading the send ring.
+    send_ring_dead: bool = False
+    #: Called (under the fake's lock) after each allocation that found no room.
+    on_overflow: Callable[[FakeSession], None] | None = None
 
 
 @dataclass
@@ -147,6 +177,20 @@ class FakeAdapter:
 
 def _slot(size: int) -> int:
     return 4 + (size + 3) // 4 * 4
+
+
+def ring_space(capacity: int, used: int) -> int:
+    """Free bytes in a wintun ring: head and tail stay 4 bytes apart when full."""
+    return capacity - 4 - used
+
+
+def driver_takes(packet: bytes) -> bool:
+    """Whether the driver's ring reader accepts *packet* (else it stops reading)."""
+    size = len(packet)
+    if size > w.WINTUN_MAX_IP_PACKET_SIZE or not size:
+        return False
+    version = packet[0] >> 4
+    return (version == 4 and size >= 20) or (version == 6 and size >= 40)
 
 
 class FakeWintun:
@@ -169,20 +213,32 @@ class FakeWintun:
         (session,) = [s for s in self.sessions.values() if not s.ended]
         return session
 
-    def inject(self, packet: bytes) -> None:
+    def inject(self, *packets: bytes) -> None:
+        """The driver puts *packets* in the receive ring as one batch: one tail move.
+
+        What does not fit is dropped (counted in ``rx_discarded``), the way the
+        driver drops a batch it has no room for.
+        """
         with self.lock:
             session = self.session()
-            session.rx.append(packet)
-            if session.alertable:
-                session.alertable = False
-                self.events.set_event(session.read_event)
+            need = sum(_slot(len(p)) for p in packets)
+            if need > ring_space(session.capacity, session.rx_used):
+                session.rx_discarded += len(packets)
+                return
+            session.rx_used += need
+            session.rx.extend(packets)
+            # Every tail move signals, whoever waits (driver/wintun.c).
+            self.events.set_event(session.read_event)
 
     def drain(self) -> list[bytes]:
+        """The driver reads the send ring: everything committed so far leaves it."""
         with self.lock:
-            session = self.session()
-            sent, session.sent = session.sent, []
-            session.used -= sum(_slot(len(p)) for p in sent)
-            return sent
+            return self._drain(self.session())
+
+    def _drain(self, session: FakeSession) -> list[bytes]:
+        sent, session.sent = session.sent, []
+        session.used -= sum(_slot(len(p)) for p in sent)
+        return sent
 
     def remove_adapter(self) -> None:
         with self.lock:
@@ -251,7 +307,6 @@ class FakeWintun:
             if record.terminated:
                 return 0, w.ERROR_HANDLE_EOF
             if not record.rx:
-                record.alertable = True
                 return 0, w.ERROR_NO_MORE_ITEMS
             packet = record.rx.popleft()
             pointer = next(self._pointers)
@@ -260,19 +315,22 @@ class FakeWintun:
 
     def release_receive_packet(self, session: int, packet: int) -> None:
         with self.lock:
-            del self.sessions[session].outstanding_rx[packet]
+            record = self.sessions[session]
+            data = record.outstanding_rx.pop(packet)
+            record.rx_used -= _slot(len(data))
 
     def allocate_send_packet(self, session: int, size: int) -> tuple[int, int]:
         with self.lock:
             record = self.sessions[session]
             assert not record.ended, "send after the session ended"
             record.allocations += 1
-            if record.terminated:
+            if record.terminated or record.send_ring_dead:
                 return 0, w.ERROR_HANDLE_EOF
-            if size > w.WINTUN_MAX_IP_PACKET_SIZE:
-                return 0, w.ERROR_INVALID_PARAMETER
-            if record.used + _slot(size) > record.capacity:
+            # No check of the size: session.c only looks for room.
+            if _slot(size) > ring_space(record.capacity, record.used):
                 record.overflows += 1
+                if record.on_overflow is not None:
+                    record.on_overflow(record)
                 return 0, w.ERROR_BUFFER_OVERFLOW
             record.used += _slot(size)
             pointer = next(self._pointers)
@@ -282,7 +340,15 @@ class FakeWintun:
     def send_packet(self, session: int, packet: int) -> None:
         with self.lock:
             record = self.sessions[session]
-            record.sent.append(bytes(record.allocated.pop(packet)))
+            data = bytes(record.allocated.pop(packet))
+            if record.send_ring_dead:
+                return  # nobody reads the ring any more
+            if not driver_takes(data):
+                # The driver's reader stops at this packet for good.
+                record.send_ring_dead = True
+                record.used -= _slot(len(data))
+                return
+            record.sent.append(data)
 
     def copy_from(self, packet: int, size: int) -> bytes:
         for record in self.sessions.values():

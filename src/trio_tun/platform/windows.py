@@ -19,7 +19,14 @@ interface LUID), and keeps the same promises:
   waiting happens only while the ring is empty;
 * a cancelled ``send`` sent the packet whole or not at all: allocation,
   copy and commit happen together, and cancellation can only strike while
-  backing off from a full ring, before anything was allocated.
+  backing off from a full ring, before anything was allocated;
+* a packet the driver would not take (not IPv4 of at least 20 bytes or IPv6
+  of at least 40) is dropped and counted, never put in the ring: the driver
+  stops reading the ring for good at such a packet.
+
+The driver sets the read event after every move of the ring's tail, whether or
+not anyone waits, so a wait can return for packets an earlier receive already
+took; the reader then finds the ring empty and simply waits again.
 
 Waiting for the read event is the only part that depends on the event loop.
 Under Trio it is ``trio.lowlevel.WaitForSingleObject``; otherwise (asyncio
@@ -44,7 +51,7 @@ import anyio
 import anyio.to_thread
 import trio
 
-from .._config import Address, Layer, TunConfig
+from .._config import Address, Layer, TunConfig, check_pattern
 from .._control import NamedControl, Network, configure
 from .._errors import (
     BrokenResourceError,
@@ -53,7 +60,7 @@ from .._errors import (
     TunPermissionError,
 )
 from .._framing import PlainFraming
-from .._ports import WOULD_BLOCK
+from .._ports import REFUSED, WOULD_BLOCK
 from .._wait import current_backend
 from . import Device, FdSpec, check_supported, refuse
 from ._winapi import (
@@ -78,6 +85,7 @@ from ._winapi import (
     MIB_UNICASTIPADDRESS_ROW,
     NO_ERROR,
     SOCKADDR_INET,
+    WINTUN_MAX_IP_PACKET_SIZE,
     WINTUN_MAX_RING_CAPACITY,
     WINTUN_MIN_RING_CAPACITY,
     EventApi,
@@ -133,8 +141,7 @@ def check_adapter_name(name: str | None) -> str:
             f"device name {name!r}: a wintun adapter name has 1 to {MAX_ADAPTER_NAME - 1} "
             "characters"
         )
-    if name.count("%") > 1 or ("%" in name and "%d" not in name):
-        raise ValueError(f"device name {name!r}: the only pattern allowed is a single '%d'")
+    check_pattern(name)
     return name
 
 
@@ -424,6 +431,20 @@ class WindowsControl(NamedControl):
 # -- the stream -------------------------------------------------------------------------------
 
 
+def driver_accepts(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether the wintun driver takes *packet* from the send ring.
+
+    It reads only IPv4 packets of at least 20 bytes and IPv6 ones of at least
+    40, none over 65535 (``driver/wintun.c``); at any other packet it stops
+    reading the ring for the rest of the session.
+    """
+    size = len(packet)
+    if not 0 < size <= WINTUN_MAX_IP_PACKET_SIZE:
+        return False
+    version = packet[0] >> 4
+    return (version == 4 and size >= 20) or (version == 6 and size >= 40)
+
+
 class WintunPort:
     """A wintun session as a port: one ring slot is one bare IP packet.
 
@@ -499,6 +520,12 @@ class WintunPort:
         session = self._check_open()
         data = buffers[0] if len(buffers) == 1 else b"".join(buffers)
         size = len(data)
+        if not driver_accepts(data):
+            # WintunAllocateSendPacket would take it, but the driver's reader
+            # stops at such a packet for good: every later send would fail.
+            # Refused here instead, as Linux refuses it (EINVAL): one drop.
+            self.refused_errno = errno.EINVAL
+            return REFUSED
         api = self._api
         pointer, code = api.allocate_send_packet(session, size)
         if not pointer:

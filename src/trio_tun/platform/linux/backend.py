@@ -6,11 +6,12 @@ import contextlib
 import errno
 import os
 import socket
+from typing import Final
 
 import anyio.to_thread
 
 from ..._config import NO_OFFLOAD, TCP_OFFLOAD, Layer, OffloadFlags, TunConfig, validate_name
-from ..._errors import OffloadUnavailableError
+from ..._errors import DeviceBusyError, OffloadUnavailableError, TunPermissionError
 from ..._framing import Framing, PlainFraming, VirtioFraming
 from ..._ports import FdPort, Port
 from .. import Device, FdSpec, plain_fd_device
@@ -67,8 +68,33 @@ class LinuxBackend:
     async def open(self, config: TunConfig) -> Device:
         fds: list[int] = []
         control: NetlinkControl | None = None
+        # netns=: a closed fd, a file that is no namespace, a namespace we may
+        # not enter (no CAP_SYS_ADMIN) or a name taken there is refused here,
+        # before any device exists.
+        target = None if config.netns is None else netns.open_target(config.netns)
         try:
-            name, vnet_hdr, offload, was_persistent = self._create_queues(config, fds)
+            if target is not None:
+                with netns.entered(target, f"netns={config.netns!r}"):
+                    taken = _exists(config.name)
+                if taken:
+                    raise DeviceBusyError(
+                        errno.EEXIST,
+                        f"netns={config.netns!r}: the target namespace already has a device "
+                        f"named {config.name!r}; pick a name free there",
+                    )
+            existed = _exists(config.name)
+            try:
+                name, vnet_hdr, offload, was_persistent = self._create_queues(config, fds)
+            except DeviceBusyError as exc:
+                if not existed or exc.errno != errno.EINVAL:
+                    raise
+                # The kernel only said "invalid argument": ask netlink why.
+                here = netns.open_current()
+                try:
+                    why = await anyio.to_thread.run_sync(_why_incompatible, config, here)
+                finally:
+                    os.close(here)
+                raise DeviceBusyError(errno.EINVAL, why) from None
             # The device was born in this thread's namespace: remember it, since
             # netlink work happens on pooled threads that may be elsewhere.
             here = netns.open_current()
@@ -78,13 +104,24 @@ class LinuxBackend:
                 os.close(here)
                 raise
             control = NetlinkControl(name=name, index=index, netns_fd=here)
-            if config.netns is not None:
-                await self._move(control, config.netns)
-            await anyio.to_thread.run_sync(
-                lambda: control.configure(
-                    mtu=config.mtu, mac=config.mac, addresses=config.addresses, up=config.up
+            if target is not None:
+                fd, target = target, None
+                await self._move(control, fd)
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: control.configure(
+                        mtu=config.mtu, mac=config.mac, addresses=config.addresses, up=config.up
+                    )
                 )
-            )
+            except TunPermissionError as exc:
+                if not existed:
+                    raise
+                raise TunPermissionError(
+                    errno.EPERM,
+                    f"{exc.strerror}; open_tun attached to the existing device {name!r} and "
+                    "then tried to configure it: to use a device set up by an administrator "
+                    "without that privilege, pass up=False and no addresses=, mtu= or mac=",
+                ) from None
             if was_persistent and not config.persist:
                 # We attached to a persistent device but were not asked to keep
                 # it: it goes when our last queue closes.  Only now, once the
@@ -97,6 +134,8 @@ class LinuxBackend:
                 os.close(fd)
             if control is not None:
                 control.close()
+            if target is not None:
+                os.close(target)
             raise
         return Device(
             layer=config.layer,
@@ -108,8 +147,32 @@ class LinuxBackend:
         )
 
     @staticmethod
+    async def _move(control: NetlinkControl, fd: int) -> None:
+        """Move the device into namespace *fd*, which the control takes over once there."""
+        try:
+            await anyio.to_thread.run_sync(control.move_to, fd)
+        except BaseException as exc:
+            # Cancelled on the way into the thread, or the move failed: the
+            # control took the fd over only if the device got there.
+            if control.netns_fd != fd:
+                os.close(fd)
+            if isinstance(exc, FileExistsError):
+                # A kernel-chosen name (name=None or a pattern) was free here
+                # but is taken in the target.
+                raise DeviceBusyError(
+                    errno.EEXIST,
+                    f"the device got the name {control.name!r} here, which the netns= "
+                    "namespace already has: pass a name free there (e.g. name='vpn7')",
+                ) from None
+            raise
+
+    @staticmethod
     def _create_queues(config: TunConfig, fds: list[int]) -> tuple[str, bool, OffloadFlags, bool]:
-        """The synchronous part: open the queue fds in the caller's namespace."""
+        """The synchronous part: open the queue fds in the calling thread's namespace.
+
+        Returns the device's name, whether reads carry a virtio header, the
+        offload agreed and whether the device was persistent.
+        """
         first = tun.open_tun_file()
         fds.append(first)
         vnet_hdr = _want_vnet_hdr(config, first)
@@ -136,18 +199,6 @@ class LinuxBackend:
             fds.append(fd)
             tun.set_iff(fd, name, flags)
         return name, vnet_hdr, offload, was_persistent
-
-    @staticmethod
-    async def _move(control: NetlinkControl, target: str | int) -> None:
-        fd = os.dup(target) if isinstance(target, int) else netns.open_path(target)
-        try:
-            await anyio.to_thread.run_sync(control.move_to, fd)
-        except BaseException:
-            # Cancelled on the way into the thread, or the move failed: the
-            # control took the fd over only if the device got there.
-            if control.netns_fd != fd:
-                os.close(fd)
-            raise
 
     def wrap_fd(self, spec: FdSpec) -> Device:
         if spec.af_header:
@@ -178,6 +229,68 @@ class LinuxBackend:
             offload=offload,
             packet_info=bool(packet_info),
         )
+
+
+def _exists(name: str | None) -> bool:
+    """Whether *name* (a plain name, not a pattern) is taken in this thread's namespace."""
+    if name is None or "%" in name:
+        return False
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+_TUN_TYPES: Final = {tun.IFF_TUN: ("TUN", "open_tun"), tun.IFF_TAP: ("TAP", "open_tap")}
+
+
+def _why_incompatible(config: TunConfig, ns_fd: int) -> str:
+    """Why the kernel refused to attach to the existing device ``config.name`` (``EINVAL``).
+
+    Asked of netlink (the device's link info) in namespace *ns_fd*; the kernel
+    itself only says "invalid argument".  Runs in a worker thread: pyroute2's
+    synchronous API refuses a thread running an event loop.
+    """
+    name = config.name
+    generic = (
+        f"device {name!r} exists but can't be attached to with these settings "
+        "(name taken by another kind of interface, or a different TUN/TAP mode?)"
+    )
+    try:
+        from pyroute2 import IPRoute
+
+        with netns.entered(ns_fd), IPRoute() as ipr:
+            links = ipr.get_links(ifname=name)
+    except Exception:  # the diagnosis is a courtesy: never hide the real error
+        return generic
+    if not links:
+        return generic
+    info = links[0].get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind != "tun":
+        what = f"a {kind} interface" if kind else "an interface of another kind"
+        return f"the name {name!r} is taken by {what}, not a TUN/TAP device: pick another name"
+    data = info.get_attr("IFLA_INFO_DATA")
+    if data is None:
+        return generic
+    wanted = tun.IFF_TAP if config.layer is Layer.L2 else tun.IFF_TUN
+    have = int(data.get_attr("IFLA_TUN_TYPE") or 0)
+    if have in _TUN_TYPES and have != wanted:
+        kind_name, opener = _TUN_TYPES[have]
+        return f"{name!r} is a {kind_name} device: open it with {opener}()"
+    multi = bool(data.get_attr("IFLA_TUN_MULTI_QUEUE"))
+    if multi != (config.queues > 1):
+        if multi:
+            return (
+                f"{name!r} is a multi-queue device: attach with queues=2 or more "
+                "(whether a device is multi-queue is fixed when it is created)"
+            )
+        return (
+            f"{name!r} is a single-queue device: attach with queues=1 "
+            "(whether a device is multi-queue is fixed when it is created)"
+        )
+    return generic
 
 
 def _control_here(name: str) -> NetlinkControl | None:

@@ -78,6 +78,8 @@ class NetlinkControl:
 
     Owns ``netns_fd`` (the namespace the device lives in) and closes it in
     ``close()``; holding the fd keeps that namespace reachable for reconfiguration.
+    Every call on a device that no longer exists raises ``BrokenResourceError``,
+    listings included.
     """
 
     name: str
@@ -185,8 +187,17 @@ class NetlinkControl:
             out.append(parse_address(f"{ip}/{msg['prefixlen']}"))
         return out
 
+    def _require_link(self, ipr: Any) -> None:
+        # A dump filtered on an ifindex that no longer exists is simply empty;
+        # asking for the link itself fails with ENODEV (BrokenResourceError).
+        ipr.get_links(self.index)
+
     def addresses(self) -> list[Address]:
-        return self._run("listing addresses", self._addresses)
+        def op(ipr: Any) -> list[Address]:
+            self._require_link(ipr)
+            return self._addresses(ipr)
+
+        return self._run("listing addresses", op)
 
     def add_address(self, addr: Address) -> None:
         def op(ipr: Any) -> None:
@@ -226,6 +237,7 @@ class NetlinkControl:
 
     def routes(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         def op(ipr: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+            self._require_link(ipr)
             out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 for msg in ipr.get_routes(family=family, oif=self.index, table=254):

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
+from ..._errors import TunPermissionError
+
 CLONE_NEWNET: Final = 0x40000000
 
 if sys.platform == "win32":
@@ -37,9 +39,19 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+NEEDS_SYS_ADMIN: Final = (
+    "entering another network namespace (setns) needs CAP_SYS_ADMIN as well as "
+    "CAP_NET_ADMIN (run as root, or grant both capabilities)"
+)
+
+
 def setns(fd: int) -> None:
     """Move the calling thread into the network namespace open as *fd*."""
-    _check(_libc.setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EPERM:
+            raise TunPermissionError(err, NEEDS_SYS_ADMIN)
+        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
 
 
 def unshare_net() -> None:
@@ -67,9 +79,32 @@ def open_path(path: str) -> int:
         raise ValueError(f"network namespace {path!r} does not exist") from None
 
 
+def open_target(netns: str | int) -> int:
+    """A new fd on the namespace ``open_tun(netns=...)`` names (a path or an fd of the caller's).
+
+    A closed fd is refused here, before any device exists; whether the fd is a
+    network namespace at all, and whether we may enter it, :func:`entered` says.
+    """
+    if isinstance(netns, str):
+        return open_path(netns)
+    try:
+        # os.dup makes the copy close-on-exec (PEP 446); the caller keeps theirs.
+        return os.dup(netns)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise ValueError(
+                f"netns={netns} is not an open file descriptor (pass an fd open on a "
+                "network namespace, e.g. os.open('/run/netns/NAME', os.O_RDONLY))"
+            ) from None
+        raise
+
+
 @contextlib.contextmanager
-def entered(fd: int | None) -> Iterator[None]:
+def entered(fd: int | None, purpose: str = "") -> Iterator[None]:
     """Run the body with this thread inside namespace *fd* (``None``: stay put).
+
+    *purpose* starts the message should entering fail (no privilege, not a
+    namespace), so the user learns which of their requests it was.
 
     The body must not yield to other code that shares this thread (no awaits):
     anything scheduled meanwhile would silently run in the wrong namespace.
@@ -85,7 +120,20 @@ def entered(fd: int | None) -> Iterator[None]:
         yield
         return
     try:
-        setns(fd)
+        try:
+            setns(fd)
+        except TunPermissionError as exc:
+            if not purpose:
+                raise
+            raise TunPermissionError(exc.errno, f"{purpose}: {exc.strerror}") from None
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise ValueError(
+                f"{purpose or 'fd ' + str(fd)}: that is not a network namespace (setns "
+                "refused it); netns= takes a name from 'ip netns', a path such as "
+                "/proc/PID/ns/net, or an fd open on one"
+            ) from None
         try:
             yield
         finally:
