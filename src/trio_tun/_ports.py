@@ -14,6 +14,7 @@ readiness the way the running event loop wants.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections import deque
@@ -34,6 +35,54 @@ Buffer = bytes | bytearray | memoryview
 WOULD_BLOCK: Final = -1
 #: ``write``: the system refused this one frame (see ``refused_errno``).
 REFUSED: Final = -2
+#: ``read_frames`` status: a read returned 0 (a socket's peer has gone).
+FRAMES_EOF: Final = -1
+
+
+def _read_frames_py(fd: int, count: int, size: int) -> tuple[list[bytes], int]:
+    """The pure-Python twin of ``_speedups.read_frames`` (same results)."""
+    frames: list[bytes] = []
+    while len(frames) < count:
+        try:
+            frame = os.read(fd, size)
+        except BlockingIOError:
+            return frames, errno.EAGAIN
+        except OSError as exc:
+            return frames, exc.errno or errno.EIO
+        if not frame:
+            return frames, FRAMES_EOF
+        frames.append(frame)
+    return frames, 0
+
+
+def _write_frames_py(fd: int, frames: Sequence[Buffer], start: int) -> tuple[int, int, int]:
+    """The pure-Python twin of ``_speedups.write_frames`` (same results)."""
+    total = 0
+    for i in range(start, len(frames)):
+        try:
+            total += os.write(fd, frames[i])
+        except BlockingIOError:
+            return i, errno.EAGAIN, total
+        except OSError as exc:
+            return i, exc.errno or errno.EIO, total
+    return len(frames), 0, total
+
+
+def _frame_loops() -> tuple[
+    Callable[..., tuple[list[bytes], int]], Callable[..., tuple[int, int, int]]
+]:
+    if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
+        return _read_frames_py, _write_frames_py
+    try:
+        from .offload import _speedups
+    except ImportError:  # built without the extension
+        return _read_frames_py, _write_frames_py
+    if not hasattr(_speedups, "read_frames"):
+        return _read_frames_py, _write_frames_py
+    return _speedups.read_frames, _speedups.write_frames
+
+
+_read_frames, _write_frames = _frame_loops()
 
 
 class Port(Protocol):
@@ -158,6 +207,42 @@ class FdPort:
         if not frame:
             raise anyio.EndOfStream
         return frame
+
+    def read_frames(self, count: int, size: int) -> list[bytes]:
+        """Up to *count* frames of at most *size* bytes, read until the fd runs dry.
+
+        Without a virtio header a frame is one packet and each costs a read;
+        the loop runs in the compiled speedups where they were built.  Frames
+        read before a failure are returned and the failure comes back on the
+        next call (a deleted device fails every read).
+        """
+        frames, status = _read_frames(self._open_fd(), count, size)
+        if status and status != errno.EAGAIN and not frames:
+            if status == FRAMES_EOF:
+                raise anyio.EndOfStream
+            raise self._error(OSError(status, os.strerror(status)), "reading")
+        return frames
+
+    def write_frames(
+        self, frames: Sequence[Buffer], start: int
+    ) -> tuple[int, int, int, Exception | None]:
+        """Write ``frames[start:]``, one write each, until one can't be written.
+
+        Returns ``(next, nbytes, status, error)``: *next* is the index of the
+        first frame not written (``len(frames)`` when all went), *nbytes* what
+        the written ones held, *status* ``WOULD_BLOCK`` or ``REFUSED`` (see
+        ``refused_errno``) for the frame at *next*, else 0, and *error* the
+        exception to raise once the written frames are counted.
+        """
+        index, status, nbytes = _write_frames(self._open_fd(), frames, start)
+        if status == 0:
+            return index, nbytes, 0, None
+        if status == errno.EAGAIN:
+            return index, nbytes, WOULD_BLOCK, None
+        if status in DROP_ERRNOS:
+            self.refused_errno = status
+            return index, nbytes, REFUSED, None
+        return index, nbytes, 0, self._error(OSError(status, os.strerror(status)), "writing")
 
     def write(self, buffers: Sequence[Buffer]) -> int:
         fd = self._open_fd()

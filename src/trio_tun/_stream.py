@@ -47,8 +47,8 @@ from ._config import (
 )
 from ._control import Control
 from ._errors import BusyResourceError, ClosedResourceError, NoDeviceControlError
-from ._framing import Buffer, Framing, VirtioFraming
-from ._ports import WOULD_BLOCK, Port
+from ._framing import Buffer, Framing, PlainFraming, VirtioFraming
+from ._ports import REFUSED, WOULD_BLOCK, FdPort, Port
 from ._stats import Statistics
 from ._wait import Backend, YieldBudget, current_backend
 
@@ -157,6 +157,11 @@ class PacketStream(UnreliableObjectStream[bytes]):
         extra = framing.header_len + (PI_LEN if packet_info else 0)
         self._read_buffer = bytearray(self._max_packet + extra)
         self._read_view = memoryview(self._read_buffer)
+        # One frame is one packet on an fd: batches move through the port's
+        # read/write loops (compiled where built), not a Python call each.
+        self._frame_port = (
+            port if isinstance(port, FdPort) and isinstance(framing, PlainFraming) else None
+        )
 
     # -- introspection -------------------------------------------------
 
@@ -269,14 +274,31 @@ class PacketStream(UnreliableObjectStream[bytes]):
             counters.rx_malformed += 1
         return True
 
+    def _read_frames(self, count: int) -> None:
+        """Up to *count* one-packet frames onto the pending queue, in one port call."""
+        assert self._frame_port is not None
+        frames = self._frame_port.read_frames(count, len(self._read_buffer))
+        if frames:
+            counters = self._counters
+            counters.reads += len(frames)
+            counters.read_bytes += sum(map(len, frames))
+            self._pending.extend(frames)
+
     def _fill(self, wanted: int) -> None:
         """Read until *wanted* packets are pending or the queue is empty."""
         pending = self._pending
+        if self._frame_port is not None:
+            if len(pending) < wanted:
+                self._read_frames(wanted - len(pending))
+            return
         while len(pending) < wanted and self._read_one():
             pass
 
     def _fill_reads(self, reads: int) -> None:
         """Do up to *reads* reads, stopping early when the queue is empty."""
+        if self._frame_port is not None:
+            self._read_frames(reads)
+            return
         for _ in range(reads):
             if not self._read_one():
                 return
@@ -445,8 +467,32 @@ class PacketStream(UnreliableObjectStream[bytes]):
             if self._framing.coalescing and len(batch) > 1:
                 await self._send_coalesced(batch)
                 return
+            if self._frame_port is not None:
+                await self._send_frames(self._frame_port, batch)
+                return
             for packet in batch:
                 await self._send_one(packet)
+
+    async def _send_frames(self, port: FdPort, batch: list[Buffer]) -> None:
+        """Write one-packet frames with the port's write loop, waiting where it is full."""
+        counters = self._counters
+        index, end = 0, len(batch)
+        while index < end:
+            after, nbytes, status, error = port.write_frames(batch, index)
+            written = after - index
+            counters.writes += written
+            counters.write_bytes += nbytes
+            counters.tx_packets += written
+            counters.tx_bytes += nbytes
+            if error is not None:
+                raise error
+            index = after
+            if status == WOULD_BLOCK:
+                await self._wait(readable=False)
+            elif status == REFUSED:
+                # Refused (not IP, device down): dropped and counted, the rest goes on.
+                counters.tx_dropped += 1
+                index += 1
 
     async def _send_coalesced(self, batch: list[Buffer]) -> None:
         framing = self._framing

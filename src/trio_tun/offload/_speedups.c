@@ -2207,6 +2207,173 @@ done:
 #endif /* __linux__ */
 
 /* ------------------------------------------------------------------ */
+/* Many frames per call on a TUN/TAP fd without a virtio header         */
+/* ------------------------------------------------------------------ */
+
+/* One frame per read() or write() on a TUN/TAP fd; without offload every
+ * packet costs a system call, and these loops keep the Python-level call and
+ * bookkeeping out of that per-packet cost.  The GIL is released around each
+ * system call, so a thread forwarding the other direction runs meanwhile. */
+#if defined(__unix__) || defined(__APPLE__)
+#include <errno.h>
+#include <unistd.h>
+
+#define FRAMES_EOF (-1)
+
+static int
+frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    long v = PyLong_AsLong(args[0]);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (v < 0 || v > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fd out of range");
+        return -1;
+    }
+    *fd = (int)v;
+    return 0;
+}
+
+/* read_frames(fd, max_frames, size, /) -> (frames, status)
+ *
+ * Reads up to max_frames frames of at most size bytes each from a
+ * non-blocking fd.  status is 0 when max_frames were read, EAGAIN when the fd
+ * ran dry, -1 when a read returned 0 (end of stream: a socket's peer is gone),
+ * else the errno of the read that failed.  Frames read before a failure are
+ * returned with it, never lost. */
+static PyObject *
+py_read_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd, status = 0;
+    Py_ssize_t max_frames, size;
+    if (frames_fd(args, nargs, "read_frames", &fd) < 0) {
+        return NULL;
+    }
+    max_frames = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (max_frames == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_frames < 0 || size < 1 || size > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
+        return NULL;
+    }
+    char *buf = PyMem_Malloc((size_t)size);
+    PyObject *frames = PyList_New(0);
+    if (buf == NULL || frames == NULL) {
+        PyMem_Free(buf);
+        Py_XDECREF(frames);
+        return PyErr_NoMemory();
+    }
+    while (PyList_GET_SIZE(frames) < max_frames) {
+        ssize_t n;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        n = read(fd, buf, (size_t)size);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    goto fail;
+                }
+                continue;
+            }
+            status = err == EWOULDBLOCK ? EAGAIN : err;
+            break;
+        }
+        if (n == 0) {
+            status = FRAMES_EOF;
+            break;
+        }
+        PyObject *frame = PyBytes_FromStringAndSize(buf, n);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
+            goto fail;
+        }
+        Py_DECREF(frame);
+    }
+    PyMem_Free(buf);
+    PyObject *result = Py_BuildValue("(Ni)", frames, status);
+    return result;
+fail:
+    PyMem_Free(buf);
+    Py_DECREF(frames);
+    return NULL;
+}
+
+/* write_frames(fd, frames, start, /) -> (next, status, nbytes)
+ *
+ * Writes frames[start:] (a list or tuple of bytes-like objects), one write()
+ * each, to a non-blocking fd.  Stops at the first write that fails: next is
+ * the index of that frame (len(frames) when all went), status its errno (0
+ * when all went; EAGAIN when the fd is full), nbytes what the written frames
+ * held. */
+static PyObject *
+py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd, status = 0;
+    Py_ssize_t start;
+    long long total = 0;
+    if (frames_fd(args, nargs, "write_frames", &fd) < 0) {
+        return NULL;
+    }
+    start = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[1], "frames must be a list or tuple");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if (start < 0 || start > count) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    Py_ssize_t i = start;
+    while (i < count) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        ssize_t n;
+        int err;
+        Py_BEGIN_ALLOW_THREADS
+        n = write(fd, view.buf, (size_t)view.len);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&view);
+        if (n < 0) {
+            if (err == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    Py_DECREF(seq);
+                    return NULL;
+                }
+                continue;
+            }
+            status = err == EWOULDBLOCK ? EAGAIN : err;
+            break;
+        }
+        total += n;
+        i++;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(niL)", i, status, total);
+}
+#endif
+
+/* ------------------------------------------------------------------ */
 /* Module                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -2237,6 +2404,14 @@ static PyMethodDef methods[] = {
     {"recvmmsg", (PyCFunction)py_recvmmsg, METH_VARARGS,
      "recvmmsg(fd, buffer, bufsize, max_messages, ancbufsize, want_address, /)\n--\n\n"
      "Receive up to max_messages datagrams in one syscall, as recvmsg_into would."},
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+    {"read_frames", (PyCFunction)(void (*)(void))py_read_frames, METH_FASTCALL,
+     "read_frames(fd, max_frames, size, /)\n--\n\n"
+     "Read up to max_frames frames from a non-blocking fd; returns (frames, status)."},
+    {"write_frames", (PyCFunction)(void (*)(void))py_write_frames, METH_FASTCALL,
+     "write_frames(fd, frames, start, /)\n--\n\n"
+     "Write frames[start:] one write() each; returns (next, status, nbytes)."},
 #endif
     {NULL, NULL, 0, NULL},
 };
