@@ -113,6 +113,13 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # against forwarding the same TUN traffic raw within one process.
     ("tunnel-batched", "tunnel-perdatagram", 10.0),
     ("tunnel-batched", "trio-raw", 0.8),
+    # Issue 15: without offload, batched calls and a second core must beat
+    # pytun's two threads and come near the C forwarder.
+    ("trio-nooffload", "pytun", 1.5),
+    ("trio-nooffload", "c-plain", 0.8),
+    ("threads-nooffload", "pytun", 1.5),
+    ("threads-nooffload", "c-plain", 0.8),
+    ("threads-offload", "c-offload", 0.8),
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
@@ -177,6 +184,21 @@ MODES: dict[str, Mode] = {
             "trio",
             False,
             "batch",
+        ),
+        Mode(
+            "threads-nooffload",
+            "trio-tun ThreadedForwarder: one thread per direction, no offload",
+            "trio",
+            False,
+            "threads",
+        ),
+        Mode(
+            "threads-offload",
+            "trio-tun ThreadedForwarder: one thread per direction, split+coalesce in C",
+            "trio",
+            True,
+            "threads",
+            implementation="speedups",
         ),
         Mode(
             "trio-perpacket",

@@ -8,6 +8,8 @@ Modes:
          offload, plain MTU-sized packets in batches).
   packet ``receive`` -> ``send``: one packet per call (checkpoints amortised
          inside the stream, but no batching), for the with/without comparison.
+  threads  ``ThreadedForwarder``: each direction's receive_batch/send_batch
+         loop in its own OS thread (the GIL released in the system calls).
 
 The offload implementation (compiled speedups or pure Python) is chosen at
 import time by ``TRIO_TUN_PURE_PYTHON``; the harness sets it per mode.
@@ -29,10 +31,11 @@ import trio_tun
 import trio_tun.offload
 from trio_tun import PacketStream, Statistics
 from trio_tun.platform.linux import tun as linux
+from trio_tun.threaded import ThreadedForwarder
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=["raw", "batch", "packet"], required=True)
+    parser.add_argument("--mode", choices=["raw", "batch", "packet", "threads"], required=True)
     parser.add_argument("--offload", action="store_true", help="IFF_VNET_HDR + TSO mask")
     parser.add_argument(
         "--batch", type=int, default=None, help="max_packets for receive_batch (library default)"
@@ -89,13 +92,16 @@ async def _forward(
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                for src, dst in ((a, b), (b, a)):
-                    if mode == "raw":
-                        nursery.start_soon(_pump_raw, src, dst)
-                    elif mode == "packet":
-                        nursery.start_soon(_pump_packet, src, dst)
-                    else:
-                        nursery.start_soon(_pump_batch, src, dst, batch)
+                if mode == "threads":
+                    nursery.start_soon(ThreadedForwarder([(a, b), (b, a)], grace=1.0).run)
+                else:
+                    for src, dst in ((a, b), (b, a)):
+                        if mode == "raw":
+                            nursery.start_soon(_pump_raw, src, dst)
+                        elif mode == "packet":
+                            nursery.start_soon(_pump_packet, src, dst)
+                        else:
+                            nursery.start_soon(_pump_batch, src, dst, batch)
                 _fwdcommon.announce_ready(info)
                 async for _ in signals:
                     nursery.cancel_scope.cancel()

@@ -262,6 +262,10 @@ class FdPort:
             backend = self._backend = current_backend()
         return backend
 
+    def use_backend(self, backend: Backend | None) -> None:
+        """Wait with *backend* from now on (``None``: the running event loop's, found on use)."""
+        self._backend = backend
+
     async def wait_readable(self) -> None:
         await self._wait(self._get_backend().wait_readable)
 

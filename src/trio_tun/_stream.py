@@ -247,6 +247,13 @@ class PacketStream(UnreliableObjectStream[bytes]):
             backend = self._backend = current_backend()
         return backend
 
+    def _use_backend(self, backend: Backend | None) -> None:
+        """Run on *backend* (e.g. blocking waits in a forwarding thread); ``None`` resets."""
+        if not isinstance(self._port, FdPort):
+            raise TypeError(f"{self!r} has no file descriptor to wait on")
+        self._backend = backend
+        self._port.use_backend(backend)
+
     async def _wait(self, readable: bool) -> None:
         if readable:
             await self._port.wait_readable()

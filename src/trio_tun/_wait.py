@@ -7,6 +7,9 @@ is made once per stream, on first use, from ``sniffio``.
 
 from __future__ import annotations
 
+import os
+import select
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -89,3 +92,88 @@ class YieldBudget:
     def waited(self) -> None:
         """The caller just waited (a scheduler trip): the next yields are paid for."""
         self.remaining = SCHEDULE_EVERY
+
+
+# -- blocking waits, for a stream driven from a worker thread -------------------
+
+
+# poll()'s event bits (Linux, the BSDs and macOS agree).
+_POLLIN: Final = 0x001
+_POLLOUT: Final = 0x004
+
+
+class Stopped(Exception):
+    """Raised in a worker thread's wait when it was told to stop (its "cancellation")."""
+
+
+class StopSignal:
+    """Two pipes a worker thread's waits watch besides its fd: stop reading, stop writing.
+
+    Set from any thread; each is a byte written once, so a wait that starts
+    after the signal sees it too.
+    """
+
+    def __init__(self) -> None:
+        self.reading_r, self._reading_w = os.pipe()
+        self.writing_r, self._writing_w = os.pipe()
+        self._closed = False
+
+    def stop_reading(self) -> None:
+        os.write(self._reading_w, b"r")
+
+    def stop_writing(self) -> None:
+        os.write(self._writing_w, b"w")
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for fd in (self.reading_r, self._reading_w, self.writing_r, self._writing_w):
+                os.close(fd)
+
+
+if sys.platform != "win32":
+
+    def _poll_until(fd: int, events: int, stop_fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, events)
+        poller.register(stop_fd, _POLLIN)
+        # Blocks with the GIL released; returns when the fd is ready (or errs,
+        # which the next read or write reports) or the stop pipe has a byte.
+        ready = poller.poll()
+        if any(ready_fd == stop_fd for ready_fd, _ in ready):
+            raise Stopped
+
+else:  # pragma: no cover - Windows streams have no fd to poll (wintun rings)
+
+    def _poll_until(fd: int, events: int, stop_fd: int) -> None:
+        raise NotImplementedError("blocking waits need poll(), which Windows lacks")
+
+
+def blocking_backend(stop: StopSignal) -> Backend:
+    """Waits that block the calling thread (a ``poll`` that also watches *stop*).
+
+    A stream given this backend runs its ordinary code in a worker thread: its
+    coroutines never suspend, so they can be driven to completion there.
+    Waiting to read ends with :exc:`Stopped` once ``stop.stop_reading()`` was
+    called; waiting to write only once ``stop.stop_writing()`` was, so a batch
+    in hand is still written.
+    """
+
+    async def wait_readable(fd: int) -> None:
+        _poll_until(fd, _POLLIN, stop.reading_r)
+
+    async def wait_writable(fd: int) -> None:
+        _poll_until(fd, _POLLOUT, stop.writing_r)
+
+    async def nothing() -> None:
+        return None
+
+    return Backend(
+        name="thread",
+        wait_readable=wait_readable,
+        wait_writable=wait_writable,
+        notify_closing=lambda fd: None,
+        checkpoint=nothing,
+        checkpoint_if_cancelled=nothing,
+        cancel_shielded_checkpoint=nothing,
+    )
