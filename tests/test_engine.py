@@ -39,14 +39,23 @@ SERVER = "10.40.2.1"
 
 @asynccontextmanager
 async def devices(
-    a_ns: NetNamespace, b_ns: NetNamespace, queues: int = QUEUES
+    a_ns: NetNamespace, b_ns: NetNamespace, queues: int = QUEUES, *, offload: bool = False
 ) -> AsyncIterator[tuple[TunStream, TunStream]]:
+    """tfa (10.40.1.1) in *a_ns* and tfb (10.40.2.1) in *b_ns*, each routing to the other."""
     async with (
         trio_tun.open_tun(
-            "tfa", addresses=["10.40.1.1/24"], netns=a_ns.fileno(), queues=queues
+            "tfa",
+            addresses=["10.40.1.1/24"],
+            netns=a_ns.fileno(),
+            queues=queues,
+            offload=offload,
         ) as a,
         trio_tun.open_tun(
-            "tfb", addresses=["10.40.2.1/24"], netns=b_ns.fileno(), queues=queues
+            "tfb",
+            addresses=["10.40.2.1/24"],
+            netns=b_ns.fileno(),
+            queues=queues,
+            offload=offload,
         ) as b,
     ):
         await a.add_route("10.40.2.0/24")

@@ -5,41 +5,19 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 import trio
 import trio.lowlevel
 
-import trio_tun
-from test_engine import SERVER, numbered_udp_flows, tcp_flows
-from trio_tun import TunStream
+from test_engine import SERVER, devices, numbered_udp_flows, tcp_flows
 from trio_tun.testing import NetNamespace, fd_count, memory_tun_pair
 from trio_tun.threaded import ThreadedForwarder, drive
 
 pytestmark = [pytest.mark.kernel]
 
 DEADLINE = 120
-
-
-@asynccontextmanager
-async def devices(
-    a_ns: NetNamespace, b_ns: NetNamespace, offload: bool = False
-) -> AsyncIterator[tuple[TunStream, TunStream]]:
-    """The engine tests' topology (tfa 10.40.1.1 | forwarder | tfb 10.40.2.1), one queue each."""
-    async with (
-        trio_tun.open_tun(
-            "tfa", addresses=["10.40.1.1/24"], netns=a_ns.fileno(), offload=offload
-        ) as a,
-        trio_tun.open_tun(
-            "tfb", addresses=["10.40.2.1/24"], netns=b_ns.fileno(), offload=offload
-        ) as b,
-    ):
-        await a.add_route("10.40.2.0/24")
-        await b.add_route("10.40.1.0/24")
-        yield a, b
 
 
 def balanced(forwarder: ThreadedForwarder) -> None:
@@ -55,7 +33,7 @@ async def test_tcp_and_numbered_udp_cross_both_threads(
 ) -> None:
     a_ns, b_ns = two_namespaces
     with trio.fail_after(DEADLINE):
-        async with devices(a_ns, b_ns, offload) as (a, b):
+        async with devices(a_ns, b_ns, 1, offload=offload) as (a, b):
             assert a.vnet_hdr == offload
             forwarder = ThreadedForwarder([(a, b), (b, a)], grace=1.0)
             async with trio.open_nursery() as nursery:
@@ -115,7 +93,7 @@ async def test_cancelling_under_load_is_bounded_and_leaves_nothing(
         return sent
 
     with trio.fail_after(DEADLINE):
-        async with devices(a_ns, b_ns) as (a, b):
+        async with devices(a_ns, b_ns, 1) as (a, b):
             forwarder = ThreadedForwarder([(a, b), (b, a)], grace=0.5)
             async with trio.open_nursery() as outer:
                 outer.start_soon(trio.to_thread.run_sync, flood)
