@@ -51,6 +51,7 @@ from ._config import resolve_netns
 from ._errors import BrokenResourceError, ClosedResourceError
 from ._stream import ConflictGuard as _Guard
 from ._wait import Backend, YieldBudget, current_backend
+from .offload import gso_runs, split_gro
 from .offload import udp as _gso
 from .platform.linux import netns as _netns
 
@@ -545,7 +546,7 @@ class _UdpBase(Generic[_T]):
             start = i * RECV_BUFFER
             if 0 < gso_size < nbytes:
                 counters.gro_reads += 1
-                self._store_many(_gso.split_gro(view[start : start + nbytes], gso_size), address)
+                self._store_many(split_gro(view[start : start + nbytes], gso_size), address)
             else:
                 self._store(bytes(view[start : start + nbytes]), address)
 
@@ -591,7 +592,7 @@ class _UdpBase(Generic[_T]):
     ) -> None:
         if self._gso and len(datagrams) > 1:
             limit = self._gso_size_limit
-            for size, run in _gso.gso_runs(datagrams, _gso.MAX_SEGMENTS, self._max_gso_bytes):
+            for size, run in gso_runs(datagrams, _gso.MAX_SEGMENTS, self._max_gso_bytes):
                 if len(run) == 1:
                     into.append((run, 0, destination))
                 elif size <= limit:

@@ -47,12 +47,14 @@ __all__ = [
     "checksum",
     "coalesce",
     "finish_checksum",
+    "gso_runs",
     "implementation",
     "ones_complement_sum",
     "pseudo_header_sum",
     "reference",
     "split",
     "split_fields",
+    "split_gro",
     "split_with_header",
 ]
 
@@ -62,9 +64,11 @@ from .reference import (
     GroTable,
     checksum,
     coalesce,
+    gso_runs,
     ones_complement_sum,
     split,
     split_fields,
+    split_gro,
     split_with_header,
 )
 
@@ -85,6 +89,8 @@ if _accel is not None:
     split = _accel.split
     split_fields = _accel.split_fields
     split_with_header = _accel.split_with_header
+    split_gro = _accel.split_gro
+    gso_runs = _accel.gso_runs
 
 #: ``"speedups"`` when the compiled hot paths are in use, else ``"python"``.
 implementation: Final[str] = "python" if _accel is None else "speedups"

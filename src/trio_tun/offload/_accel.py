@@ -6,16 +6,20 @@ package ``__init__`` then falls back to the pure-Python modules.
 
 from __future__ import annotations
 
-from . import _speedups, gro
+from collections.abc import Sequence
+
+from . import _speedups, gro, udp
 from .virtio import VirtioNetHdr
 
 __all__ = [
     "GroTable",
     "checksum",
     "coalesce",
+    "gso_runs",
     "ones_complement_sum",
     "split",
     "split_fields",
+    "split_gro",
     "split_with_header",
 ]
 
@@ -29,6 +33,20 @@ split_fields = _speedups.split
 # without a Python frame in between.
 split_with_header = _speedups.split_with_header
 coalesce = _speedups.coalesce
+
+
+def split_gro(buffer: _Buffer, gso_size: int) -> list[bytes]:
+    """See :func:`trio_tun.offload.udp.split_gro`."""
+    return _speedups.split_gro(buffer, gso_size)
+
+
+def gso_runs(
+    datagrams: Sequence[_Buffer],
+    max_segments: int = udp.MAX_SEGMENTS,
+    max_bytes: int = udp.MAX_GSO_BYTES,
+) -> list[tuple[int, list[_Buffer]]]:
+    """See :func:`trio_tun.offload.udp.gso_runs`."""
+    return _speedups.gso_runs(datagrams, max_segments, max_bytes)
 
 
 def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:

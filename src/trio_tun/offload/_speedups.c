@@ -2207,6 +2207,157 @@ done:
 #endif /* __linux__ */
 
 /* ------------------------------------------------------------------ */
+/* UDP GSO runs and GRO splitting (see trio_tun.offload.udp)            */
+/* ------------------------------------------------------------------ */
+
+/* split_gro(buffer, gso_size, /) -> list[bytes]: see offload.udp.split_gro. */
+static PyObject *
+py_split_gro(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "split_gro() takes 2 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t gso = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (gso == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (gso < 0) {
+        PyErr_Format(PyExc_ValueError, "gso_size must not be negative, not %zd", gso);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const char *data = view.buf;
+    Py_ssize_t n = view.len;
+    Py_ssize_t count = (gso == 0 || gso >= n) ? 1 : (n + gso - 1) / gso;
+    Py_ssize_t step = count == 1 ? n : gso;
+    PyObject *list = PyList_New(count);
+    if (list == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t start = i * step;
+        Py_ssize_t len = n - start < step ? n - start : step;
+        PyObject *part = PyBytes_FromStringAndSize(data + start, len);
+        if (part == NULL) {
+            Py_DECREF(list);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, part);
+    }
+    PyBuffer_Release(&view);
+    return list;
+}
+
+static int
+gso_push_run(PyObject *runs, Py_ssize_t size, PyObject *run)
+{
+    PyObject *item = Py_BuildValue("(nO)", size, run);
+    if (item == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(runs, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* gso_runs(datagrams, max_segments, max_bytes, /) -> list[(gso_size, list)]:
+ * see offload.udp.gso_runs, whose grouping this follows step for step. */
+static PyObject *
+py_gso_runs(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "gso_runs() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t max_segments = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (max_segments == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t max_bytes = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (max_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_segments < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_segments and max_bytes must be at least 1");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "datagrams must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    PyObject *runs = PyList_New(0);
+    PyObject *run = NULL;
+    Py_ssize_t size = 0, total = 0;
+    if (runs == NULL) {
+        goto fail;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *datagram = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t n = PyObject_Length(datagram);
+        if (n < 0) {
+            goto fail;
+        }
+        if (run != NULL && 0 < n && n <= size && PyList_GET_SIZE(run) < max_segments &&
+            total + n <= max_bytes) {
+            if (PyList_Append(run, datagram) < 0) {
+                goto fail;
+            }
+            total += n;
+            if (n < size) {
+                /* A short segment can only be the last one. */
+                if (gso_push_run(runs, size, run) < 0) {
+                    goto fail;
+                }
+                Py_CLEAR(run);
+            }
+            continue;
+        }
+        if (run != NULL) {
+            if (gso_push_run(runs, size, run) < 0) {
+                goto fail;
+            }
+            Py_CLEAR(run);
+        }
+        PyObject *single = PyList_New(1);
+        if (single == NULL) {
+            goto fail;
+        }
+        Py_INCREF(datagram);
+        PyList_SET_ITEM(single, 0, datagram);
+        if (n == 0 || n > max_bytes) {
+            int rc = gso_push_run(runs, n, single);
+            Py_DECREF(single);
+            if (rc < 0) {
+                goto fail;
+            }
+            continue;
+        }
+        run = single;
+        size = total = n;
+    }
+    if (run != NULL) {
+        if (gso_push_run(runs, size, run) < 0) {
+            goto fail;
+        }
+        Py_CLEAR(run);
+    }
+    Py_DECREF(seq);
+    return runs;
+fail:
+    Py_XDECREF(run);
+    Py_XDECREF(runs);
+    Py_DECREF(seq);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
 /* Many frames per call on a TUN/TAP fd without a virtio header         */
 /* ------------------------------------------------------------------ */
 
@@ -2405,6 +2556,11 @@ static PyMethodDef methods[] = {
      "recvmmsg(fd, buffer, bufsize, max_messages, ancbufsize, want_address, /)\n--\n\n"
      "Receive up to max_messages datagrams in one syscall, as recvmsg_into would."},
 #endif
+    {"split_gro", (PyCFunction)(void (*)(void))py_split_gro, METH_FASTCALL,
+     "split_gro(buffer, gso_size, /)\n--\n\nSee :func:`trio_tun.offload.udp.split_gro`."},
+    {"gso_runs", (PyCFunction)(void (*)(void))py_gso_runs, METH_FASTCALL,
+     "gso_runs(datagrams, max_segments, max_bytes, /)\n--\n\n"
+     "See :func:`trio_tun.offload.udp.gso_runs`."},
 #if defined(__unix__) || defined(__APPLE__)
     {"read_frames", (PyCFunction)(void (*)(void))py_read_frames, METH_FASTCALL,
      "read_frames(fd, max_frames, size, /)\n--\n\n"

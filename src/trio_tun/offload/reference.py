@@ -9,15 +9,18 @@ from __future__ import annotations
 from .checksum import checksum, ones_complement_sum, pseudo_header_sum
 from .gro import GroTable, coalesce
 from .gso import finish_checksum, split, split_fields, split_with_header
+from .udp import gso_runs, split_gro
 
 __all__ = [
     "GroTable",
     "checksum",
     "coalesce",
     "finish_checksum",
+    "gso_runs",
     "ones_complement_sum",
     "pseudo_header_sum",
     "split",
     "split_fields",
+    "split_gro",
     "split_with_header",
 ]

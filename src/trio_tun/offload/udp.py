@@ -43,6 +43,9 @@ GRO_MALFORMED: Final = -1
 
 _UDP_HEADER: Final = 8
 _MAX_IP_PACKET: Final = 65535
+#: Bytes one GSO send may carry by default: the largest IPv6 payload of one
+#: UDP datagram (the IPv4 limit is 20 bytes more; ``max_gso_bytes`` says which).
+MAX_GSO_BYTES: Final = _MAX_IP_PACKET - _UDP_HEADER - 40
 _MSG_TRUNC: Final = 0x20
 _MSG_CTRUNC: Final = 0x08
 _U16: Final = struct.Struct("=H")
@@ -62,7 +65,7 @@ def max_gso_bytes(ipv6: bool) -> int:
 def gso_runs(
     datagrams: Sequence[_Buffer],
     max_segments: int = MAX_SEGMENTS,
-    max_bytes: int = _MAX_IP_PACKET - _UDP_HEADER - 40,
+    max_bytes: int = MAX_GSO_BYTES,
 ) -> list[tuple[int, list[_Buffer]]]:
     """Group consecutive datagrams into runs one ``UDP_SEGMENT`` send can carry.
 
