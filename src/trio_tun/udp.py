@@ -764,8 +764,10 @@ class UdpStream(_UdpBase[bytes], UnreliableObjectStream[bytes]):
             BusyResourceError: another task is sending on this stream.
         """
         batch = list(datagrams)
-        for datagram in batch:
-            self._check_datagram(datagram)
+        # max over map(len) runs in C: this is per datagram, on the hot path.
+        if batch and max(map(len, batch)) > MAX_DATAGRAM:
+            for datagram in batch:
+                self._check_datagram(datagram)
         with self._send_guard:
             await self._entry_checkpoint(False)
             if not batch:
