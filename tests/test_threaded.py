@@ -62,6 +62,58 @@ def test_drive_refuses_a_coroutine_that_suspends() -> None:
         drive(suspends())
 
 
+def test_each_direction_keeps_its_own_thread_backend() -> None:
+    """A two-way forwarder's lanes share streams: a stream is one lane's source
+    and the other's destination.  The lane that ends first resets only its
+    own direction; the other thread still sends through the shared stream.
+    (One backend per stream made that send ask a thread with no event loop
+    for its backend: AsyncLibraryNotFoundError at shutdown.)"""
+    from trio_tun import from_fd
+    from trio_tun._wait import StopSignal, blocking_backend
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stream = from_fd(left.fileno(), owned=False)
+    reader, writer = StopSignal(), StopSignal()
+    try:
+        stream._use_backend(blocking_backend(reader), receiving=True)
+        stream._use_backend(blocking_backend(writer), receiving=False)
+        # The sending lane ends; the receiving lane goes on, in a thread.
+        stream._use_backend(None, receiving=False)
+        got: list[object] = []
+
+        def receiving_lane() -> None:
+            right.send(b"\x45" + bytes(27))
+            got.extend(drive(stream.receive_batch()))
+
+        thread = threading.Thread(target=receiving_lane)
+        thread.start()
+        thread.join(DEADLINE)
+        assert got == [b"\x45" + bytes(27)]
+        # And the other way round: the receiving lane ended first.
+        stream._use_backend(blocking_backend(writer), receiving=False)
+        stream._use_backend(None, receiving=True)
+        errors: list[BaseException] = []
+
+        def sending_lane() -> None:
+            try:
+                drive(stream.send_batch([b"\x45" + bytes(19)] * 3))
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=sending_lane)
+        thread.start()
+        thread.join(DEADLINE)
+        assert errors == []
+        assert [right.recv(100) for _ in range(3)] == [b"\x45" + bytes(19)] * 3
+        assert stream.counters.tx_packets == 3
+    finally:
+        stream.close()
+        reader.close()
+        writer.close()
+        left.close()
+        right.close()
+
+
 def test_arguments_are_checked() -> None:
     a, b = memory_tun_pair()
     with pytest.raises(ValueError, match="file descriptor"):

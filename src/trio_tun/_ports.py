@@ -148,7 +148,16 @@ class FdPort:
             ``None`` where the device has one queue.
     """
 
-    __slots__ = ("_backend", "_blocking", "_fd", "_owned", "_queue_control", "refused_errno")
+    __slots__ = (
+        "_backend",
+        "_blocking",
+        "_fd",
+        "_owned",
+        "_queue_control",
+        "_read_backend",
+        "_write_backend",
+        "refused_errno",
+    )
 
     def __init__(
         self,
@@ -163,6 +172,10 @@ class FdPort:
         self._owned = owned
         self._queue_control = queue_control
         self._backend: Backend | None = None
+        # Per-direction overrides: a forwarding thread may read this fd while
+        # another thread writes it, each waiting with its own stop signal.
+        self._read_backend: Backend | None = None
+        self._write_backend: Backend | None = None
         self.refused_errno = 0
 
     def fileno(self) -> int:
@@ -262,15 +275,18 @@ class FdPort:
             backend = self._backend = current_backend()
         return backend
 
-    def use_backend(self, backend: Backend | None) -> None:
-        """Wait with *backend* from now on (``None``: the running event loop's, found on use)."""
-        self._backend = backend
+    def use_backend(self, backend: Backend | None, *, reading: bool) -> None:
+        """Wait to read (or write) with *backend* from now on (``None``: the event loop's)."""
+        if reading:
+            self._read_backend = backend
+        else:
+            self._write_backend = backend
 
     async def wait_readable(self) -> None:
-        await self._wait(self._get_backend().wait_readable)
+        await self._wait((self._read_backend or self._get_backend()).wait_readable)
 
     async def wait_writable(self) -> None:
-        await self._wait(self._get_backend().wait_writable)
+        await self._wait((self._write_backend or self._get_backend()).wait_writable)
 
     async def _wait(self, wait: Callable[[int], Any]) -> None:
         fd = self._open_fd()

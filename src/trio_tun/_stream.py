@@ -146,6 +146,10 @@ class PacketStream(UnreliableObjectStream[bytes]):
         self._packet_info = packet_info
         self._queues: tuple[PacketStream, ...] = (self,)
         self._backend: Backend | None = None
+        # Set while a forwarding thread drives one direction (see threaded.py);
+        # the other direction may be driven by another thread at the same time.
+        self._receive_backend: Backend | None = None
+        self._send_backend: Backend | None = None
         self._receive_guard = ConflictGuard("receiving")
         self._send_guard = ConflictGuard("sending")
         self._receive_budget = YieldBudget()
@@ -247,12 +251,18 @@ class PacketStream(UnreliableObjectStream[bytes]):
             backend = self._backend = current_backend()
         return backend
 
-    def _use_backend(self, backend: Backend | None) -> None:
-        """Run on *backend* (e.g. blocking waits in a forwarding thread); ``None`` resets."""
+    def _use_backend(self, backend: Backend | None, *, receiving: bool) -> None:
+        """Receive (or send) on *backend*, e.g. blocking waits in a forwarding thread.
+
+        ``None`` goes back to the running event loop's.
+        """
         if not isinstance(self._port, FdPort):
             raise TypeError(f"{self!r} has no file descriptor to wait on")
-        self._backend = backend
-        self._port.use_backend(backend)
+        if receiving:
+            self._receive_backend = backend
+        else:
+            self._send_backend = backend
+        self._port.use_backend(backend, reading=receiving)
 
     async def _wait(self, readable: bool) -> None:
         if readable:
@@ -264,8 +274,11 @@ class PacketStream(UnreliableObjectStream[bytes]):
             self._send_budget.waited()
 
     async def _entry_checkpoint(self, receiving: bool) -> None:
-        budget = self._receive_budget if receiving else self._send_budget
-        await budget.checkpoint(self._get_backend())
+        if receiving:
+            budget, backend = self._receive_budget, self._receive_backend
+        else:
+            budget, backend = self._send_budget, self._send_backend
+        await budget.checkpoint(backend or self._get_backend())
 
     # -- reading -------------------------------------------------------
 

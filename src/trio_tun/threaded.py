@@ -205,8 +205,10 @@ class ThreadedForwarder:
         backend = blocking_backend(lane.stop)
         src, dst = lane.src, lane.dst
         transform = self._transform
-        src._use_backend(backend)
-        dst._use_backend(backend)
+        # Per direction: in a two-way forwarder each stream is also the other
+        # lane's destination, driven by that lane's thread at the same time.
+        src._use_backend(backend, receiving=True)
+        dst._use_backend(backend, receiving=False)
         try:
             while not lane.stopping:
                 try:
@@ -235,5 +237,5 @@ class ThreadedForwarder:
                     lane.written += written
                     lane.dropped += len(out) - written
         finally:
-            src._use_backend(None)
-            dst._use_backend(None)
+            src._use_backend(None, receiving=True)
+            dst._use_backend(None, receiving=False)
