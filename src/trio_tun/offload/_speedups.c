@@ -1159,6 +1159,14 @@ py_gro_build(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL) {
         goto done;
     }
+    if (PyList_Check(seq)) {
+        /* The caller's list: converting a payload that is no buffer runs
+         * its code, which could shrink the list under us. */
+        Py_SETREF(seq, PyList_AsTuple(seq));
+        if (seq == NULL) {
+            goto done;
+        }
+    }
     count = PySequence_Fast_GET_SIZE(seq);
     views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
     tmps = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
