@@ -11,7 +11,10 @@ at the end it must be back where it was, within small bounds:
   every small ``PyMem_Malloc`` that is never freed, is one more);
 * ``len(gc.get_objects())`` (leaked containers);
 * ``sys.getrefcount`` of every long-lived input object (an INCREF without
-  its DECREF leaks no memory when the object lives anyway; this catches it);
+  its DECREF leaks no memory when the object lives anyway; this catches it),
+  exactly, and of the objects every call may touch (None, small ints, the
+  exception class, the Python functions the speedups fall back to), within
+  ``MAX_SHARED``;
 * the resident set size (leaked large buffers and raw ``malloc``).
 
 A leak of one object per call would show as a growth of the order of the
@@ -53,6 +56,8 @@ from offload.packets import (
 MAX_BLOCKS: Final = 500
 MAX_OBJECTS: Final = 50
 MAX_RSS: Final = 16 * 1024 * 1024
+#: Shared objects (None, small ints, ...): at least this, or a thousandth of the calls.
+MAX_SHARED: Final = 100
 #: What an invalid input may raise (anything else is a failure of the check).
 EXPECTED: Final = (
     MalformedPacket,
@@ -216,7 +221,25 @@ def gro_build_calls() -> list[Call]:
         lambda: build(first, 20, 40, 1 << 17, 0, pay),
         lambda: build(first, 20, 40, 100, 0),
         lambda: build(object(), 20, 40, 100, 0, pay),
+        lambda: build(first, 20, 40, 100, 0, _emptied_by_conversion()),
     ]
+
+
+class _Chunk:
+    """A payload that is no buffer: bytes() iterates it, which empties its list."""
+
+    def __init__(self, owner: list[Any]) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[int]:
+        self.owner.clear()
+        return iter(b"abc")
+
+
+def _emptied_by_conversion() -> list[Any]:
+    payloads: list[Any] = []
+    payloads.extend([_Chunk(payloads), b"x" * 100, bytearray(b"y" * 50)])
+    return payloads
 
 
 def coalesce_calls() -> list[Call]:
@@ -336,11 +359,15 @@ def mmsg_calls(name: str, udp: bool) -> list[Call]:
 
             return call
 
+        def emptied() -> object:
+            return ok(_messages_emptied(msgs_ok))()  # a fresh list each time
+
         return [
             ok(msgs_ok),
             ok(gso),
             ok([([bytearray(b"g" * 10) for _ in range(3)], 0, None)]),
             ok([(iter([b"it"]), 0, None)]),
+            emptied,
             lambda: send(a.fileno(), []),
             # invalid
             lambda: send(a.fileno(), [([b"x"], -1, None)]),
@@ -377,6 +404,18 @@ def mmsg_calls(name: str, udp: bool) -> list[Call]:
 
 
 _KEEP: list[socket.socket] = []
+
+
+def _messages_emptied(tail: list[Any]) -> list[Any]:
+    """Messages whose first buffers empty the list while sendmmsg reads them."""
+    messages: list[Any] = []
+
+    def buffers() -> Iterator[bytes]:
+        messages.clear()
+        yield b"first"
+
+    messages.extend([(buffers(), 0, None), *tail])
+    return messages
 
 
 def _raw_sockaddr(sock: socket.socket) -> bytes:
@@ -440,24 +479,42 @@ def _refcounts(calls: list[Call]) -> list[int]:
     return [sys.getrefcount(o) for o in objs]
 
 
+def _shared() -> list[object]:
+    """Objects every call may take a reference to: singletons, cached small ints,
+    the exception class, the module's own objects, the Python references the
+    speedups call into.  Other code moves their counts a little; a leak moves
+    them by about the number of calls."""
+    from trio_tun.offload import gro, gso
+
+    objs: list[object] = [None, True, False, MalformedPacket, gro, gso, *range(-5, 257)]
+    objs += [gso.split_with_header, gso.split_fields, gro.coalesce, gro.parse, gro.build]
+    objs += list(vars(_speedups).values())
+    return objs
+
+
 def check(name: str, calls: list[Call], total: int) -> dict[str, Any]:
     warm = max(total // 10, len(calls))
     started = time.monotonic()
     _run(calls, warm)
+    shared = _shared()
+    refs0 = _refcounts(calls)
+    shared0 = [sys.getrefcount(o) for o in shared]
     gc.collect()
     blocks0, objects0, rss0 = sys.getallocatedblocks(), len(gc.get_objects()), _rss()
-    refs0 = _refcounts(calls)
     ok, failed = _run(calls, total - warm)
     gc.collect()
+    blocks1, objects1, rss1 = sys.getallocatedblocks(), len(gc.get_objects()), _rss()
     refs1 = _refcounts(calls)
+    shared1 = [sys.getrefcount(o) for o in shared]
     result = {
         "entry": name,
         "calls": total,
         "raised": failed,
-        "blocks": sys.getallocatedblocks() - blocks0,
-        "objects": len(gc.get_objects()) - objects0,
-        "rss_kib": (_rss() - rss0) // 1024,
+        "blocks": blocks1 - blocks0,
+        "objects": objects1 - objects0,
+        "rss_kib": (rss1 - rss0) // 1024,
         "refcounts": max((b - a for a, b in zip(refs0, refs1, strict=True)), default=0),
+        "shared": max(abs(b - a) for a, b in zip(shared0, shared1, strict=True)),
         "seconds": round(time.monotonic() - started, 1),
     }
     result["ok"] = (
@@ -465,6 +522,7 @@ def check(name: str, calls: list[Call], total: int) -> dict[str, Any]:
         and result["objects"] <= MAX_OBJECTS
         and result["rss_kib"] * 1024 <= MAX_RSS
         and result["refcounts"] == 0
+        and result["shared"] <= max(MAX_SHARED, total // 1000)
         and ok > 0
         and failed > 0
     )
@@ -482,14 +540,14 @@ def main() -> int:
     names = args.entry or list(points)
     print(f"{_speedups.__file__}; UDP entry points over {'UDP' if udp else 'AF_UNIX'}")
     header = f"{'entry point':<21}{'calls':>9}{'raised':>9}{'blocks':>8}{'objects':>8}"
-    print(header + f"{'RSS KiB':>9}{'refs':>6}{'s':>7}  verdict", flush=True)
+    print(header + f"{'RSS KiB':>9}{'refs':>6}{'shared':>7}{'s':>7}  verdict", flush=True)
     results = []
     for name in names:
         r = check(name, points[name], args.calls)
         results.append(r)
         print(
             f"{name:<21}{r['calls']:>9}{r['raised']:>9}{r['blocks']:>8}{r['objects']:>8}"
-            f"{r['rss_kib']:>9}{r['refcounts']:>6}{r['seconds']:>7}  "
+            f"{r['rss_kib']:>9}{r['refcounts']:>6}{r['shared']:>7}{r['seconds']:>7}  "
             f"{'flat' if r['ok'] else 'LEAK?'}",
             flush=True,
         )
