@@ -121,8 +121,10 @@ def soak(session: nox.Session) -> None:
 # of their own, so the session checks for them as files (see below).
 SANITIZE_TOOLS = {
     "clang": "clang",
-    # Symbolized stack traces in sanitizer reports.
+    # Symbolized stack traces in sanitizer reports; llvm-profdata and llvm-cov
+    # (same package) report the C coverage of the fuzz corpora.
     "llvm-symbolizer": "llvm",
+    "llvm-cov": "llvm",
 }
 
 

@@ -17,7 +17,8 @@ Steps (each can be chosen with ``--steps``):
     extension as well as the Python ones.  Then the corpus each run ended
     with is replayed once without Python instrumentation, which gives the C
     coverage on its own: edges of ``_speedups.c`` reached, per function too
-    (in the log).
+    (in the log); and once more through a build with clang's source-based
+    coverage, for the lines and branches of ``_speedups.c`` it runs (ccov.py).
 ``refleaks``
     refleaks.py: ``--calls`` calls of every entry point (default 1,000,000)
     against the sanitized build, with counts and memory required flat.
@@ -173,23 +174,34 @@ def step_fuzz(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(one, names))
+    # Source lines and branches of _speedups.c the final corpora run (a build
+    # with clang's source-based coverage, no sanitizers; see ccov.py).
+    from ccov import build_profiled, coverage
+
+    site, extension = build_profiled()
+    for r in results:
+        name = r["harness"]
+        corpora = [scratch / name, TESTS / "fuzz" / "corpus" / name]
+        r.update(coverage(site, extension, name, corpora, scratch / "ccov"))
     print()
     print(
         f"{'harness':<15}{'status':<14}{'runs':>9}{'cov':>7}{'ft':>8}{'corpus':>8}"
-        f"{'C cov':>8}{'C funcs':>10}{'s':>7}"
+        f"{'C cov':>8}{'C funcs':>10}{'C lines':>17}{'C branches':>16}{'s':>7}"
     )
     for r in results:
         print(
             f"{r['harness']!s:<15}{r['status']!s:<14}{r['runs']!s:>9}{r['cov']!s:>7}"
             f"{r['ft']!s:>8}{r['corpus']!s:>8}{r['c_cov']!s:>8}{r['c_funcs']!s:>10}"
-            f"{r['seconds']!s:>7}"
+            f"{r['lines']!s:>17}{r['branches']!s:>16}{r['seconds']!s:>7}"
         )
     edges = max((r["c_edges"] for r in results), default=0)
     print(
-        f"cov/ft: libFuzzer's edges/features, Python and C together; C cov: edges of the "
-        f"extension the final corpus reaches (of {edges} instrumented, inlined CPython "
-        f"helpers included); C funcs: functions of _speedups.c entered.  "
-        f"Per-function detail: {scratch}/<harness>-c-coverage.log"
+        f"cov/ft: libFuzzer's edges/features, Python and C together.  C cov: edges of the "
+        f"sanitized extension the final corpus reaches (of {edges} instrumented, sanitizer "
+        f"checks and inlined CPython helpers included); C funcs: functions of _speedups.c "
+        f"entered (per-function detail in {scratch}/<harness>-c-coverage.log).  C lines, "
+        f"C branches: llvm-cov's source coverage of _speedups.c by the final corpus "
+        f"({scratch}/ccov/<harness>.txt)."
     )
     return results
 
