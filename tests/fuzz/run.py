@@ -10,9 +10,10 @@ it is done), seeded with ``tests/fuzz/corpus/<harness>/``.  New inputs that
 libFuzzer finds go to a scratch directory, so the committed corpus only
 changes when someone copies an input in on purpose.  Python code of
 ``trio_tun`` and of the harnesses is instrumented for coverage; the compiled
-``_speedups`` module is not (that needs a clang build with
-``-fsanitize=fuzzer-no-link``), so it is fuzzed through its differential
-harness against the instrumented pure-Python reference.
+``_speedups`` module is not here (it is fuzzed through its differential
+harness against the instrumented pure-Python reference).  ``nox -s sanitize``
+(tests/sanitize/) runs these same harnesses against a clang build of it with
+ASan, UBSan and ``-fsanitize=fuzzer-no-link``, its C edges guiding libFuzzer.
 
 At the end a table gives, per harness, the iterations run, the coverage
 (libFuzzer's ``cov``: edges reached, and ``ft``: features), the corpus size
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +51,14 @@ def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def run_harness(name: str, runs: int, max_len: int | None, scratch: Path) -> dict[str, object]:
+def run_harness(
+    name: str,
+    runs: int,
+    max_len: int | None,
+    scratch: Path,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> dict[str, object]:
     work = scratch / name
     work.mkdir(parents=True, exist_ok=True)
     artifacts = scratch / f"{name}-findings"
@@ -63,6 +72,7 @@ def run_harness(name: str, runs: int, max_len: int | None, scratch: Path) -> dic
         f"-timeout={INPUT_TIMEOUT}",
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
+        *extra_args,
         str(work),
         str(HERE / "corpus" / name),
     ]
@@ -70,7 +80,7 @@ def run_harness(name: str, runs: int, max_len: int | None, scratch: Path) -> dic
         argv.insert(-2, f"-max_len={max_len}")
     started = time.monotonic()
     print(f"== {name}: {runs} runs", flush=True)
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     elapsed = time.monotonic() - started
     log = proc.stdout + proc.stderr
     (scratch / f"{name}.log").write_text(log)

@@ -6,7 +6,10 @@ the packets."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -769,3 +772,95 @@ def test_udp_zero_checksum_that_would_verify(version: int) -> None:
     assert ref == [ZERO_HDR + s for s in segs]
     assert _accel.coalesce(segs, uso=True) == ref
     assert [_speedups.gro_parse(s) for s in segs] == [gro.parse(s) for s in segs]
+
+
+# -- found under ASan/UBSan (nox -s sanitize) -------------------------------------------
+
+needs_mmsg = pytest.mark.skipif(
+    SPEEDUPS is None or not hasattr(_speedups, "sendmmsg"), reason="Linux's sendmmsg/recvmmsg"
+)
+
+# The caller's list loses its messages while sendmmsg iterates the first
+# message's buffers (a generator): sendmmsg once read the freed list and
+# message (a crash).  A subprocess, so that a crash fails this test only.
+_SENDMMSG_LIST_CHANGES = """
+import socket
+from trio_tun.offload import _speedups
+
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setblocking(False)
+messages = []
+
+def buffers():
+    messages.clear()
+    yield b"first"
+
+messages.extend([(buffers(), 0, None), ([b"second", bytearray(b"!")], 0, None)])
+sent = _speedups.sendmmsg(a.fileno(), messages)
+got = []
+for _ in range(3):
+    try:
+        got.append(b.recv(100))
+    except BlockingIOError:
+        break
+print(sent, got, messages)
+"""
+
+
+def _isolated(code: str) -> str:
+    """Run *code* in a fresh interpreter (a crash fails the calling test only)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+@needs_mmsg
+def test_sendmmsg_sends_what_it_was_given_when_the_list_changes() -> None:
+    # Both messages went, as they were when the call began.
+    assert _isolated(_SENDMMSG_LIST_CHANGES) == "2 [b'first', b'second!'] []"
+
+
+# Same with gro_build's payloads: a payload that is no buffer is converted
+# with bytes(), whose iteration empties the list; gro_build then read past
+# the list's (freed) items.
+_GRO_BUILD_LIST_CHANGES = """
+from trio_tun.offload import _speedups
+from trio_tun.offload import gro
+
+first = bytes.fromhex(%r)
+payloads = []
+
+class Chunk:
+    def __iter__(self):
+        payloads.clear()
+        return iter(b"abc")
+
+payloads.extend([Chunk(), b"x" * 100, bytearray(b"y" * 100)])
+got = _speedups.gro_build(first, 20, 40, 100, 0, payloads)
+want = gro.build(first, 20, 40, 100, 0, [b"abc", b"x" * 100, b"y" * 100])
+print(got == want, len(got), payloads)
+"""
+
+
+def test_gro_build_reads_the_payloads_it_was_given_when_the_list_changes() -> None:
+    first = tcp_packet(Flow(), 1, b"p" * 100)
+    code = _GRO_BUILD_LIST_CHANGES % first.hex()
+    assert _isolated(code) == f"True {10 + 40 + 203} []"
+
+
+@needs_mmsg
+@pytest.mark.parametrize("want_address", [False, True])
+def test_recvmmsg_without_ancillary_buffer(want_address: bool) -> None:
+    # ancbufsize 0 leaves msg_control NULL: the cmsg walk once did NULL + 0
+    # (undefined behaviour, UBSan aborts; silent in a plain build).
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        for i in range(3):
+            a.send(bytes([i + 1]) * (10 + i))
+        buf = bytearray(4 * 64)
+        got = _speedups.recvmmsg(b.fileno(), buf, 64, 4, 0, want_address)
+        assert got == [(10 + i, [], 0, None) for i in range(3)]
+        for i in range(3):
+            assert buf[i * 64 : i * 64 + 10 + i] == bytes([i + 1]) * (10 + i)

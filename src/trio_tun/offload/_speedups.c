@@ -1159,6 +1159,14 @@ py_gro_build(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL) {
         goto done;
     }
+    if (PyList_Check(seq)) {
+        /* The caller's list: converting a payload that is no buffer runs
+         * its code, which could shrink the list under us. */
+        Py_SETREF(seq, PyList_AsTuple(seq));
+        if (seq == NULL) {
+            goto done;
+        }
+    }
     count = PySequence_Fast_GET_SIZE(seq);
     views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
     tmps = PyMem_Calloc((size_t)(count ? count : 1), sizeof(PyObject *));
@@ -1932,6 +1940,14 @@ py_sendmmsg(PyObject *Py_UNUSED(self), PyObject *args)
     if (seq == NULL) {
         return NULL;
     }
+    if (PyList_Check(seq)) {
+        /* The caller's list: code run below (iterating a message's buffers,
+         * __index__) could change it and free the messages we hold. */
+        Py_SETREF(seq, PyList_AsTuple(seq));
+        if (seq == NULL) {
+            return NULL;
+        }
+    }
     n = PySequence_Fast_GET_SIZE(seq);
     if (n > MMSG_MAX) {
         n = MMSG_MAX;
@@ -2149,7 +2165,10 @@ py_recvmmsg(PyObject *Py_UNUSED(self), PyObject *args)
         struct msghdr *mh = &hdrs[i].msg_hdr;
         struct cmsghdr *cm;
         PyObject *anc, *addr, *entry;
-        const char *cend = (const char *)mh->msg_control + mh->msg_controllen;
+        /* No control buffer (ancbufsize 0): msg_control is NULL, and even
+         * NULL + 0 is undefined behaviour. */
+        const char *cend =
+            mh->msg_control ? (const char *)mh->msg_control + mh->msg_controllen : NULL;
 
         anc = PyList_New(0);
         if (anc == NULL) {

@@ -1,0 +1,561 @@
+"""Reference-leak check of the compiled offload speedups.
+
+Every public entry point of ``trio_tun.offload._speedups`` is called
+``--calls`` times (default 1,000,000), cycling through valid inputs and
+invalid ones (malformed packets, wrong types, out-of-range values, arguments
+handed to the Python reference), with bytes, bytearray and memoryview
+buffers.  After a warm-up of a tenth of the calls the process takes stock;
+at the end it must be back where it was, within small bounds:
+
+* ``sys.getallocatedblocks()`` (pymalloc blocks: every leaked object, and
+  every small ``PyMem_Malloc`` that is never freed, is one more);
+* ``len(gc.get_objects())`` (leaked containers);
+* ``sys.getrefcount`` of every long-lived input object (an INCREF without
+  its DECREF leaks no memory when the object lives anyway; this catches it),
+  exactly, and of the objects every call may touch (None, small ints, the
+  exception class, the Python functions the speedups fall back to), within
+  ``MAX_SHARED``;
+* the resident set size (leaked large buffers and raw ``malloc``).
+
+A leak of one object per call would show as a growth of the order of the
+number of calls; the bounds allow a few hundred blocks for caches that fill
+lazily.  ``sys.gettotalrefcount`` would be the direct measure but only a
+debug build of CPython has it.
+
+Runs with or without the sanitized build (``nox -s sanitize`` runs it with
+it preloaded, pymalloc left on so that its counters mean something).  The
+UDP entry points need root for a private network namespace (with a loopback
+of its own); without root they use an AF_UNIX socket pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from trio_tun.offload import MalformedPacket, _speedups
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from offload.packets import (
+    Flow,
+    super_packet,
+    tcp_flow,
+    tcp_packet,
+    udp_packet,
+)
+
+#: Growth allowed between the end of the warm-up and the end of the run.
+MAX_BLOCKS: Final = 500
+MAX_OBJECTS: Final = 50
+MAX_RSS: Final = 16 * 1024 * 1024
+#: Shared objects (None, small ints, ...): at least this, or a thousandth of the calls.
+MAX_SHARED: Final = 100
+#: What an invalid input may raise (anything else is a failure of the check).
+EXPECTED: Final = (
+    MalformedPacket,
+    TypeError,
+    ValueError,
+    OverflowError,
+    BufferError,
+    OSError,
+)
+
+Call = Callable[[], object]
+
+
+def _views(data: bytes) -> Iterator[Callable[[], object]]:
+    """The same bytes as a long-lived bytes object and as fresh buffers of each kind."""
+    yield lambda: data
+    yield lambda: bytearray(data)
+    yield lambda: memoryview(data)
+    # Not C-contiguous: the speedups copy it (or hand it to the reference).
+    yield lambda: memoryview(data + data)[::2] if data else memoryview(data)
+
+
+class _Raises:
+    """Its truth value and __index__ fail: exercises the error paths of option parsing."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("no truth value")
+
+    def __index__(self) -> int:
+        raise ValueError("no index")
+
+
+def _vnet(fields: tuple[int, ...]) -> bytes:
+    return struct.pack("=BBHHHH", *fields)
+
+
+def checksum_calls(name: str) -> list[Call]:
+    fn = getattr(_speedups, name)
+    data = bytes(range(256)) * 6 + b"\x01"
+    calls: list[Call] = [lambda m=m: fn(m()) for m in _views(data)]
+    calls += [
+        lambda: fn(data, 0x1234),
+        lambda: fn(data=bytearray(data), initial=0xFFFFFFFF),
+        lambda: fn(b""),
+        # invalid
+        lambda: fn(data, -1),
+        lambda: fn(data, 1 << 70),
+        lambda: fn("text"),
+        lambda: fn(data, initial="x"),
+        fn,  # no arguments
+        lambda: fn(data, 1, 2),
+    ]
+    return calls
+
+
+def _reads() -> tuple[list[tuple[tuple[int, ...], bytes]], list[tuple[tuple[int, ...], bytes]]]:
+    tcp4 = super_packet(Flow(), bytes(range(200)) * 20, 1000)
+    tcp6 = super_packet(
+        Flow(version=6, src=bytes(15) + b"\1", dst=bytes(15) + b"\2"), bytes(3000), 1200
+    )
+    udp4 = super_packet(Flow(proto=17), bytes(range(100)) * 30, 1400)
+    plain = ((0, 0, 0, 0, 0, 0), tcp_packet(Flow(), 1, b"hello"))
+    csum = ((1, 0, 0, 0, 20, 16), super_packet(Flow(), b"x" * 99, 1000)[1])
+    valid = [tcp4, tcp6, udp4, plain, csum]
+    fields, pkt = tcp4
+    invalid = [
+        ((fields[0], fields[1], fields[2], fields[3], fields[4], 6), pkt),  # csum_offset
+        ((4, *fields[1:]), pkt),  # unknown flag
+        ((fields[0], 0x85, *fields[2:]), pkt[:-1]),  # length mismatch
+        ((fields[0], 4, *fields[2:]), pkt),  # TCPV6 on IPv4
+        ((fields[0], 3, *fields[2:]), pkt),  # UFO
+        ((1, 1, 0, 0, 60000, 16), pkt),  # checksum field outside
+    ]
+    return valid, invalid
+
+
+def split_calls() -> list[Call]:
+    valid, invalid = _reads()
+    calls: list[Call] = []
+    for fields, pkt in valid + invalid:
+        for make in _views(pkt):
+            calls.append(lambda f=fields, m=make: _speedups.split(*f, m()))
+    fields, pkt = valid[0]
+    calls += [
+        lambda: _speedups.split(*fields[:5], 1 << 40, pkt),
+        lambda: _speedups.split(*fields[:5], -1, pkt),
+        lambda: _speedups.split(*fields[:5], "x", pkt),
+        lambda: _speedups.split(*fields, object()),
+        lambda: _speedups.split(*fields),
+    ]
+    return calls
+
+
+def split_with_header_calls() -> list[Call]:
+    valid, invalid = _reads()
+    calls: list[Call] = []
+    for fields, pkt in valid + invalid:
+        for make in _views(_vnet(fields) + pkt):
+            calls.append(lambda m=make: _speedups.split_with_header(m()))
+    buf = _vnet(valid[0][0]) + valid[0][1]
+    calls += [
+        lambda: _speedups.split_with_header(buf=buf),
+        lambda: _speedups.split_with_header(b"\0" * 9),
+        lambda: _speedups.split_with_header(list(buf[:200])),  # via the reference
+        lambda: _speedups.split_with_header(object()),
+        lambda: _speedups.split_with_header(buf, buf),
+        lambda: _speedups.split_with_header(buff=buf),
+    ]
+    return calls
+
+
+def _gro_packets() -> list[bytes]:
+    v6 = Flow(version=6, src=bytes(15) + b"\1", dst=bytes(15) + b"\2")
+    frag = bytearray(udp_packet(Flow(proto=17), b"y" * 40))
+    frag[6] = 0x20  # more fragments
+    return [
+        *tcp_flow(Flow(), [1000, 1000, 500]),
+        *tcp_flow(v6, [1200, 1200]),
+        udp_packet(Flow(proto=17), b"z" * 300),
+        udp_packet(Flow(proto=17, version=6, src=v6.src, dst=v6.dst), b"z" * 300),
+        tcp_packet(Flow(options=b"\x01\x01\x08\x0a" + bytes(8)), 5, b"opt" * 100),
+        bytes(frag),
+        bytes.fromhex("4500001c0000400040010000") + bytes(16),  # ICMP
+    ]
+
+
+def _bad_packets() -> list[bytes]:
+    good = tcp_packet(Flow(), 1, b"data")
+    return [b"", b"\x50" + good[1:], good[:19], good[:2] + b"\xff\xff" + good[4:], b"\x60" * 39]
+
+
+def gro_parse_calls() -> list[Call]:
+    calls: list[Call] = []
+    for pkt in _gro_packets() + _bad_packets():
+        for make in _views(pkt):
+            calls.append(lambda m=make: _speedups.gro_parse(m()))
+    calls += [lambda: _speedups.gro_parse(object()), lambda: _speedups.gro_parse(12)]
+    return calls
+
+
+def gro_build_calls() -> list[Call]:
+    first = tcp_flow(Flow(), [100])[0]
+    v6 = tcp_flow(Flow(version=6, src=bytes(16), dst=bytes(15) + b"\1"), [100])[0]
+    udp = udp_packet(Flow(proto=17), b"u" * 100)
+    pay = [b"p" * 100, bytearray(b"q" * 100), memoryview(b"r" * 60)]
+    build = _speedups.gro_build
+    return [
+        lambda: build(first, 20, 40, 100, 0, [b"p" * 100, bytearray(b"q" * 100)]),
+        lambda: build(bytearray(first), 20, 40, 100, 8, tuple(pay)),
+        lambda: build(v6, 40, 60, 100, 0, pay),
+        lambda: build(udp, 20, 28, 100, 0, pay),
+        lambda: build(first, 20, 40, 100, 0, []),
+        # invalid
+        lambda: build(first, 20, 39, 100, 0, pay),
+        lambda: build(first, 40, 60, 100, 0, pay),
+        lambda: build(first, 20, 40, 100, 0, [b"x" * 40000, b"y" * 40000]),
+        lambda: build(first, 20, 40, 100, 0, [b"x" * 70000, b"y"]),
+        lambda: build(first, 20, 40, 100, 0, [b"ok", object()]),
+        lambda: build(first, 20, 40, 100, 0, 5),
+        lambda: build(first, -1, 40, 100, 0, pay),
+        lambda: build(first, 20, 40, 1 << 17, 0, pay),
+        lambda: build(first, 20, 40, 100, 0),
+        lambda: build(object(), 20, 40, 100, 0, pay),
+        lambda: build(first, 20, 40, 100, 0, _emptied_by_conversion()),
+    ]
+
+
+class _Chunk:
+    """A payload that is no buffer: bytes() iterates it, which empties its list."""
+
+    def __init__(self, owner: list[Any]) -> None:
+        self.owner = owner
+
+    def __iter__(self) -> Iterator[int]:
+        self.owner.clear()
+        return iter(b"abc")
+
+
+def _emptied_by_conversion() -> list[Any]:
+    payloads: list[Any] = []
+    payloads.extend([_Chunk(payloads), b"x" * 100, bytearray(b"y" * 50)])
+    return payloads
+
+
+def coalesce_calls() -> list[Call]:
+    segs = _gro_packets()
+    bad = _bad_packets()
+    co = _speedups.coalesce
+    return [
+        lambda: co(segs),
+        lambda: co(tuple(segs), uso=True),
+        lambda: co([bytearray(s) for s in segs], max_size=9000),
+        lambda: co([memoryview(s) for s in segs], allow_short_last=False),
+        lambda: co(iter(segs)),
+        lambda: co(s for s in segs),
+        lambda: co([bytes(s) for s in segs] + [list(segs[0][:60])]),  # copies (non-buffer)
+        lambda: co(segs, uso=1.5),  # handed to the reference
+        lambda: co([]),
+        # invalid
+        lambda: co([*segs, bad[1]]),
+        lambda: co([segs[0], b""]),
+        lambda: co(segs, max_size=0),
+        lambda: co(segs, max_size=1 << 80),
+        lambda: co(segs, uso=_Raises()),
+        lambda: co(5),
+        lambda: co(segs, bogus=1),
+        lambda: co([segs[0], object()]),
+        lambda: co(iter([segs[0], 7])),
+    ]
+
+
+def grotable_calls() -> list[Call]:
+    segs = _gro_packets()
+    bad = _bad_packets()
+    table = _speedups.GroTable(uso=True)
+    step = [0]
+
+    def add_flush() -> object:
+        step[0] += 1
+        table.add(segs[step[0] % len(segs)])
+        table.add(bytearray(segs[(step[0] + 1) % len(segs)]))
+        table.add(memoryview(segs[(step[0] + 2) % len(segs)]))
+        assert len(table) == table.pending_packets
+        assert table.pending_buffers <= table.pending_packets
+        return table.flush() if step[0] % 3 == 0 else None
+
+    def add_bad() -> object:
+        return table.add(bad[step[0] % len(bad)])
+
+    def fresh_table() -> object:
+        t = _speedups.GroTable(max_size=9000, allow_short_last=False)
+        for s in segs:
+            t.add(s)
+        return None if step[0] % 2 else t.flush()  # dropped with packets held, or flushed
+
+    return [
+        add_flush,
+        add_bad,
+        fresh_table,
+        lambda: table.add(object()),
+        lambda: table.add(b"\x45" * 30),
+        lambda: _speedups.GroTable(max_size="x"),
+        lambda: _speedups.GroTable(max_size=0),
+        lambda: _speedups.GroTable(uso=_Raises()),
+        lambda: _speedups.GroTable(1),
+    ]
+
+
+def _private_netns() -> bool:
+    """Enter a new network namespace with its loopback up (root only)."""
+    if os.geteuid() != 0:
+        return False
+    from pyroute2 import IPRoute
+
+    from trio_tun.platform.linux import netns
+
+    netns.unshare_net()
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return True
+
+
+def mmsg_calls(name: str, udp: bool) -> list[Call]:
+    """sendmmsg or recvmmsg, with a socket pair to talk over."""
+    if udp:
+        family = socket.AF_INET6 if name == "recvmmsg" else socket.AF_INET
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        a = socket.socket(family, socket.SOCK_DGRAM)
+        b = socket.socket(family, socket.SOCK_DGRAM)
+        a.bind((host, 0))
+        b.bind((host, 0))
+        a.connect(b.getsockname())
+        raw = _raw_sockaddr(b)
+    else:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        raw = None
+    a.setblocking(False)
+    b.setblocking(False)
+    _KEEP.extend([a, b])
+
+    def drain() -> None:
+        try:
+            while True:
+                b.recv(65536)
+        except BlockingIOError:
+            pass
+
+    if name == "sendmmsg":
+        send = _speedups.sendmmsg
+        msgs_ok = [([b"abc", bytearray(b"de"), memoryview(b"f")], 0, None), ([b"x" * 100], 0, raw)]
+        gso = [([b"y" * 3000], 1000 if udp else 0, None)]
+
+        def ok(messages: list[Any]) -> Call:
+            def call() -> object:
+                try:
+                    return send(a.fileno(), messages)
+                finally:
+                    drain()
+
+            return call
+
+        def emptied() -> object:
+            return ok(_messages_emptied(msgs_ok))()  # a fresh list each time
+
+        return [
+            ok(msgs_ok),
+            ok(gso),
+            ok([([bytearray(b"g" * 10) for _ in range(3)], 0, None)]),
+            ok([(iter([b"it"]), 0, None)]),
+            emptied,
+            lambda: send(a.fileno(), []),
+            # invalid
+            lambda: send(a.fileno(), [([b"x"], -1, None)]),
+            lambda: send(a.fileno(), [([b"x"], 0, "addr")]),
+            lambda: send(a.fileno(), [([b"x"], 0)]),
+            lambda: send(a.fileno(), [([b"x", object()], 0, None)]),
+            lambda: send(a.fileno(), [([b"x"], "gso", None)]),
+            lambda: send(a.fileno(), 5),
+            lambda: send(-1, msgs_ok),
+        ]
+    recv = _speedups.recvmmsg
+    buf = bytearray(4 * 2048)
+
+    def ok_recv(count: int, anc: int, want: bool) -> Call:
+        def call() -> object:
+            for i in range(count):
+                a.send(b"m" * (10 + i))
+            return recv(b.fileno(), buf, 2048, 4, anc, want)
+
+        return call
+
+    return [
+        ok_recv(1, 0, False),
+        ok_recv(3, 64, True),
+        ok_recv(2, 0, True),
+        lambda: recv(b.fileno(), memoryview(buf), 2048, 4, 0, False),  # nothing: EAGAIN
+        # invalid
+        lambda: recv(b.fileno(), bytes(100), 10, 1, 0, False),
+        lambda: recv(b.fileno(), buf, 0, 4, 0, False),
+        lambda: recv(b.fileno(), buf, 4096, 4, 0, False),
+        lambda: recv(b.fileno(), buf, 2048, 4, -1, False),
+        lambda: recv(b.fileno(), buf, 2048, 4, 0),
+    ]
+
+
+_KEEP: list[socket.socket] = []
+
+
+def _messages_emptied(tail: list[Any]) -> list[Any]:
+    """Messages whose first buffers empty the list while sendmmsg reads them."""
+    messages: list[Any] = []
+
+    def buffers() -> Iterator[bytes]:
+        messages.clear()
+        yield b"first"
+
+    messages.extend([(buffers(), 0, None), *tail])
+    return messages
+
+
+def _raw_sockaddr(sock: socket.socket) -> bytes:
+    host, port = sock.getsockname()[:2]
+    if sock.family == socket.AF_INET:
+        return (
+            struct.pack("=H", socket.AF_INET)
+            + struct.pack("!H", port)
+            + socket.inet_aton(host)
+            + bytes(8)
+        )
+    return (
+        struct.pack("=H", socket.AF_INET6)
+        + struct.pack("!HI", port, 0)
+        + socket.inet_pton(socket.AF_INET6, host)
+        + struct.pack("=I", 0)
+    )
+
+
+def entry_points(udp: bool) -> dict[str, list[Call]]:
+    points = {
+        "ones_complement_sum": checksum_calls("ones_complement_sum"),
+        "checksum": checksum_calls("checksum"),
+        "split": split_calls(),
+        "split_with_header": split_with_header_calls(),
+        "gro_parse": gro_parse_calls(),
+        "gro_build": gro_build_calls(),
+        "coalesce": coalesce_calls(),
+        "GroTable": grotable_calls(),
+    }
+    if hasattr(_speedups, "sendmmsg"):
+        points["sendmmsg"] = mmsg_calls("sendmmsg", udp)
+        points["recvmmsg"] = mmsg_calls("recvmmsg", udp)
+    return points
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _run(calls: list[Call], count: int) -> tuple[int, int]:
+    ok = failed = 0
+    n = len(calls)
+    for i in range(count):
+        try:
+            calls[i % n]()
+            ok += 1
+        except EXPECTED:
+            failed += 1
+    return ok, failed
+
+
+def _refcounts(calls: list[Call]) -> list[int]:
+    """Reference counts of the long-lived objects the calls use (their closures)."""
+    objs: list[object] = []
+    for call in calls:
+        for cell in getattr(call, "__closure__", None) or ():
+            objs.append(cell.cell_contents)
+        objs.extend(getattr(call, "__defaults__", None) or ())
+    return [sys.getrefcount(o) for o in objs]
+
+
+def _shared() -> list[object]:
+    """Objects every call may take a reference to: singletons, cached small ints,
+    the exception class, the module's own objects, the Python references the
+    speedups call into.  Other code moves their counts a little; a leak moves
+    them by about the number of calls."""
+    from trio_tun.offload import gro, gso
+
+    objs: list[object] = [None, True, False, MalformedPacket, gro, gso, *range(-5, 257)]
+    objs += [gso.split_with_header, gso.split_fields, gro.coalesce, gro.parse, gro.build]
+    objs += list(vars(_speedups).values())
+    return objs
+
+
+def check(name: str, calls: list[Call], total: int) -> dict[str, Any]:
+    warm = max(total // 10, len(calls))
+    started = time.monotonic()
+    _run(calls, warm)
+    shared = _shared()
+    refs0 = _refcounts(calls)
+    shared0 = [sys.getrefcount(o) for o in shared]
+    gc.collect()
+    blocks0, objects0, rss0 = sys.getallocatedblocks(), len(gc.get_objects()), _rss()
+    ok, failed = _run(calls, total - warm)
+    gc.collect()
+    blocks1, objects1, rss1 = sys.getallocatedblocks(), len(gc.get_objects()), _rss()
+    refs1 = _refcounts(calls)
+    shared1 = [sys.getrefcount(o) for o in shared]
+    result = {
+        "entry": name,
+        "calls": total,
+        "raised": failed,
+        "blocks": blocks1 - blocks0,
+        "objects": objects1 - objects0,
+        "rss_kib": (rss1 - rss0) // 1024,
+        "refcounts": max((b - a for a, b in zip(refs0, refs1, strict=True)), default=0),
+        "shared": max(abs(b - a) for a, b in zip(shared0, shared1, strict=True)),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    result["ok"] = (
+        result["blocks"] <= MAX_BLOCKS
+        and result["objects"] <= MAX_OBJECTS
+        and result["rss_kib"] * 1024 <= MAX_RSS
+        and result["refcounts"] == 0
+        and result["shared"] <= max(MAX_SHARED, total // 1000)
+        and ok > 0
+        and failed > 0
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=1_000_000, help="calls per entry point")
+    parser.add_argument("entry", nargs="*", help="some entry points (default: all)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    udp = _private_netns()
+    points = entry_points(udp)
+    names = args.entry or list(points)
+    print(f"{_speedups.__file__}; UDP entry points over {'UDP' if udp else 'AF_UNIX'}")
+    header = f"{'entry point':<21}{'calls':>9}{'raised':>9}{'blocks':>8}{'objects':>8}"
+    print(header + f"{'RSS KiB':>9}{'refs':>6}{'shared':>7}{'s':>7}  verdict", flush=True)
+    results = []
+    for name in names:
+        r = check(name, points[name], args.calls)
+        results.append(r)
+        print(
+            f"{name:<21}{r['calls']:>9}{r['raised']:>9}{r['blocks']:>8}{r['objects']:>8}"
+            f"{r['rss_kib']:>9}{r['refcounts']:>6}{r['shared']:>7}{r['seconds']:>7}  "
+            f"{'flat' if r['ok'] else 'LEAK?'}",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
