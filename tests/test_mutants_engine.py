@@ -1,0 +1,298 @@
+"""Engine behaviour that mutation testing found unchecked (``nox -s mutants``).
+
+Each test pins an outcome a surviving mutant changed: which header fields the
+flow hash reads, which handler replies ``serve`` drops and how they are
+counted, and the grace period ``aclose`` uses.  All in memory: a recording fake
+queue, no device.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import anyio
+import pytest
+
+from trio_tun import Statistics
+from trio_tun.engine import OffloadEngine, flow_hash
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 20
+
+
+class Queue:
+    """A fake queue stream: reads come from :meth:`feed`, writes are recorded."""
+
+    max_packet = 100
+
+    def __init__(self) -> None:
+        self.counters = Statistics()
+        self.inbox: list[list[bytes]] = []
+        self.arrived = anyio.Event()
+        self.written: list[bytes] = []
+        self.wrote = anyio.Event()
+        self.writing = anyio.Event()
+        self.gate = anyio.Event()
+        self.gate.set()
+
+    def feed(self, batch: list[bytes]) -> None:
+        self.inbox.append(batch)
+        self.arrived.set()
+
+    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
+        while not self.inbox:
+            await self.arrived.wait()
+            self.arrived = anyio.Event()
+        return self.inbox.pop(0)
+
+    async def send_batch(self, batch: Iterable[bytes]) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        for packet in batch:
+            self.written.append(bytes(packet))
+            self.counters.tx_packets += 1
+        self.wrote.set()
+
+    def statistics(self) -> Statistics:
+        return self.counters.snapshot()
+
+    def detach_queue(self) -> None:
+        pass
+
+    def attach_queue(self) -> None:
+        pass
+
+
+# -- flow hash ------------------------------------------------------------------
+
+
+def ipv4(options: bytes = b"", *, proto: int = 17, ports: bytes = b"\x04\xd2\x00\x50") -> bytearray:
+    ihl = 5 + len(options) // 4
+    header = bytearray(20)
+    header[0] = 0x40 | ihl
+    header[1] = 0x10  # TOS
+    struct.pack_into("!HHHBB", header, 2, 20 + len(options) + 12, 0x1234, 0x4000, 64, proto)
+    header[12:20] = bytes([10, 0, 0, 1, 10, 0, 0, 2])
+    return header + options + ports + bytes(8)
+
+
+def ipv6(*, payload: int = 12, proto: int = 17) -> bytearray:
+    header = bytearray(40)
+    header[0:4] = b"\x60\x0a\xbc\xde"  # version, traffic class, flow label
+    struct.pack_into("!HBB", header, 4, payload, proto, 64)
+    header[8:24] = bytes(15) + b"\x01"
+    header[24:40] = bytes(15) + b"\x02"
+    return header + (b"\x04\xd2\x00\x50" + bytes(8))[:payload]
+
+
+def changed(packet: bytearray, offset: int) -> bytes:
+    copy = bytearray(packet)
+    copy[offset] ^= 0x5A
+    return bytes(copy)
+
+
+IPV4_OPTIONS = b"\x01\x01\x01\x00" * 2  # NOP NOP NOP EOL, twice: IHL 7
+
+# (name, packet, offsets of flow fields, offsets outside the flow)
+LAYOUTS = [
+    # addresses 12..20, protocol 9, ports right after the header.
+    ("ipv4", ipv4(), [9, 12, 15, 16, 19, 20, 21, 22, 23], [1, 2, 4, 6, 8, 10, 24, 30]),
+    (
+        "ipv4 options",
+        ipv4(IPV4_OPTIONS),
+        [9, 12, 19, 28, 29, 30, 31],
+        [1, 2, 4, 6, 8, 10, 20, 21, 27, 32, 39],
+    ),
+    # addresses 8..40, next header 6, ports 40..44.
+    ("ipv6", ipv6(), [6, 8, 23, 24, 39, 40, 41, 42, 43], [1, 2, 3, 4, 5, 7, 44, 51]),
+    # No transport header: the addresses still decide.
+    ("ipv6 bare", ipv6(payload=0), [6, 8, 39], [1, 3, 5, 7]),
+]
+
+
+@pytest.mark.parametrize(
+    ("packet", "flow", "other"),
+    [pytest.param(p, f, o, id=name) for name, p, f, o in LAYOUTS],
+)
+def test_flow_hash_reads_the_flow_fields_and_only_them(
+    packet: bytearray, flow: list[int], other: list[int]
+) -> None:
+    base = flow_hash(bytes(packet))
+    # A CRC changes with any one changed byte of a fixed-length input, so each
+    # flow field must move the hash ...
+    for offset in flow:
+        assert flow_hash(changed(packet, offset)) != base, offset
+    # ... and nothing else may (TTL, IDs, lengths, checksums, options, payload),
+    # or one flow would be scattered over queues and reordered.
+    for offset in other:
+        assert flow_hash(changed(packet, offset)) == base, offset
+
+
+@pytest.mark.parametrize(
+    "make", [ipv4, lambda: ipv4(IPV4_OPTIONS), ipv6], ids=["v4", "v4opt", "v6"]
+)
+def test_distinct_flows_spread_over_queues(make: object) -> None:
+    assert callable(make)
+    # 64 flows (source ports) over 4 queues: every queue gets some.
+    slots = set()
+    for port in range(1000, 1064):
+        packet = make()
+        offset = len(packet) - 12
+        packet[offset : offset + 2] = port.to_bytes(2, "big")
+        slots.add(flow_hash(bytes(packet)) % 4)
+    assert slots == {0, 1, 2, 3}
+
+
+# -- serve: replies a device could not take -------------------------------------
+
+
+async def _serve_once(replies: object, feeds: int = 1) -> tuple[Queue, OffloadEngine]:
+    """Serve *feeds* one-packet batches with a handler that returns *replies* each time."""
+    queue = Queue()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    served = 0
+
+    def handler(batch: list[bytes]) -> list[bytes]:
+        nonlocal served
+        served += 1
+        return replies() if callable(replies) else replies  # type: ignore[return-value]
+
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            tg.start_soon(engine.serve, handler)
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(feeds):
+                queue.feed([b"in"])
+                await anyio.wait_all_tasks_blocked()
+            assert served == feeds
+            tg.cancel_scope.cancel()
+    return queue, engine
+
+
+def _counts(engine: OffloadEngine) -> tuple[int, int, int]:
+    stats = engine.statistics()
+    assert stats.accepted == stats.written + stats.dropped + stats.in_flight
+    return stats.accepted, stats.written, stats.dropped
+
+
+@pytest.mark.parametrize(
+    ("replies", "kept"),
+    [
+        # An empty reply among good ones, nothing too long.
+        ([b"a", b"", b"bc"], [b"a", b"bc"]),
+        # One too long, nothing empty.
+        ([b"a", b"x" * 101, b"bc"], [b"a", b"bc"]),
+        # The limits themselves are fine: 1 byte and exactly max_packet.
+        ([b"1", b"y" * 100, b"z"], [b"1", b"y" * 100, b"z"]),
+        # Both kinds at once.
+        ([b"", b"q", b"x" * 500, b"r"], [b"q", b"r"]),
+    ],
+    ids=["empty", "too long", "limits", "both"],
+)
+async def test_served_replies_outside_the_limits_are_dropped_and_counted(
+    replies: list[bytes], kept: list[bytes]
+) -> None:
+    queue, engine = await _serve_once(tuple(replies))  # not a list: copied by the engine
+    assert queue.written == kept
+    assert _counts(engine) == (len(replies), len(kept), len(replies) - len(kept))
+
+
+async def test_dropped_replies_add_up_over_batches() -> None:
+    queue, engine = await _serve_once(lambda: [b"ok", b""], feeds=3)
+    assert queue.written == [b"ok"] * 3
+    assert _counts(engine) == (6, 3, 3)
+
+
+async def test_an_empty_iterator_of_replies_writes_nothing() -> None:
+    # Truthy, yet empty once listed: nothing to check, nothing to write.
+    queue, engine = await _serve_once(lambda: iter([]), feeds=2)
+    assert queue.written == []
+    assert _counts(engine) == (0, 0, 0)
+
+
+# -- aclose and the grace period ------------------------------------------------
+
+
+async def test_aclose_grace_overrides_the_engines() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()
+    # The engine's own grace would drop the blocked write at once ...
+    engine = OffloadEngine([queue], grace=0)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            await engine.send_batch([b"p1", b"p2"])
+            await queue.writing.wait()
+            # ... but this shutdown gives the writer time: it finishes once the
+            # gate opens, while aclose is waiting for it.
+            tg.start_soon(engine.aclose, DEADLINE)
+            await anyio.wait_all_tasks_blocked()
+            queue.gate.set()
+    assert queue.written == [b"p1", b"p2"]
+    assert _counts(engine) == (2, 2, 0)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["engine grace", "aclose grace"])
+async def test_aclose_ends_a_stuck_write_after_the_grace_period(explicit: bool) -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()  # never opens
+    engine = OffloadEngine([queue], grace=0.01 if not explicit else DEADLINE * 10)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            await engine.send_batch([b"p1", b"p2", b"p3"])
+            await queue.writing.wait()
+            if explicit:
+                await engine.aclose(0.01)
+            else:
+                await engine.aclose()
+            # aclose returned: the write was stopped and counted.
+            assert _counts(engine) == (3, 0, 3)
+    assert queue.written == []
+
+
+# -- serve: contention and a closed target --------------------------------------
+
+
+async def test_served_replies_wait_for_a_write_in_progress() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            # The writer task holds the queue's turn, blocked in a write ...
+            await engine.send_batch([b"app1", b"app2"])
+            await queue.writing.wait()
+            # ... so the reader serving this batch has to wait for its turn.
+            tg.start_soon(engine.serve, lambda batch: [b"re:" + p for p in batch])
+            await anyio.wait_all_tasks_blocked()
+            queue.feed([b"x", b"y"])
+            await anyio.wait_all_tasks_blocked()
+            assert queue.written == []
+            queue.gate.set()
+            while len(queue.written) < 4:
+                await queue.wrote.wait()
+                queue.wrote = anyio.Event()
+            tg.cancel_scope.cancel()
+    # The write in progress first, then the replies, each packet once.
+    assert queue.written == [b"app1", b"app2", b"re:x", b"re:y"]
+    assert _counts(engine) == (4, 4, 0)
+
+
+async def test_replies_to_a_closed_engine_are_dropped_there() -> None:
+    here, there = Queue(), Queue()
+    engine = OffloadEngine([here], grace=DEADLINE)  # type: ignore[list-item]
+    target = OffloadEngine([there], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with target:
+            pass
+        async with engine, anyio.create_task_group() as tg:
+            tg.start_soon(lambda: engine.serve(lambda batch: [*batch, b"extra"], reply_to=target))
+            await anyio.wait_all_tasks_blocked()
+            here.feed([b"a", b"b"])
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    # Nothing reached the closed engine's queue; it counted what it refused.
+    assert there.written == []
+    assert _counts(target) == (3, 0, 3)
+    assert engine.statistics().delivered == 2

@@ -1,0 +1,175 @@
+"""Stream behaviour that mutation testing found unchecked (``nox -s mutants``).
+
+A SOCK_SEQPACKET socketpair stands in for a TUN fd (one frame per message), so
+the bytes and the counters of ``send_raw``, ``receive_raw`` and the batched
+write loop can be checked exactly.  A small send buffer makes the socket refuse
+a frame (EMSGSIZE, as a device refuses a packet) or report it full (EAGAIN).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import trio
+
+import trio_tun
+from trio_tun import PacketStream
+from trio_tun.testing import memory_tun_pair
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 20
+# SO_SNDBUF is clamped to its minimum (4608 on Linux); a message longer than
+# the buffer can never be sent (EMSGSIZE), shorter ones fill it (EAGAIN).
+SMALL_BUFFER = 1
+TOO_BIG = 20000
+
+
+def _pair(*, small_buffer: bool = False) -> tuple[socket.socket, PacketStream]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if small_buffer:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    ours.setblocking(False)
+    return ours, trio_tun.from_fd(theirs.detach())
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[socket.socket, PacketStream]]:
+    ours, stream = _pair()
+    with ours:
+        yield ours, stream
+        await stream.aclose()
+
+
+def _received(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(70000))
+        except BlockingIOError:
+            return got
+
+
+async def test_send_raw_writes_frames_and_counts_them(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    limit = 65535
+    frames = [b"\x01", b"\x45" * 100, b"z" * limit]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            await stream.send_raw(frame)
+    assert _received(ours) == frames
+    stats = stream.statistics()
+    assert (stats.tx_packets, stats.tx_bytes) == (3, sum(map(len, frames)))
+    assert (stats.writes, stats.write_bytes) == (3, sum(map(len, frames)))
+    assert stats.tx_dropped == 0
+
+
+@pytest.mark.parametrize("size", [0, 65536])
+async def test_send_raw_refuses_frames_it_could_never_read_back(
+    pair: tuple[socket.socket, PacketStream], size: int
+) -> None:
+    ours, stream = pair
+    with pytest.raises(ValueError, match="frame"):
+        await stream.send_raw(bytes(size))
+    assert _received(ours) == []
+    assert stream.statistics().writes == 0
+
+
+async def test_send_raw_counts_a_refused_frame_as_dropped() -> None:
+    ours, stream = _pair(small_buffer=True)
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_raw(b"a" * 10)
+        await stream.send_raw(b"b" * TOO_BIG)  # EMSGSIZE: refused
+        await stream.send_raw(b"c" * 20)
+        assert _received(ours) == [b"a" * 10, b"c" * 20]
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (2, 30, 1)
+        await stream.aclose()
+
+
+async def test_receive_raw_returns_each_frame_and_counts_it(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [b"\x60" + bytes(39), b"x", b"\x45" * 1500]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = [await stream.receive_raw() for _ in frames]
+    assert got == frames
+    stats = stream.statistics()
+    total = sum(map(len, frames))
+    assert (stats.reads, stats.read_bytes) == (3, total)
+    assert (stats.rx_packets, stats.rx_bytes) == (3, total)
+
+
+async def test_send_batch_counts_every_write_across_batches(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    first = [b"\x45" + bytes(n) for n in (10, 20, 30)]
+    second = [b"\x60" + bytes(n) for n in (40, 50)]
+    with anyio.fail_after(DEADLINE):
+        await stream.send_batch(first)
+        await stream.send_batch(second)
+    assert _received(ours) == first + second
+    stats = stream.statistics()
+    total = sum(map(len, first + second))
+    assert (stats.writes, stats.write_bytes) == (5, total)
+    assert (stats.tx_packets, stats.tx_bytes) == (5, total)
+
+
+async def test_send_batch_drops_each_refused_packet_and_sends_the_rest() -> None:
+    ours, stream = _pair(small_buffer=True)
+    batch = [b"1", b"B" * TOO_BIG, b"22", b"C" * TOO_BIG, b"D" * TOO_BIG, b"333"]
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(batch)
+        assert _received(ours) == [b"1", b"22", b"333"]
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (3, 6, 3)
+        assert (stats.writes, stats.write_bytes) == (3, 6)
+        await stream.aclose()
+
+
+async def test_send_batch_waits_for_room_and_loses_nothing() -> None:
+    ours, stream = _pair(small_buffer=True)
+    batch = [bytes([n]) * 1000 for n in range(40)]  # far more than the buffer holds
+    got: list[bytes] = []
+    with ours, anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+
+            async def drain() -> None:
+                while len(got) < len(batch):
+                    await trio.lowlevel.wait_readable(ours)
+                    got.extend(_received(ours))
+
+            tg.start_soon(drain)
+            await stream.send_batch(batch)
+        await stream.aclose()
+    assert got == batch
+    stats = stream.statistics()
+    assert (stats.tx_packets, stats.tx_dropped, stats.writes) == (40, 0, 40)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # trio.lowlevel.wait_readable above: the trio backend only.
+    return "trio"
+
+
+async def test_repr_names_the_device_and_says_closed() -> None:
+    left, right = memory_tun_pair(names=("left0", "right0"))
+    assert repr(left) == "<TunStream 'left0' fd=-1>"
+    await left.aclose()
+    assert repr(left) == "<TunStream 'left0' fd=-1 closed>"
+    await right.aclose()
+    ours, stream = _pair()
+    with ours:
+        fd = stream.fileno()
+        assert repr(stream) == f"<TunStream '?' fd={fd}>"
+        await stream.aclose()
