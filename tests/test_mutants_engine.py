@@ -36,6 +36,9 @@ class Queue:
         self.writing = anyio.Event()
         self.gate = anyio.Event()
         self.gate.set()
+        # send_batch calls in progress at once, and the most there ever were.
+        self.active = 0
+        self.most_active = 0
 
     def feed(self, batch: list[bytes]) -> None:
         self.inbox.append(batch)
@@ -48,12 +51,17 @@ class Queue:
         return self.inbox.pop(0)
 
     async def send_batch(self, batch: Iterable[bytes]) -> None:
-        self.writing.set()
-        await self.gate.wait()
-        for packet in batch:
-            self.written.append(bytes(packet))
-            self.counters.tx_packets += 1
-        self.wrote.set()
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            self.writing.set()
+            await self.gate.wait()
+            for packet in batch:
+                self.written.append(bytes(packet))
+                self.counters.tx_packets += 1
+            self.wrote.set()
+        finally:
+            self.active -= 1
 
     def statistics(self) -> Statistics:
         return self.counters.snapshot()
@@ -274,8 +282,10 @@ async def test_served_replies_wait_for_a_write_in_progress() -> None:
                 await queue.wrote.wait()
                 queue.wrote = anyio.Event()
             tg.cancel_scope.cancel()
-    # The write in progress first, then the replies, each packet once.
+    # The write in progress first, then the replies, each packet once; never
+    # two writes on the queue at once.
     assert queue.written == [b"app1", b"app2", b"re:x", b"re:y"]
+    assert queue.most_active == 1
     assert _counts(engine) == (4, 4, 0)
 
 
@@ -296,3 +306,210 @@ async def test_replies_to_a_closed_engine_are_dropped_there() -> None:
     assert there.written == []
     assert _counts(target) == (3, 0, 3)
     assert engine.statistics().delivered == 2
+
+
+# -- arguments and errors -------------------------------------------------------
+
+
+async def test_engine_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"^an engine needs at least one queue$"):
+        OffloadEngine([])
+    for grace in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=r"^grace must be a finite number of seconds >= 0"):
+            OffloadEngine([Queue()], grace=grace)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"^channel_batches must be at least 1, not 0$"):
+        OffloadEngine([Queue()], channel_batches=0)  # type: ignore[list-item]
+    # The limits themselves are fine.
+    OffloadEngine([Queue()], grace=0, channel_batches=1)  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ([b"ok", b""], "packet of 0 bytes: packets must be 1..100 bytes long"),
+        ([b"ok", b"x" * 101], "packet of 101 bytes: packets must be 1..100 bytes long"),
+        # Both: the empty one is named.
+        ([b"x" * 101, b""], "packet of 0 bytes: packets must be 1..100 bytes long"),
+    ],
+    ids=["empty", "too long", "both"],
+)
+async def test_send_batch_refuses_a_bad_batch_whole(batch: list[bytes], message: str) -> None:
+    queue = Queue()
+    engine = OffloadEngine([queue])  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            with pytest.raises(ValueError, match=f"^{message}$".replace(".", r"\.")):
+                await engine.send_batch(batch)
+            # 1 byte and exactly max_packet are fine.
+            await engine.send_batch([b"1", b"m" * 100])
+            while len(queue.written) < 2:
+                await queue.wrote.wait()
+                queue.wrote = anyio.Event()
+            assert engine.statistics().accepted == 2
+        with pytest.raises(anyio.ClosedResourceError, match=r"^the engine is shutting down$"):
+            await engine.send_batch([b"late"])
+    assert queue.written == [b"1", b"m" * 100]
+
+
+async def test_packets_are_spread_by_flow_and_each_written_once() -> None:
+    queues = [Queue() for _ in range(3)]
+    engine = OffloadEngine(queues, grace=DEADLINE)  # type: ignore[arg-type]
+    flows = [ipv4(ports=port.to_bytes(2, "big") + b"\x00\x50") for port in range(2000, 2012)]
+    batch = [bytes(flows[n % len(flows)]) + bytes([n]) for n in range(60)]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            await engine.send_batch(batch[:30])
+            await engine.send_batch(batch[30:])
+            for index, queue in enumerate(queues):
+                await _written(queue, sum(1 for p in batch if flow_hash(p) % 3 == index))
+            stats = engine.statistics()
+            assert stats.queues == tuple(q.statistics() for q in queues)
+    for index, queue in enumerate(queues):
+        # Each queue got exactly its flows' packets, in the order sent.
+        assert queue.written == [p for p in batch if flow_hash(p) % 3 == index]
+    assert all(q.written for q in queues)
+    assert _counts(engine) == (60, 60, 0)
+
+
+async def test_detached_queues_are_left_out_and_the_last_one_stays() -> None:
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues)  # type: ignore[arg-type]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            assert engine.enabled_queues() == [0, 1]
+            await engine.detach_queue(1)
+            assert engine.enabled_queues() == [0]
+            with pytest.raises(
+                ValueError, match=r"^can't detach the last attached queue of an engine$"
+            ):
+                await engine.detach_queue(0)
+            await engine.send_batch([bytes(flow) for flow in LAYOUTS[0][1:2]] * 4)
+            while len(queues[0].written) < 4:
+                await queues[0].wrote.wait()
+                queues[0].wrote = anyio.Event()
+    assert queues[1].written == []
+
+
+# -- serve: state, async handlers, smaller targets ------------------------------
+
+
+async def test_serve_twice_is_busy_and_serve_can_run_again_after() -> None:
+    queue = Queue()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+            tg.start_soon(lambda: _serve_in(first, engine, lambda b: [b"1:" + p for p in b]))
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError, match=r"already serving this"):
+                await engine.serve()
+            queue.feed([b"a"])
+            await _written(queue, 1)
+            first.cancel()
+            await anyio.wait_all_tasks_blocked()
+            # No longer serving: a batch read now waits for the application.
+            queue.feed([b"b"])
+            assert await engine.receive_batch() == [b"b"]
+            second = anyio.CancelScope()
+            tg.start_soon(lambda: _serve_in(second, engine, lambda b: [b"2:" + p for p in b]))
+            await anyio.wait_all_tasks_blocked()
+            queue.feed([b"c"])
+            await _written(queue, 2)
+            second.cancel()
+    assert queue.written == [b"1:a", b"2:c"]
+
+
+async def _serve_in(scope: anyio.CancelScope, engine: OffloadEngine, handler: object) -> None:
+    with scope:
+        await engine.serve(handler)  # type: ignore[arg-type]
+
+
+async def _written(queue: Queue, count: int) -> None:
+    while len(queue.written) < count:
+        await queue.wrote.wait()
+        queue.wrote = anyio.Event()
+
+
+async def test_batches_read_before_serve_go_through_an_async_handler() -> None:
+    queue = Queue()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+
+    async def handler(batch: list[bytes]) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        return [b"r:" + p for p in batch]
+
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            # Read into the inbound channel while nobody serves.
+            queue.feed([b"early1", b"early2"])
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(engine.serve, handler)
+            await _written(queue, 2)
+            queue.feed([b"late"])
+            await _written(queue, 3)
+            tg.cancel_scope.cancel()
+    assert queue.written == [b"r:early1", b"r:early2", b"r:late"]
+    assert _counts(engine) == (3, 3, 0)
+
+
+async def test_forwarding_to_a_smaller_device_drops_what_it_cannot_take() -> None:
+    here, there = Queue(), Queue()
+    there.max_packet = 50
+    engine = OffloadEngine([here], grace=DEADLINE)  # type: ignore[list-item]
+    target = OffloadEngine([there], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with target, engine, anyio.create_task_group() as tg:
+            tg.start_soon(lambda: engine.serve(reply_to=target))
+            await anyio.wait_all_tasks_blocked()
+            here.feed([b"s" * 10, b"L" * 60, b"t" * 50])
+            await _written(there, 2)
+            tg.cancel_scope.cancel()
+    assert there.written == [b"s" * 10, b"t" * 50]
+    assert _counts(target) == (3, 2, 1)
+
+
+# -- shutdown from outside ------------------------------------------------------
+
+
+async def test_an_outside_cancellation_still_lets_the_write_finish() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+
+    async def run(scope: anyio.CancelScope) -> None:
+        with scope:
+            async with engine:
+                await engine.send_batch([b"w1", b"w2"])
+                await anyio.sleep_forever()
+
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+            tg.start_soon(run, scope)
+            await queue.writing.wait()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            # The writer is shielded from the cancellation: the grace period
+            # lets it finish once the device takes the packets.
+            queue.gate.set()
+    assert queue.written == [b"w1", b"w2"]
+    assert _counts(engine) == (2, 2, 0)
+
+
+async def test_cancelling_aclose_stops_at_once_and_still_counts() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()  # never opens
+    engine = OffloadEngine([queue], grace=DEADLINE * 10)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            await engine.send_batch([b"a", b"b", b"c"])
+            await queue.writing.wait()
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(engine.aclose)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()
+            # Stopped and accounted for before the async with even ends.
+            assert engine.statistics().in_flight == 0
+            assert _counts(engine) == (3, 0, 3)
+    assert queue.written == []

@@ -173,3 +173,23 @@ async def test_repr_names_the_device_and_says_closed() -> None:
         fd = stream.fileno()
         assert repr(stream) == f"<TunStream '?' fd={fd}>"
         await stream.aclose()
+
+
+async def test_set_down_and_set_up_report_a_bool() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        await left.set_down()
+        assert await left.is_up() is False
+        await left.set_up()
+        assert await left.is_up() is True
+
+
+async def test_engine_runs_every_queue_of_the_stream() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        engine = left.engine(grace=1.0, channel_batches=2)
+        assert engine.queues == left.queues
+        with anyio.fail_after(DEADLINE):
+            async with engine:
+                await engine.send_batch([b"\x45" + bytes(19)])
+                assert await right.receive() == b"\x45" + bytes(19)
