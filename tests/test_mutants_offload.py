@@ -6,8 +6,11 @@ have their own equivalence tests against it).
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
+from trio_tun.offload import udp
 from trio_tun.offload.checksum import checksum, ones_complement_sum, pseudo_header_sum
 
 V4 = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
@@ -50,3 +53,37 @@ def test_errors_say_what_was_wrong() -> None:
         ones_complement_sum(b"ab", 0x1_0000_0000)
     with pytest.raises(ValueError, match=r"^initial must be in 0\.\.0xffffffff, got -1$"):
         checksum(b"ab", -1)
+
+
+# -- UDP GSO/GRO control messages -----------------------------------------------
+
+GRO = (udp.SOL_UDP, udp.UDP_GRO)
+UNKNOWN = (0, 1, b"x")
+
+
+def _gro(value: int) -> tuple[int, int, bytes]:
+    return (*GRO, struct.pack("=i", value))
+
+
+def test_gso_cmsg_carries_the_segment_size() -> None:
+    assert udp.gso_cmsg(1400) == (udp.SOL_UDP, udp.UDP_SEGMENT, struct.pack("=H", 1400))
+
+
+@pytest.mark.parametrize(
+    ("ancdata", "expected"),
+    [
+        # The smallest segment size is a size, not an error.
+        ([_gro(1)], (1, 0)),
+        # Every bad item is counted, wherever it comes.
+        ([(*GRO, b"\0\0\0"), UNKNOWN], (udp.GRO_MALFORMED, 2)),
+        ([UNKNOWN, _gro(0)], (udp.GRO_MALFORMED, 2)),
+        ([_gro(1200), UNKNOWN, UNKNOWN], (1200, 2)),
+        ([UNKNOWN, _gro(1200), _gro(1300)], (udp.GRO_MALFORMED, 2)),
+        ([UNKNOWN, _gro(-5), UNKNOWN], (udp.GRO_MALFORMED, 3)),
+    ],
+    ids=["size 1", "short then unknown", "unknown then zero", "unknowns", "twice", "negative"],
+)
+def test_gro_cmsgs_are_counted_one_by_one(
+    ancdata: list[tuple[int, int, bytes]], expected: tuple[int, int]
+) -> None:
+    assert udp.parse_gro_cmsgs(ancdata, 0) == expected

@@ -16,7 +16,9 @@ import pytest
 import trio
 
 import trio_tun
-from trio_tun import PacketStream
+from offload.packets import Flow, tcp_flow
+from trio_tun import NoDeviceControlError, PacketStream
+from trio_tun.offload import VIRTIO_NET_HDR_LEN
 from trio_tun.testing import memory_tun_pair
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +195,72 @@ async def test_engine_runs_every_queue_of_the_stream() -> None:
             async with engine:
                 await engine.send_batch([b"\x45" + bytes(19)])
                 assert await right.receive() == b"\x45" + bytes(19)
+
+
+async def test_receive_batch_counts_reads_across_batches(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [bytes([0x45, n]) * (n + 1) for n in range(5)]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = await stream.receive_batch(3)
+        got += await stream.receive_batch(3)
+    assert got == frames
+    stats = stream.statistics()
+    total = sum(map(len, frames))
+    assert (stats.reads, stats.read_bytes, stats.rx_packets) == (5, total, 5)
+
+
+async def test_memory_streams_parse_every_packet() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        packets = [b"\x45" + bytes(n) for n in (19, 30, 40)]
+        with anyio.fail_after(DEADLINE):
+            for packet in packets:
+                await left.send(packet)
+            got = [await right.receive() for _ in packets]
+        assert got == packets
+        stats = right.statistics()
+        assert (stats.rx_packets, stats.rx_malformed) == (3, 0)
+
+
+async def test_coalesced_writes_are_counted_per_super_packet() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    flow = Flow()
+    first = tcp_flow(flow, [100] * 4, seq=1)
+    second = tcp_flow(flow, [100] * 3, seq=401, ident=4)
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(first)
+        # A lone packet is written as it is, not as a super-packet.
+        await stream.send_batch(first[:1])
+        await stream.send_batch(second)
+        frames = _received(ours)
+        await stream.aclose()
+    # One frame per batch: two super-packets and one plain packet.
+    assert len(frames) == 3
+    assert [len(f) - VIRTIO_NET_HDR_LEN for f in frames] == [40 + 400, 40 + 100, 40 + 300]
+    stats = stream.statistics()
+    assert (stats.tx_coalesced, stats.tx_packets, stats.tx_dropped) == (2, 8, 0)
+
+
+async def test_device_control_errors_say_why() -> None:
+    ours, stream = _pair()
+    with ours:
+        with pytest.raises(
+            NoDeviceControlError,
+            match=r"^this stream has no device control \(it wraps an fd whose device is unknown\)$",
+        ):
+            await stream.set_mtu(1400)
+        await stream.aclose()
+    left, right = memory_tun_pair()
+    await left.aclose()
+    with pytest.raises(
+        trio_tun.ClosedResourceError,
+        match=r"^this stream was closed; its device can't be configured$",
+    ):
+        await left.set_mtu(1400)
+    await right.aclose()
