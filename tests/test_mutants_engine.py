@@ -138,6 +138,13 @@ def test_flow_hash_reads_the_flow_fields_and_only_them(
         assert flow_hash(changed(packet, offset)) == base, offset
 
 
+def test_flow_hash_of_anything_else_reads_what_is_there() -> None:
+    # Not IP, or too short to be: still a stable hash, from the first bytes.
+    for packet in (b"\x00" * 10, b"\x45" * 19, b"\x60" * 39, bytes(range(30))):
+        assert flow_hash(packet) == flow_hash(bytes(packet))
+        assert flow_hash(packet) != flow_hash(changed(bytearray(packet), 0))
+
+
 @pytest.mark.parametrize(
     "make", [ipv4, lambda: ipv4(IPV4_OPTIONS), ipv6], ids=["v4", "v4opt", "v6"]
 )
@@ -384,10 +391,19 @@ async def test_detached_queues_are_left_out_and_the_last_one_stays() -> None:
             ):
                 await engine.detach_queue(0)
             await engine.send_batch([bytes(flow) for flow in LAYOUTS[0][1:2]] * 4)
-            while len(queues[0].written) < 4:
-                await queues[0].wrote.wait()
-                queues[0].wrote = anyio.Event()
-    assert queues[1].written == []
+            await _written(queues[0], 4)
+            assert queues[1].written == []
+            # Back in service: its reader and writer run again.
+            await engine.attach_queue(1)
+            assert engine.enabled_queues() == [0, 1]
+            queues[1].feed([b"back"])
+            assert await engine.receive_batch() == [b"back"]
+            flows = [bytes(ipv4(ports=p.to_bytes(2, "big") + b"\x00\x50")) for p in range(40)]
+            await engine.send_batch(flows)
+            for index, queue in enumerate(queues):
+                share = [p for p in flows if flow_hash(p) % 2 == index]
+                await _written(queue, len(share) + 4 * (index == 0))
+    assert queues[1].written == [p for p in flows if flow_hash(p) % 2 == 1]
 
 
 # -- serve: state, async handlers, smaller targets ------------------------------

@@ -10,8 +10,10 @@ import struct
 
 import pytest
 
-from trio_tun.offload import udp
+from offload.packets import Flow, tcp_flow
+from trio_tun.offload import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, MalformedPacket, udp
 from trio_tun.offload.checksum import checksum, ones_complement_sum, pseudo_header_sum
+from trio_tun.offload.gso import finish_checksum, split_fields
 
 V4 = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
 V6 = (bytes(15) + b"\x01", bytes(15) + b"\x02")
@@ -87,3 +89,51 @@ def test_gro_cmsgs_are_counted_one_by_one(
     ancdata: list[tuple[int, int, bytes]], expected: tuple[int, int]
 ) -> None:
     assert udp.parse_gro_cmsgs(ancdata, 0) == expected
+
+
+# -- GSO: finishing checksums, error messages -----------------------------------
+
+
+@pytest.mark.parametrize("csum_start", [20, 21])
+@pytest.mark.parametrize("length", [40, 41])
+def test_finish_checksum_makes_the_region_sum_to_all_ones(csum_start: int, length: int) -> None:
+    packet = bytearray((7 * i + 3) & 0xFF for i in range(length))
+    # The field holds the pseudo-header sum, as the kernel leaves it.
+    pos = csum_start + 6
+    pseudo = int.from_bytes(packet[pos : pos + 2], "big")
+    finish_checksum(packet, csum_start, 6)
+    # The receiver's check: pseudo-header plus the region, checksum included,
+    # is all ones, odd length or not.
+    assert ones_complement_sum(packet[csum_start:], pseudo) == 0xFFFF
+
+
+def test_finish_checksum_accepts_offset_zero_and_names_a_bad_field() -> None:
+    packet = bytearray(b"\x12\x34\x00\x07\x56\x78")
+    finish_checksum(packet, 2, 0)
+    assert ones_complement_sum(packet[2:], 7) == 0xFFFF
+    with pytest.raises(MalformedPacket, match=r"^checksum field at 4\+10 lies outside a 12-byte"):
+        finish_checksum(bytearray(12), 4, 10)
+
+
+def test_gso_errors_name_the_mismatch() -> None:
+    packet = tcp_flow(Flow(), [200])[0]
+    with pytest.raises(MalformedPacket, match=r"^GSO_TCPV6 on an IPv4 packet$"):
+        split_fields(NEEDS_CSUM, GSO_TCPV6, 40, 100, 20, 16, packet)
+    with pytest.raises(MalformedPacket, match=r"^csum_offset 10 is not the L4 checksum field$"):
+        split_fields(NEEDS_CSUM, GSO_TCPV4, 40, 100, 20, 10, packet)
+
+
+# -- UDP GSO runs -----------------------------------------------------------------
+
+
+def test_gso_runs_edges() -> None:
+    # A 1-byte datagram can end a run, or start one of 1-byte segments.
+    assert udp.gso_runs([b"aa", b"b"]) == [(2, [b"aa", b"b"])]
+    assert udp.gso_runs([b"a", b"b", b"c"]) == [(1, [b"a", b"b", b"c"])]
+    # A run may fill max_bytes exactly.
+    assert udp.gso_runs([b"aa", b"bb", b"cc"], max_bytes=4) == [
+        (2, [b"aa", b"bb"]),
+        (2, [b"cc"]),
+    ]
+    with pytest.raises(ValueError, match=r"^max_segments and max_bytes must be at least 1$"):
+        udp.gso_runs([b"a"], max_segments=0)
