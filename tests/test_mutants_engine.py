@@ -520,6 +520,8 @@ async def test_cancelling_aclose_stops_at_once_and_still_counts() -> None:
         async with engine:
             await engine.send_batch([b"a", b"b", b"c"])
             await queue.writing.wait()
+            # Queued in the writer's channel behind the blocked write.
+            await engine.send_batch([b"d", b"e"])
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(engine.aclose)
@@ -527,5 +529,68 @@ async def test_cancelling_aclose_stops_at_once_and_still_counts() -> None:
                     scope.cancel()
             # Stopped and accounted for before the async with even ends.
             assert engine.statistics().in_flight == 0
-            assert _counts(engine) == (3, 0, 3)
+            assert _counts(engine) == (5, 0, 5)
     assert queue.written == []
+
+
+async def test_a_served_write_in_progress_finishes_despite_an_outside_cancellation() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+
+    async def run(scope: anyio.CancelScope) -> None:
+        with scope:
+            async with engine, anyio.create_task_group() as tg:
+                tg.start_soon(engine.serve, lambda batch: [b"r:" + p for p in batch])
+                await anyio.sleep_forever()
+
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+            tg.start_soon(run, scope)
+            await anyio.wait_all_tasks_blocked()
+            queue.feed([b"x", b"y"])
+            await queue.writing.wait()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            # The reader is in the middle of writing the handler's output: it
+            # finishes that write within the grace period.
+            queue.gate.set()
+    assert queue.written == [b"r:x", b"r:y"]
+    assert _counts(engine) == (2, 2, 0)
+
+
+async def test_an_application_batch_waits_for_a_served_write() -> None:
+    queue = Queue()
+    queue.gate = anyio.Event()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            tg.start_soon(engine.serve, lambda batch: [b"r:" + p for p in batch])
+            await anyio.wait_all_tasks_blocked()
+            queue.feed([b"x"])
+            await queue.writing.wait()
+            # The reader holds the queue's turn: the writer task must wait.
+            await engine.send_batch([b"app"])
+            await anyio.wait_all_tasks_blocked()
+            queue.gate.set()
+            await _written(queue, 2)
+            tg.cancel_scope.cancel()
+    assert queue.written == [b"r:x", b"app"]
+    assert queue.most_active == 1
+
+
+async def test_batches_held_by_several_readers_at_shutdown_all_count() -> None:
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues, channel_batches=1)  # type: ignore[arg-type]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            queues[0].feed([b"a"] * 4)
+            await anyio.wait_all_tasks_blocked()  # in the channel
+            queues[0].feed([b"b"] * 6)
+            queues[1].feed([b"c"] * 5)
+            await anyio.wait_all_tasks_blocked()
+            # One batch fills the channel; each reader holds one more.
+            assert engine.statistics().received == 15
+    stats = engine.statistics()
+    assert (stats.received, stats.delivered, stats.rx_dropped) == (15, 0, 15)
