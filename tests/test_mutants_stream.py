@@ -264,3 +264,28 @@ async def test_device_control_errors_say_why() -> None:
     ):
         await left.set_mtu(1400)
     await right.aclose()
+
+
+async def test_coalescing_counts_segments_singles_and_refusals_exactly() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    one, two = Flow(sport=1111), Flow(sport=2222)
+    # A flow with a short last segment: 4 segments in 350 bytes.
+    short_last = tcp_flow(one, [100, 100, 100, 50], seq=1)
+    # Two flows of one segment each: two plain frames, nothing coalesced.
+    singles = [tcp_flow(one, [80], seq=351)[0], tcp_flow(two, [80], seq=1)[0]]
+    garbage = b"\x00 not an IP packet"
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(short_last)
+        await stream.send_batch(singles)
+        # Refused packets are counted batch after batch; the rest still goes.
+        await stream.send_batch([garbage, *tcp_flow(two, [60, 60], seq=81)])
+        await stream.send_batch([*tcp_flow(two, [60, 60], seq=201), garbage])
+        frames = _received(ours)
+        await stream.aclose()
+    assert len(frames) == 1 + 2 + 1 + 1
+    stats = stream.statistics()
+    assert stats.tx_packets == 4 + 2 + 2 + 2
+    assert stats.tx_coalesced == 3
+    assert stats.tx_dropped == 2
