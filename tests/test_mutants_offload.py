@@ -137,3 +137,52 @@ def test_gso_runs_edges() -> None:
     ]
     with pytest.raises(ValueError, match=r"^max_segments and max_bytes must be at least 1$"):
         udp.gso_runs([b"a"], max_segments=0)
+
+
+def _v4(size: int = 340) -> bytearray:
+    packet = bytearray(tcp_flow(Flow(), [size - 40])[0])
+    return packet
+
+
+def _v6() -> bytearray:
+    flow = Flow(version=6, src=bytes(15) + b"\x01", dst=bytes(15) + b"\x02")
+    return bytearray(tcp_flow(flow, [300])[0])
+
+
+def _cut_v4(packet: bytearray, n: int) -> bytes:
+    cut = bytearray(packet[:n])
+    if n >= 4:
+        cut[2:4] = n.to_bytes(2, "big")
+    return bytes(cut)
+
+
+def _with(packet: bytearray, offset: int, value: int) -> bytes:
+    copy = bytearray(packet)
+    copy[offset] = value
+    return bytes(copy)
+
+
+MALFORMED = [
+    ("v4 19 bytes", GSO_TCPV4, 0, _cut_v4(_v4(), 19), "truncated IPv4 header"),
+    ("v4 20 bytes", GSO_TCPV4, 0, _cut_v4(_v4(), 20), "csum_start 0 != IPv4 header length 20"),
+    ("v4 39 bytes", GSO_TCPV4, 20, _cut_v4(_v4(), 39), "truncated TCP header"),
+    ("v4 options", GSO_TCPV4, 20, _with(_v4(60), 32, 0xF0), "TCP options run past the packet"),
+    ("v4 length", GSO_TCPV4, 20, bytes(_v4()) + b"\0", "IPv4 total length does not match"),
+    ("v4 fragment", GSO_TCPV4, 20, _with(_v4(), 7, 1), "GSO packet is an IPv4 fragment"),
+    ("v4 protocol", GSO_TCPV4, 20, _with(_v4(), 9, 17), "IPv4 protocol 17 does not match"),
+    ("v6 as v4", GSO_TCPV4, 40, bytes(_v6()), "GSO_TCPV4 on an IPv6 packet"),
+    ("v6 39 bytes", GSO_TCPV6, 0, bytes(_v6()[:39]), "truncated IPv6 header"),
+    ("v6 40 bytes", GSO_TCPV6, 0, bytes(_v6()[:40]), r"csum_start 0 != 40 \(IPv6 extension"),
+    ("v6 next", GSO_TCPV6, 40, _with(_v6(), 6, 17), "IPv6 next header 17 does not match"),
+]
+
+
+@pytest.mark.parametrize(
+    ("gso_type", "csum_start", "packet", "message"),
+    [pytest.param(*case[1:], id=case[0]) for case in MALFORMED],
+)
+def test_gso_refuses_malformed_packets_saying_why(
+    gso_type: int, csum_start: int, packet: bytes, message: str
+) -> None:
+    with pytest.raises(MalformedPacket, match=f"^{message}"):
+        split_fields(NEEDS_CSUM, gso_type, 0, 100, csum_start, 16, packet)

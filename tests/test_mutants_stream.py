@@ -88,9 +88,10 @@ async def test_send_raw_counts_a_refused_frame_as_dropped() -> None:
         await stream.send_raw(b"a" * 10)
         await stream.send_raw(b"b" * TOO_BIG)  # EMSGSIZE: refused
         await stream.send_raw(b"c" * 20)
+        await stream.send_raw(b"d" * TOO_BIG)
         assert _received(ours) == [b"a" * 10, b"c" * 20]
         stats = stream.statistics()
-        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (2, 30, 1)
+        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (2, 30, 2)
         await stream.aclose()
 
 
@@ -289,3 +290,15 @@ async def test_coalescing_counts_segments_singles_and_refusals_exactly() -> None
     assert stats.tx_packets == 4 + 2 + 2 + 2
     assert stats.tx_coalesced == 3
     assert stats.tx_dropped == 2
+
+
+async def test_size_errors_say_what_the_limit_is(pair: tuple[socket.socket, PacketStream]) -> None:
+    _, stream = pair
+    with pytest.raises(ValueError, match=r"^can't send an empty packet$"):
+        await stream.send(b"")
+    with pytest.raises(
+        ValueError,
+        match=r"^frame of 65536 bytes is larger than the 65535-byte limit "
+        r"\(a 65535-byte packet plus 0 header bytes\)$",
+    ):
+        await stream.send_raw(bytes(65536))
