@@ -594,3 +594,14 @@ async def test_batches_held_by_several_readers_at_shutdown_all_count() -> None:
             assert engine.statistics().received == 15
     stats = engine.statistics()
     assert (stats.received, stats.delivered, stats.rx_dropped) == (15, 0, 15)
+
+
+async def test_no_queue_comes_back_once_the_engine_is_shutting_down() -> None:
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues)  # type: ignore[arg-type]
+    with anyio.fail_after(DEADLINE):
+        async with engine:
+            await engine.detach_queue(1)
+        with pytest.raises(anyio.ClosedResourceError, match=r"^the engine is shutting down$"):
+            await engine.attach_queue(1)
+    assert engine.enabled_queues() == [0]
