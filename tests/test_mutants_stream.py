@@ -1,0 +1,304 @@
+"""Stream behaviour that mutation testing found unchecked (``nox -s mutants``).
+
+A SOCK_SEQPACKET socketpair stands in for a TUN fd (one frame per message), so
+the bytes and the counters of ``send_raw``, ``receive_raw`` and the batched
+write loop can be checked exactly.  A small send buffer makes the socket refuse
+a frame (EMSGSIZE, as a device refuses a packet) or report it full (EAGAIN).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+import trio
+
+import trio_tun
+from offload.packets import Flow, tcp_flow
+from trio_tun import NoDeviceControlError, PacketStream
+from trio_tun.offload import VIRTIO_NET_HDR_LEN
+from trio_tun.testing import memory_tun_pair
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 20
+# SO_SNDBUF is clamped to its minimum (4608 on Linux); a message longer than
+# the buffer can never be sent (EMSGSIZE), shorter ones fill it (EAGAIN).
+SMALL_BUFFER = 1
+TOO_BIG = 20000
+
+
+def _pair(*, small_buffer: bool = False) -> tuple[socket.socket, PacketStream]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if small_buffer:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    ours.setblocking(False)
+    return ours, trio_tun.from_fd(theirs.detach())
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[socket.socket, PacketStream]]:
+    ours, stream = _pair()
+    with ours:
+        yield ours, stream
+        await stream.aclose()
+
+
+def _received(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(70000))
+        except BlockingIOError:
+            return got
+
+
+async def test_send_raw_writes_frames_and_counts_them(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    limit = 65535
+    frames = [b"\x01", b"\x45" * 100, b"z" * limit]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            await stream.send_raw(frame)
+    assert _received(ours) == frames
+    stats = stream.statistics()
+    assert (stats.tx_packets, stats.tx_bytes) == (3, sum(map(len, frames)))
+    assert (stats.writes, stats.write_bytes) == (3, sum(map(len, frames)))
+    assert stats.tx_dropped == 0
+
+
+@pytest.mark.parametrize("size", [0, 65536])
+async def test_send_raw_refuses_frames_it_could_never_read_back(
+    pair: tuple[socket.socket, PacketStream], size: int
+) -> None:
+    ours, stream = pair
+    with pytest.raises(ValueError, match="frame"):
+        await stream.send_raw(bytes(size))
+    assert _received(ours) == []
+    assert stream.statistics().writes == 0
+
+
+async def test_send_raw_counts_a_refused_frame_as_dropped() -> None:
+    ours, stream = _pair(small_buffer=True)
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_raw(b"a" * 10)
+        await stream.send_raw(b"b" * TOO_BIG)  # EMSGSIZE: refused
+        await stream.send_raw(b"c" * 20)
+        await stream.send_raw(b"d" * TOO_BIG)
+        assert _received(ours) == [b"a" * 10, b"c" * 20]
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (2, 30, 2)
+        await stream.aclose()
+
+
+async def test_receive_raw_returns_each_frame_and_counts_it(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [b"\x60" + bytes(39), b"x", b"\x45" * 1500]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = [await stream.receive_raw() for _ in frames]
+    assert got == frames
+    stats = stream.statistics()
+    total = sum(map(len, frames))
+    assert (stats.reads, stats.read_bytes) == (3, total)
+    assert (stats.rx_packets, stats.rx_bytes) == (3, total)
+
+
+async def test_send_batch_counts_every_write_across_batches(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    first = [b"\x45" + bytes(n) for n in (10, 20, 30)]
+    second = [b"\x60" + bytes(n) for n in (40, 50)]
+    with anyio.fail_after(DEADLINE):
+        await stream.send_batch(first)
+        await stream.send_batch(second)
+    assert _received(ours) == first + second
+    stats = stream.statistics()
+    total = sum(map(len, first + second))
+    assert (stats.writes, stats.write_bytes) == (5, total)
+    assert (stats.tx_packets, stats.tx_bytes) == (5, total)
+
+
+async def test_send_batch_drops_each_refused_packet_and_sends_the_rest() -> None:
+    ours, stream = _pair(small_buffer=True)
+    batch = [b"1", b"B" * TOO_BIG, b"22", b"C" * TOO_BIG, b"D" * TOO_BIG, b"333"]
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(batch)
+        assert _received(ours) == [b"1", b"22", b"333"]
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_bytes, stats.tx_dropped) == (3, 6, 3)
+        assert (stats.writes, stats.write_bytes) == (3, 6)
+        await stream.aclose()
+
+
+async def test_send_batch_waits_for_room_and_loses_nothing() -> None:
+    ours, stream = _pair(small_buffer=True)
+    batch = [bytes([n]) * 1000 for n in range(40)]  # far more than the buffer holds
+    got: list[bytes] = []
+    with ours, anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+
+            async def drain() -> None:
+                while len(got) < len(batch):
+                    await trio.lowlevel.wait_readable(ours)
+                    got.extend(_received(ours))
+
+            tg.start_soon(drain)
+            await stream.send_batch(batch)
+        await stream.aclose()
+    assert got == batch
+    stats = stream.statistics()
+    assert (stats.tx_packets, stats.tx_dropped, stats.writes) == (40, 0, 40)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # trio.lowlevel.wait_readable above: the trio backend only.
+    return "trio"
+
+
+async def test_repr_names_the_device_and_says_closed() -> None:
+    left, right = memory_tun_pair(names=("left0", "right0"))
+    assert repr(left) == "<TunStream 'left0' fd=-1>"
+    await left.aclose()
+    assert repr(left) == "<TunStream 'left0' fd=-1 closed>"
+    await right.aclose()
+    ours, stream = _pair()
+    with ours:
+        fd = stream.fileno()
+        assert repr(stream) == f"<TunStream '?' fd={fd}>"
+        await stream.aclose()
+
+
+async def test_set_down_and_set_up_report_a_bool() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        await left.set_down()
+        assert await left.is_up() is False
+        await left.set_up()
+        assert await left.is_up() is True
+
+
+async def test_engine_runs_every_queue_of_the_stream() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        engine = left.engine(grace=1.0, channel_batches=2)
+        assert engine.queues == left.queues
+        with anyio.fail_after(DEADLINE):
+            async with engine:
+                await engine.send_batch([b"\x45" + bytes(19)])
+                assert await right.receive() == b"\x45" + bytes(19)
+
+
+async def test_receive_batch_counts_reads_across_batches(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [bytes([0x45, n]) * (n + 1) for n in range(5)]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = await stream.receive_batch(3)
+        got += await stream.receive_batch(3)
+    assert got == frames
+    stats = stream.statistics()
+    total = sum(map(len, frames))
+    assert (stats.reads, stats.read_bytes, stats.rx_packets) == (5, total, 5)
+
+
+async def test_memory_streams_parse_every_packet() -> None:
+    left, right = memory_tun_pair()
+    async with left, right:
+        packets = [b"\x45" + bytes(n) for n in (19, 30, 40)]
+        with anyio.fail_after(DEADLINE):
+            for packet in packets:
+                await left.send(packet)
+            got = [await right.receive() for _ in packets]
+        assert got == packets
+        stats = right.statistics()
+        assert (stats.rx_packets, stats.rx_malformed) == (3, 0)
+
+
+async def test_coalesced_writes_are_counted_per_super_packet() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    flow = Flow()
+    first = tcp_flow(flow, [100] * 4, seq=1)
+    second = tcp_flow(flow, [100] * 3, seq=401, ident=4)
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(first)
+        # A lone packet is written as it is, not as a super-packet.
+        await stream.send_batch(first[:1])
+        await stream.send_batch(second)
+        frames = _received(ours)
+        await stream.aclose()
+    # One frame per batch: two super-packets and one plain packet.
+    assert len(frames) == 3
+    assert [len(f) - VIRTIO_NET_HDR_LEN for f in frames] == [40 + 400, 40 + 100, 40 + 300]
+    stats = stream.statistics()
+    assert (stats.tx_coalesced, stats.tx_packets, stats.tx_dropped) == (2, 8, 0)
+
+
+async def test_device_control_errors_say_why() -> None:
+    ours, stream = _pair()
+    with ours:
+        with pytest.raises(
+            NoDeviceControlError,
+            match=r"^this stream has no device control \(it wraps an fd whose device is unknown\)$",
+        ):
+            await stream.set_mtu(1400)
+        await stream.aclose()
+    left, right = memory_tun_pair()
+    await left.aclose()
+    with pytest.raises(
+        trio_tun.ClosedResourceError,
+        match=r"^this stream was closed; its device can't be configured$",
+    ):
+        await left.set_mtu(1400)
+    await right.aclose()
+
+
+async def test_coalescing_counts_segments_singles_and_refusals_exactly() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    one, two = Flow(sport=1111), Flow(sport=2222)
+    # A flow with a short last segment: 4 segments in 350 bytes.
+    short_last = tcp_flow(one, [100, 100, 100, 50], seq=1)
+    # Two flows of one segment each: two plain frames, nothing coalesced.
+    singles = [tcp_flow(one, [80], seq=351)[0], tcp_flow(two, [80], seq=1)[0]]
+    garbage = b"\x00 not an IP packet"
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(short_last)
+        await stream.send_batch(singles)
+        # Refused packets are counted batch after batch; the rest still goes.
+        await stream.send_batch([garbage, *tcp_flow(two, [60, 60], seq=81)])
+        await stream.send_batch([*tcp_flow(two, [60, 60], seq=201), garbage])
+        frames = _received(ours)
+        await stream.aclose()
+    assert len(frames) == 1 + 2 + 1 + 1
+    stats = stream.statistics()
+    assert stats.tx_packets == 4 + 2 + 2 + 2
+    assert stats.tx_coalesced == 3
+    assert stats.tx_dropped == 2
+
+
+async def test_size_errors_say_what_the_limit_is(pair: tuple[socket.socket, PacketStream]) -> None:
+    _, stream = pair
+    with pytest.raises(ValueError, match=r"^can't send an empty packet$"):
+        await stream.send(b"")
+    with pytest.raises(
+        ValueError,
+        match=r"^frame of 65536 bytes is larger than the 65535-byte limit "
+        r"\(a 65535-byte packet plus 0 header bytes\)$",
+    ):
+        await stream.send_raw(bytes(65536))
