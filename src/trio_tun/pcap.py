@@ -57,6 +57,7 @@ __all__ = [
     "CaptureStream",
     "PcapWriter",
     "capture",
+    "linktype_for",
 ]
 
 #: The pcap magic number that announces nanosecond timestamps.
@@ -67,7 +68,7 @@ VERSION: Final = (2, 4)
 LINKTYPE_RAW: Final = 101
 #: Ethernet frames (TAP).
 LINKTYPE_ETHERNET: Final = 1
-#: Bytes kept of each packet by default: libpcap's own default and maximum,
+#: Bytes kept of each packet by default (libpcap's own default and maximum),
 #: more than the largest super-packet a stream hands out.
 DEFAULT_SNAPLEN: Final = 262144
 #: The largest snaplen readers accept.
@@ -140,8 +141,11 @@ class PcapWriter:
         self._closed = False
         # monotonic_ns of the oldest record not flushed yet (None: all flushed).
         self._dirty_since: int | None = None
+        #: Packets written so far.
         self.packets = 0
+        #: Of those, how many were cut to the snaplen.
         self.truncated = 0
+        #: Bytes written to the file so far, headers included.
         self.bytes_written = 0
         try:
             self._put(_FILE_HEADER.pack(MAGIC_NANOSECONDS, *VERSION, 0, 0, snaplen, linktype))
@@ -456,7 +460,7 @@ def capture(
         direction: Record ``"both"`` directions, or only what is ``"received"``
             or ``"sent"``.
 
-    classic pcap has no direction field: tell the directions apart by the
+    Classic pcap has no direction field: tell the directions apart by the
     addresses, or capture each direction to its own file.
     """
     if direction not in ("both", "received", "sent"):
