@@ -148,6 +148,11 @@ def test_writer_flush_policy_and_path(tmp_path: Path) -> None:
     assert [p for _, p in got] == [packet] * 3
 
 
+def test_writer_refuses_a_text_file() -> None:
+    with pytest.raises(TypeError, match="binary"):
+        PcapWriter(io.StringIO())  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -33,6 +33,7 @@ running, or capture to a file.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import time
@@ -130,6 +131,8 @@ class PcapWriter:
             raise ValueError(f"linktype must be a 16-bit DLT number, not {linktype}")
         if flush_interval is not None and flush_interval < 0:
             raise ValueError(f"flush_interval must be >= 0 or None, not {flush_interval}")
+        if isinstance(file, io.TextIOBase):
+            raise TypeError("a pcap file is binary: pass a path or e.g. sys.stdout.buffer")
         self._owns_file = isinstance(file, (str, os.PathLike))
         if isinstance(file, (str, os.PathLike)):
             self._file: FileLike = open(file, "wb", buffering=WRITE_BUFFER)  # noqa: SIM115
