@@ -95,6 +95,23 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/, then check both.
+
+    ``python -m build`` (isolated, as pip would build) makes them; then
+    tests/test_packaging.py installs the wheel into a fresh venv and checks
+    that the compiled speedups are used, and builds and installs the sdist
+    with no compiler available and checks the pure-Python fallback.
+    """
+    _ensure_debian_packages(session, {"cc": "gcc"})
+    session.install("-e", ".[test]")
+    dist = os.path.join(os.getcwd(), "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", dist)
+    session.run("pytest", "-q", "tests/test_packaging.py", env={"TRIO_TUN_DIST": dist})
+
+
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """Coverage-guided fuzzing of the offload parsers with atheris (bounded).
 

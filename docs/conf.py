@@ -44,12 +44,13 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
-html_theme = "alabaster"
-html_theme_options = {
-    "description": "Trio-native TUN/TAP devices",
-    "fixed_sidebar": True,
-}
-html_static_path: list[str] = []
+# furo: a maintained theme of the Python ecosystem whose content column is
+# wide enough for the examples, with tables that scroll on their own instead
+# of the whole page.
+html_theme = "furo"
+html_title = f"trio-tun {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 
 # The public names live in private modules (trio_tun._stream, ...) and are
@@ -77,6 +78,7 @@ _NO_SIGNATURE = {
     "trio_tun.TunStream",
     "trio_tun.TapStream",
     "trio_tun.testing.MemoryTunStream",
+    "trio_tun.pcap.CaptureStream",
 }
 # Implementation-detail base classes, not shown under "Bases:".
 _HIDDEN_BASES = {"trio_tun._device.DeviceControlMixin"}

@@ -5,6 +5,7 @@ Everything public is re-exported here; nothing else lives in this module.
 
 from __future__ import annotations
 
+from . import pcap
 from ._config import Layer, OffloadFlags, TunConfig
 from ._errors import (
     BrokenResourceError,
@@ -49,4 +50,5 @@ __all__ = [
     "open_tap",
     "open_tun",
     "open_udp",
+    "pcap",
 ]
