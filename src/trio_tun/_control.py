@@ -18,12 +18,11 @@ Every implementation raises the same exceptions (see ``_errors.control_error``):
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Protocol
 
-from ._config import Address, TunConfig
+from ._config import AnyAddress, Network, Route, TunConfig
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["Control", "NamedControl", "Network", "configure"]
 
 
 class Control(Protocol):
@@ -39,12 +38,45 @@ class Control(Protocol):
     def set_mtu(self, mtu: int) -> None: ...
     def set_up(self, up: bool) -> None: ...
     def is_up(self) -> bool: ...
-    def addresses(self) -> list[Address]: ...
-    def add_address(self, address: Address) -> None: ...
-    def remove_address(self, address: Address) -> None: ...
-    def add_route(self, network: Network, metric: int | None) -> None: ...
-    def remove_route(self, network: Network) -> None: ...
-    def routes(self) -> list[Network]: ...
+    def addresses(self) -> list[AnyAddress]:
+        """Every address; point-to-point ones as ``PeerAddress``."""
+        ...
+
+    def add_address(self, address: AnyAddress) -> None: ...
+    def remove_address(self, address: AnyAddress) -> None: ...
+    def add_route(self, route: Route) -> None:
+        """Add *route* through this device (``route.table`` ``None``: the main table)."""
+        ...
+
+    def remove_route(self, route: Route) -> None:
+        """Remove the route matching *route*'s prefix (and, where given, the rest of it)."""
+        ...
+
+    def routes(self, table: int | None) -> list[Route]:
+        """Routes through this device in *table* (``None``: the main table)."""
+        ...
+
+    def set_persist(self, persist: bool, fd: int) -> None:
+        """Keep the device after the last handle closes, or not.
+
+        *fd* is the calling queue's descriptor (-1 where there is none); on
+        Linux the setting is an ioctl on it, which is quick and never blocks,
+        so this one runs on the event loop's thread.
+        """
+        ...
+
+    def set_owner(self, uid: int, fd: int) -> None:
+        """Let *uid* attach to the device without privileges (``TUNSETOWNER``); as above."""
+        ...
+
+    def set_group(self, gid: int, fd: int) -> None:
+        """Let group *gid* attach likewise (``TUNSETGROUP``); as above."""
+        ...
+
+    def set_mac(self, mac: bytes) -> None:
+        """Change a TAP device's Ethernet address."""
+        ...
+
     def close(self) -> None:
         """Release what the control holds (and, where the system ties the two, the device)."""
         ...
