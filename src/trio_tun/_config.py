@@ -222,11 +222,11 @@ def _source(value: object) -> IPAddress | None:
     return None if value is None else parse_ip(value, "source")
 
 
-def check_uint32(value: object, what: str, *, low: int = 0) -> int:
+def check_uint32(value: object, what: str, *, low: int = 0, high: int = 0xFFFFFFFF) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {value!r}")
-    if not low <= value <= 0xFFFFFFFF:
-        raise ValueError(f"{what} must be between {low} and {0xFFFFFFFF}, not {value}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, not {value}")
     return value
 
 

@@ -731,16 +731,17 @@ class PacketStream(UnreliableObjectStream[bytes]):
             raise TypeError(f"persist must be True or False, not {persist!r}")
         await self._quick(lambda c, fd: c.set_persist(persist, fd))
 
-    async def set_owner(self, uid: int | None) -> None:
-        """Let user *uid* attach to the device without privileges; ``None``: nobody
-        (Linux ``TUNSETOWNER``; ``NotImplementedError`` elsewhere)."""
-        value = -1 if uid is None else check_uint32(uid, "uid")
+    async def set_owner(self, uid: int) -> None:
+        """Let user *uid* attach to the device without privileges (Linux
+        ``TUNSETOWNER``; the kernel has no way back to "no owner").
+        ``NotImplementedError`` elsewhere."""
+        value = check_uint32(uid, "uid", high=0xFFFFFFFE)
         await self._quick(lambda c, fd: c.set_owner(value, fd))
 
-    async def set_group(self, gid: int | None) -> None:
-        """Let group *gid* attach to the device without privileges; ``None``: no group
-        (Linux ``TUNSETGROUP``; ``NotImplementedError`` elsewhere)."""
-        value = -1 if gid is None else check_uint32(gid, "gid")
+    async def set_group(self, gid: int) -> None:
+        """Let group *gid* attach to the device without privileges (Linux
+        ``TUNSETGROUP``); ``NotImplementedError`` elsewhere."""
+        value = check_uint32(gid, "gid", high=0xFFFFFFFE)
         await self._quick(lambda c, fd: c.set_group(value, fd))
 
     async def set_mac(self, mac: str | bytes) -> None:

@@ -119,10 +119,10 @@ class MemoryControl(NamedControl):
         self.persist = persist
 
     def set_owner(self, uid: int, fd: int) -> None:
-        self.owner = None if uid == -1 else uid
+        self.owner = uid
 
     def set_group(self, gid: int, fd: int) -> None:
-        self.group = None if gid == -1 else gid
+        self.group = gid
 
     def set_mac(self, mac: bytes) -> None:
         self.mac = mac

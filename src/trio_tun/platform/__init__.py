@@ -258,7 +258,7 @@ def check_supported(backend: str, config: TunConfig) -> None:
         )
     peers = any(isinstance(a, PeerAddress) for a in config.addresses)
     if peers and config.layer is Layer.L2:
-        raise refuse(backend, "a peer address on a TAP device (only tun devices are point-to-point)")
+        raise refuse(backend, "a peer address on a TAP device (only tun is point-to-point)")
     if peers and backend == "windows":
         raise refuse(
             backend,

@@ -56,7 +56,6 @@ from .._config import (
     AnyAddress,
     IPAddress,
     Layer,
-    Network,
     Route,
     TunConfig,
     check_pattern,
