@@ -201,9 +201,10 @@ class Flavor:
     sockaddr_dl_size: int
     #: ``IN6_IFF_NODAD`` (0 where the system has none).
     in6_iff_nodad: int = 0x20
-    #: Whether ``SIOCSIFLLADDR`` sets a tap's MAC (FreeBSD, OpenBSD; NetBSD
-    #: uses ``SIOCALIFADDR`` link-layer requests instead, not done here).
-    sets_lladdr: bool = False
+    #: The ``nr`` of ``SIOCSIFLLADDR``, which sets a tap's MAC: 60 on FreeBSD,
+    #: 31 on OpenBSD; ``None`` where it isn't offered here (NetBSD sets it with
+    #: ``SIOCALIFADDR`` link-layer requests; macOS has no tap).
+    siocsiflladdr_nr: int | None = None
     #: Whether an interface outlives its fd, so that persisting means
     #: "don't destroy it on close" (the BSDs; a utun dies with its socket).
     persists: bool = True
@@ -237,8 +238,9 @@ class Flavor:
         return iow("i", 121, self.ifreq_size)
 
     @property
-    def siocsiflladdr(self) -> int:
-        return iow("i", 60, self.ifreq_size)
+    def siocsiflladdr(self) -> int | None:
+        nr = self.siocsiflladdr_nr
+        return None if nr is None else iow("i", nr, self.ifreq_size)
 
     @property
     def siocaifaddr_in6(self) -> int:
@@ -269,7 +271,7 @@ FREEBSD_FLAVOR: Final = Flavor(
     sifmtu_nr=52,
     route=FREEBSD_RTM,
     sockaddr_dl_size=54,
-    sets_lladdr=True,
+    siocsiflladdr_nr=60,
 )
 OPENBSD_FLAVOR: Final = Flavor(
     name="openbsd",
@@ -277,7 +279,7 @@ OPENBSD_FLAVOR: Final = Flavor(
     route=OPENBSD_RTM,
     sockaddr_dl_size=32,
     in6_iff_nodad=0,
-    sets_lladdr=True,
+    siocsiflladdr_nr=31,
 )
 NETBSD_FLAVOR: Final = Flavor(
     name="netbsd",
@@ -894,10 +896,11 @@ class BsdInterfaceControl(NamedControl):
         """``SIOCSIFLLADDR``: the ifreq's ``ifr_addr`` carries the six bytes
         (``sa_len`` 6, ``sa_family`` ``AF_LINK``, the MAC in ``sa_data``)."""
         flavor = self._flavor
-        if not flavor.sets_lladdr:
+        number = flavor.siocsiflladdr
+        if number is None:
             raise NotImplementedError(f"set_mac is not available on {flavor.name}")
         request = ifreq(flavor, self._name, bytes([len(mac), AF_LINK]) + mac)
-        self._ioctl(AF_INET, flavor.siocsiflladdr, request, "setting the MAC address")
+        self._ioctl(AF_INET, number, request, "setting the MAC address")
 
     def destroy(self) -> None:
         """``SIOCIFDESTROY``: delete the interface (tun/tap clones on the BSDs)."""
