@@ -270,11 +270,11 @@ class Route:
     gateway: IPAddress | None = attrs.field(default=None, converter=_gateway)
     #: The preferred source address for traffic on this route (``ip route ... src``).
     source: IPAddress | None = attrs.field(default=None, converter=_source)
-    #: The route's metric (Linux's priority); ``None``: the system's default.
+    #: The route's metric (Linux's priority), or ``None`` for the system's default.
     metric: int | None = attrs.field(default=None, converter=_metric)
-    #: The routing table (Linux); ``None`` on input means the main table (254).
+    #: The routing table (Linux), the main one (254) when ``None`` is given.
     table: int | None = attrs.field(default=None, converter=_table)
-    #: ``"global"``, ``"site"``, ``"link"`` or ``"host"``; ``None``: the system's choice.
+    #: ``"global"``, ``"site"``, ``"link"`` or ``"host"``, or ``None`` for the system's choice.
     scope: RouteScope | None = attrs.field(default=None, converter=_scope)
 
     def __attrs_post_init__(self) -> None:
