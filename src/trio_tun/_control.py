@@ -3,7 +3,10 @@
 :class:`~trio_tun.PacketStream` serves these operations to users as its
 ``name``/``mtu`` properties and ``set_mtu``/``add_address``/... coroutines,
 running each call in a worker thread (``anyio.to_thread``) so that netlink,
-ioctls, routing sockets or the IP Helper API never block the event loop.
+ioctls, routing sockets or the IP Helper API never block the event loop.  The
+exceptions are ``set_persist``/``set_owner``/``set_group``, one quick ioctl on
+the calling queue's fd (Linux), which run on the event loop's thread so that
+the fd can't be closed and reused under them.
 
 Adding a control method means: one method here, one in each backend's control
 class (``platform/linux/netlink.py``, ``platform/_bsdnet.py``,
@@ -13,7 +16,8 @@ class (``platform/linux/netlink.py``, ``platform/_bsdnet.py``,
 Every implementation raises the same exceptions (see ``_errors.control_error``):
 ``FileExistsError`` for an address or route that is already there,
 ``LookupError`` for one that is not, ``TunPermissionError`` without privileges,
-``BrokenResourceError`` when the device is gone.
+``BrokenResourceError`` when the device is gone, and ``NotImplementedError``
+naming the system for what it can't do (``docs/device-control.rst`` lists which).
 """
 
 from __future__ import annotations

@@ -225,7 +225,8 @@ def open_tap(
     Args:
         mac: The device's MAC address (``"02:00:00:00:00:01"``); random when omitted.
 
-    Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
+    Other arguments are those of :func:`open_tun` (``ipv6_link_local=False``
+    included; ``peer=`` is TUN's).  Offload is not offered on TAP.
     TAP exists on Linux and the BSDs; elsewhere this raises ``NotImplementedError``.
     """
     config = TunConfig(

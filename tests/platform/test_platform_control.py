@@ -21,10 +21,13 @@ from bsd_fakes import (
     OPENBSD_REQUESTS,
     FakeBsdKernel,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_platform_windows import Rig
 
 import trio_tun
 from trio_tun import Layer, PeerAddress, Route, TunConfig
+from trio_tun._config import make_peer_address, parse_any_address
 from trio_tun._open import open_device
 from trio_tun.platform import bsd, darwin
 from trio_tun.platform._bsdnet import DARWIN_FLAVOR
@@ -284,3 +287,67 @@ async def test_memory_control_parity() -> None:
     with pytest.raises(trio_tun.ClosedResourceError):
         await a.set_persist(False)
     await anyio.lowlevel.checkpoint()
+
+
+# -- the address forms (parsers) ------------------------------------------------------
+
+_v4 = st.builds(ipaddress.IPv4Address, st.integers(0, 2**32 - 1))
+_v6 = st.builds(ipaddress.IPv6Address, st.integers(0, 2**128 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.data(),
+    version=st.sampled_from([4, 6]),
+)
+def test_peer_address_forms_round_trip(data: st.DataObject, version: int) -> None:
+    ips = _v4 if version == 4 else _v6
+    local = data.draw(ips)
+    peer = data.draw(ips.filter(lambda ip: ip != local))
+    prefix = data.draw(st.integers(0, local.max_prefixlen))
+    made = PeerAddress(local, ipaddress.ip_interface(f"{peer}/{prefix}"))
+    # str() is the form parse takes back, and so is the peer= spelling.
+    assert parse_any_address(str(made)) == made
+    assert make_peer_address(str(local), f"{peer}/{prefix}") == made
+    # A peer without a prefix takes the address's.
+    assert make_peer_address(f"{local}/{prefix}", str(peer)) == made
+    assert made.ip == local and made.network == ipaddress.ip_interface(f"{peer}/{prefix}").network
+    # Two different prefix lengths contradict each other.
+    other = data.draw(st.integers(0, local.max_prefixlen - 1))
+    if other != prefix:
+        with pytest.raises(ValueError, match="two prefix lengths"):
+            make_peer_address(f"{local}/{other}", f"{peer}/{prefix}")
+    # And the config keeps it as given, among plain addresses.
+    config = TunConfig(addresses=[str(made)], mtu=1400 if version == 4 else 1500)
+    assert config.addresses == (made,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    data=st.data(),
+    metric=st.none() | st.integers(0, 2**32 - 1),
+    table=st.none() | st.integers(1, 2**32 - 1),
+)
+def test_route_values(
+    version: int, data: st.DataObject, metric: int | None, table: int | None
+) -> None:
+    ips = _v4 if version == 4 else _v6
+    address = data.draw(ips)
+    prefixlen = data.draw(st.integers(0, address.max_prefixlen))
+    network = ipaddress.ip_interface(f"{address}/{prefixlen}").network
+    gateway = data.draw(st.none() | ips)
+    route = Route(
+        prefix=str(network),
+        gateway=None if gateway is None else str(gateway),
+        metric=metric,
+        table=table,
+    )
+    assert route.prefix == network and route.gateway == gateway
+    assert str(route) == str(network)
+    assert Route(prefix=network, gateway=gateway, metric=metric, table=table) == route
+    wrong = data.draw(_v6 if version == 4 else _v4)
+    with pytest.raises(ValueError, match="IPv"):
+        Route(prefix=network, gateway=wrong)
+    with pytest.raises(ValueError, match="metric"):
+        Route(prefix=network, metric=2**32)
