@@ -6,7 +6,7 @@ Everything public is re-exported here; nothing else lives in this module.
 from __future__ import annotations
 
 from . import pcap
-from ._config import Layer, OffloadFlags, TunConfig
+from ._config import Layer, OffloadFlags, PeerAddress, Route, TunConfig
 from ._errors import (
     BrokenResourceError,
     BusyResourceError,
@@ -35,6 +35,8 @@ __all__ = [
     "OffloadFlags",
     "OffloadUnavailableError",
     "PacketStream",
+    "PeerAddress",
+    "Route",
     "Statistics",
     "TapStream",
     "TunAttribute",

@@ -17,7 +17,16 @@ import anyio
 import anyio.lowlevel
 
 from . import platform as _platform
-from ._config import AddressLike, Layer, NetnsLike, OffloadFlags, OffloadMode, TunConfig
+from ._config import (
+    AddressLike,
+    AnyAddressLike,
+    Layer,
+    NetnsLike,
+    OffloadFlags,
+    OffloadMode,
+    TunConfig,
+    with_peer,
+)
 from ._stream import PacketStream, TapStream, TunStream, link_queues, make_stream
 from .platform import Backend, Device, FdSpec, HeaderMode
 
@@ -112,7 +121,8 @@ def _open(config: TunConfig, backend: Backend | None) -> contextlib.AbstractAsyn
 def open_tun(
     name: str | None = None,
     *,
-    addresses: Iterable[AddressLike] = (),
+    addresses: Iterable[AnyAddressLike] = (),
+    peer: AddressLike | None = None,
     mtu: int | None = None,
     up: bool = True,
     persist: bool = False,
@@ -124,6 +134,7 @@ def open_tun(
     queues: int = 1,
     wintun_dll: str | os.PathLike[str] | None = None,
     ring_capacity: int | None = None,
+    ipv6_link_local: bool = True,
 ) -> contextlib.AbstractAsyncContextManager[TunStream]:
     """Create (or attach to) a TUN device and yield its first queue as a :class:`TunStream`.
 
@@ -132,7 +143,12 @@ def open_tun(
             the ``%d``); ``None`` lets the kernel pick (``tun0``, ``tun1``, ...).
             :attr:`~PacketStream.name` tells the name the device got.
         addresses: IPv4/IPv6 addresses with prefix, e.g. ``["10.8.0.1/24", "fd00::1/64"]``;
-            each IP at most once.
+            each IP at most once.  A point-to-point address is written
+            ``"10.8.0.1 peer 10.8.0.2"`` (or given as a :class:`PeerAddress`).
+        peer: The other end of a point-to-point link (pytun's ``dstaddr``,
+            tun-rs's ``destination``), paired with the one address of its IP
+            version in *addresses*; a peer without a prefix takes that
+            address's prefix length (see :doc:`device-control`).
         mtu: Device MTU (68..65535; at least 1280 with IPv6 addresses).
         up: Bring the device up once configured.
         persist: Keep the device after the last fd is closed (``TUNSETPERSIST``).
@@ -150,6 +166,10 @@ def open_tun(
             application, then the DLL search path).  Ignored elsewhere.
         ring_capacity: Windows only: the wintun session ring, a power of two
             from 128 KiB to 64 MiB (default 4 MiB).  Ignored elsewhere.
+        ipv6_link_local: ``False``: no ``fe80::`` address and so no router
+            solicitations or MLD reports from the kernel reaching the
+            application (Linux ``addrgenmode none``, set before the device goes
+            up).  Linux only.
 
     Raises:
         ValueError: bad configuration, raised before any device exists.
@@ -168,7 +188,7 @@ def open_tun(
     config = TunConfig(
         layer=Layer.L3,
         name=name,
-        addresses=addresses,
+        addresses=with_peer(addresses, peer),
         mtu=mtu,
         up=up,
         persist=persist,
@@ -180,6 +200,7 @@ def open_tun(
         queues=queues,
         wintun_dll=wintun_dll,
         ring_capacity=ring_capacity,
+        ipv6_link_local=ipv6_link_local,
     )
     return _open(config, None)
 
@@ -197,13 +218,15 @@ def open_tap(
     packet_info: bool = False,
     netns: NetnsLike = None,
     queues: int = 1,
+    ipv6_link_local: bool = True,
 ) -> contextlib.AbstractAsyncContextManager[TapStream]:
     """Create (or attach to) a TAP device; like :func:`open_tun` but for Ethernet frames.
 
     Args:
         mac: The device's MAC address (``"02:00:00:00:00:01"``); random when omitted.
 
-    Other arguments are those of :func:`open_tun`.  Offload is not offered on TAP.
+    Other arguments are those of :func:`open_tun` (``ipv6_link_local=False``
+    included; ``peer=`` is TUN's).  Offload is not offered on TAP.
     TAP exists on Linux and the BSDs; elsewhere this raises ``NotImplementedError``.
     """
     config = TunConfig(
@@ -220,6 +243,7 @@ def open_tap(
         netns=netns,
         offload=False,
         queues=queues,
+        ipv6_link_local=ipv6_link_local,
     )
     return _open(config, None)
 

@@ -37,12 +37,18 @@ from anyio.abc import UnreliableObjectStream
 
 from ._config import (
     NO_OFFLOAD,
-    Address,
     AddressLike,
+    AnyAddress,
+    AnyAddressLike,
+    IPAddress,
     Layer,
     OffloadFlags,
-    parse_address,
-    parse_network,
+    Route,
+    RouteScope,
+    check_uint32,
+    make_peer_address,
+    parse_any_address,
+    parse_mac,
     validate_mtu,
 )
 from ._control import Control
@@ -409,6 +415,67 @@ class PacketStream(UnreliableObjectStream[bytes]):
                 counters.rx_bytes += n
                 return frame
 
+    async def receive_into(self, buffer: bytearray | memoryview) -> int:
+        """Receive one packet into *buffer*; returns its length.
+
+        For readers that keep one buffer and parse in place: with no header to
+        strip (no offload, no AF header) and a *buffer* of at least one read's
+        worth (:attr:`max_packet`, plus 4 with ``packet_info``) the system
+        writes the packet straight into *buffer*, with no copy in between.
+        Otherwise the packet is read as :meth:`receive` reads it and copied in.
+
+        With offload on, a super-packet is split first and its segments are
+        returned one per call, from the same queue :meth:`receive` and
+        :meth:`receive_batch` take from, so the three can be mixed freely.
+
+        Raises:
+            ValueError: the next packet is longer than *buffer*; it stays
+                queued (nothing is lost), the message says how long it is.
+            TypeError: *buffer* is read-only.
+            ClosedResourceError, BrokenResourceError, BusyResourceError: as
+                :meth:`receive`.
+        """
+        view = memoryview(buffer)
+        if view.readonly:
+            raise TypeError("receive_into needs a writable buffer (a bytearray or memoryview)")
+        view = view.cast("B")
+        size = len(view)
+        # A straight read needs every frame to be a whole packet that fits.
+        direct = self._framing.header_len == 0 and size >= len(self._read_buffer)
+        with self._receive_guard:
+            await self._entry_checkpoint(True)
+            pending = self._pending
+            while True:
+                if not pending:
+                    if direct:
+                        # Every port's read_into fills any writable buffer (readv,
+                        # slice assignment); the Port protocol says bytearray only.
+                        n = self._port.read_into(view)  # type: ignore[arg-type]
+                        if n != WOULD_BLOCK:
+                            counters = self._counters
+                            counters.reads += 1
+                            counters.read_bytes += n
+                            counters.rx_packets += 1
+                            counters.rx_bytes += n
+                            return n
+                    else:
+                        self._fill(1)
+                if pending:
+                    packet = pending[0]
+                    n = len(packet)
+                    if n > size:
+                        raise ValueError(
+                            f"the next packet is {n} bytes and the buffer {size}; it stays "
+                            f"queued: pass a buffer of at least {n} (max_packet is "
+                            f"{self._max_packet})"
+                        )
+                    view[:n] = packet
+                    pending.popleft()
+                    self._counters.rx_packets += 1
+                    self._counters.rx_bytes += n
+                    return n
+                await self._wait(readable=True)
+
     # -- writing -------------------------------------------------------
 
     def _check_packet(self, packet: Buffer) -> None:
@@ -609,33 +676,147 @@ class PacketStream(UnreliableObjectStream[bytes]):
         """Whether the device is administratively up."""
         return await self._in_thread(lambda c: c.is_up())
 
-    async def addresses(self) -> list[Address]:
-        """Every address on the device, IPv4 and IPv6 (link-local ones included)."""
+    async def addresses(self) -> list[AnyAddress]:
+        """Every address on the device, IPv4 and IPv6 (link-local ones included).
+
+        Point-to-point addresses come as :class:`~trio_tun.PeerAddress`
+        (our end and the peer), the others as ``ipaddress`` interfaces.
+        """
         return await self._in_thread(lambda c: c.addresses())
 
-    async def add_address(self, address: AddressLike) -> None:
-        """Add ``"10.0.0.1/24"``-style *address*; FileExistsError if already there."""
-        addr = parse_address(address)
+    async def add_address(
+        self, address: AnyAddressLike, *, peer: AddressLike | None = None
+    ) -> None:
+        """Add ``"10.0.0.1/24"``-style *address*; FileExistsError if already there.
+
+        With *peer* (``"10.8.0.2"``, pytun's ``dstaddr``, tun-rs's ``destination``)
+        the address is point-to-point: the peer without a prefix takes
+        *address*'s prefix length, which then says what is routed to it (see
+        :class:`~trio_tun.PeerAddress`).  ``"10.8.0.1 peer 10.8.0.2"`` says the same.
+        """
+        addr = parse_any_address(address) if peer is None else make_peer_address(address, peer)
         await self._in_thread(lambda c: c.add_address(addr))
 
-    async def remove_address(self, address: AddressLike) -> None:
-        """Remove *address*; LookupError if it is not on the device."""
-        addr = parse_address(address)
+    async def remove_address(self, address: AnyAddressLike) -> None:
+        """Remove *address* (a point-to-point one as returned by :meth:`addresses`);
+        LookupError if it is not on the device."""
+        addr = parse_any_address(address)
         await self._in_thread(lambda c: c.remove_address(addr))
 
-    async def add_route(self, prefix: str | Network, *, metric: int | None = None) -> None:
-        """Route *prefix* (e.g. ``"10.9.0.0/16"``) through this device."""
-        net = parse_network(prefix)
-        await self._in_thread(lambda c: c.add_route(net, metric))
+    @staticmethod
+    def _route(
+        prefix: str | Network | Route,
+        gateway: str | IPAddress | None,
+        table: int | None,
+        source: str | IPAddress | None,
+        metric: int | None,
+        scope: RouteScope | None,
+    ) -> Route:
+        if isinstance(prefix, Route):
+            if (gateway, table, source, metric, scope) != (None,) * 5:
+                raise TypeError("pass either a Route or a prefix with keywords, not both")
+            return prefix
+        return Route(
+            prefix=prefix, gateway=gateway, table=table, source=source, metric=metric, scope=scope
+        )
 
-    async def remove_route(self, prefix: str | Network) -> None:
-        """Remove a route added with :meth:`add_route` (LookupError if absent)."""
-        net = parse_network(prefix)
-        await self._in_thread(lambda c: c.remove_route(net))
+    async def add_route(
+        self,
+        prefix: str | Network | Route,
+        *,
+        gateway: str | IPAddress | None = None,
+        table: int | None = None,
+        source: str | IPAddress | None = None,
+        metric: int | None = None,
+        scope: RouteScope | None = None,
+    ) -> None:
+        """Route *prefix* (e.g. ``"10.9.0.0/16"``) through this device.
 
-    async def routes(self) -> list[Network]:
-        """Prefixes routed through this device (the main table on Linux)."""
-        return await self._in_thread(lambda c: c.routes())
+        Args:
+            prefix: The destination network, or a whole :class:`~trio_tun.Route`
+                (then no keywords).
+            gateway: Next hop, reached through this device (``ip route ... via``).
+            table: Routing table number (Linux; default the main table, 254).
+            source: Preferred source address for the route's traffic (``src``).
+            metric: Route metric (Linux's priority; on Windows added to the
+                interface metric).
+            scope: ``"global"``, ``"site"``, ``"link"`` or ``"host"`` (Linux).
+
+        Raises ``FileExistsError`` if the route is there already, and
+        ``NotImplementedError`` naming the system for an option it lacks (see
+        :doc:`device-control`); everything is checked before any system call.
+        """
+        route = self._route(prefix, gateway, table, source, metric, scope)
+        await self._in_thread(lambda c: c.add_route(route))
+
+    async def remove_route(
+        self,
+        prefix: str | Network | Route,
+        *,
+        gateway: str | IPAddress | None = None,
+        table: int | None = None,
+        source: str | IPAddress | None = None,
+        metric: int | None = None,
+        scope: RouteScope | None = None,
+    ) -> None:
+        """Remove a route added with :meth:`add_route` (LookupError if absent).
+
+        The keywords narrow which route goes when several share the prefix
+        (say, two metrics); left out, they match any value.  *table* is the
+        main table unless given.
+        """
+        route = self._route(prefix, gateway, table, source, metric, scope)
+        await self._in_thread(lambda c: c.remove_route(route))
+
+    async def routes(self, *, table: int | None = None) -> list[Route]:
+        """Routes through this device, as :class:`~trio_tun.Route` values.
+
+        *table* (Linux) picks the routing table, the main one (254) by default.
+        The system's own routes are included (on Linux those for the device's
+        prefixes and ``fe80::/64``).  ``str(route)`` is the prefix, as the
+        networks this method returned before.
+        """
+        if table is not None:
+            check_uint32(table, "table", low=1)
+        return await self._in_thread(lambda c: c.routes(table))
+
+    async def _quick(self, op: Callable[[Control, int], None]) -> None:
+        """A control call that is one quick ioctl on this queue's fd: no thread."""
+        await self._get_backend().checkpoint()
+        control = self._require_control()
+        op(control, self._port.fileno())
+
+    async def set_persist(self, persist: bool) -> None:
+        """Keep the device after its last queue closes (``True``), or let it go.
+
+        Linux ``TUNSETPERSIST`` (the other queues see it too); on the BSDs it
+        decides whether closing destroys the interface; macOS and Windows have
+        no persistent devices (``NotImplementedError``).
+        """
+        if not isinstance(persist, bool):
+            raise TypeError(f"persist must be True or False, not {persist!r}")
+        await self._quick(lambda c, fd: c.set_persist(persist, fd))
+
+    async def set_owner(self, uid: int) -> None:
+        """Let user *uid* attach to the device without privileges (Linux
+        ``TUNSETOWNER``; the kernel has no way back to "no owner").
+        ``NotImplementedError`` elsewhere."""
+        value = check_uint32(uid, "uid", high=0xFFFFFFFE)
+        await self._quick(lambda c, fd: c.set_owner(value, fd))
+
+    async def set_group(self, gid: int) -> None:
+        """Let group *gid* attach to the device without privileges (Linux
+        ``TUNSETGROUP``); ``NotImplementedError`` elsewhere."""
+        value = check_uint32(gid, "gid", high=0xFFFFFFFE)
+        await self._quick(lambda c, fd: c.set_group(value, fd))
+
+    async def set_mac(self, mac: str | bytes) -> None:
+        """Change a TAP device's Ethernet address (``"02:00:00:00:00:01"`` or 6 bytes)."""
+        if self._layer is not Layer.L2:
+            raise ValueError("set_mac only applies to TAP devices (a TUN device has no MAC)")
+        raw = parse_mac(mac)
+        assert raw is not None
+        await self._in_thread(lambda c: c.set_mac(raw))
 
     # -- multi-queue ---------------------------------------------------
 

@@ -20,8 +20,18 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
-from ._config import NETNS_RUN_DIR, Address, AddressLike, Layer, parse_address
-from ._control import NamedControl, Network
+import attrs
+
+from ._config import (
+    MAIN_TABLE,
+    NETNS_RUN_DIR,
+    AddressLike,
+    AnyAddress,
+    Layer,
+    Route,
+    parse_address,
+)
+from ._control import NamedControl
 from ._framing import PlainFraming
 from ._ports import MemoryPort
 from ._stream import TunStream, make_stream
@@ -39,14 +49,23 @@ __all__ = [
 
 
 class MemoryControl(NamedControl):
-    """The device control of a memory pair end: state kept in memory, as a device would."""
+    """The device control of a memory pair end: state kept in memory, as a device would.
+
+    It answers as Linux does (point-to-point addresses, routes in numbered
+    tables, persist, owner and group); what was set can be read back from
+    ``persist``, ``owner``, ``group`` and ``mac``.
+    """
 
     def __init__(self, name: str, index: int, mtu: int) -> None:
         super().__init__(name, index)
         self._mtu = mtu
         self._up = True
-        self._addresses: list[Address] = []
-        self._routes: dict[Network, int | None] = {}
+        self._addresses: list[AnyAddress] = []
+        self._routes: list[Route] = []
+        self.persist = False
+        self.owner: int | None = None
+        self.group: int | None = None
+        self.mac: bytes | None = None
 
     def get_mtu(self) -> int:
         return self._mtu
@@ -60,33 +79,53 @@ class MemoryControl(NamedControl):
     def is_up(self) -> bool:
         return self._up
 
-    def addresses(self) -> list[Address]:
+    def addresses(self) -> list[AnyAddress]:
         return list(self._addresses)
 
-    def add_address(self, address: Address) -> None:
-        if address in self._addresses:
-            raise FileExistsError(errno.EEXIST, f"{address} is already on {self._name}")
+    def add_address(self, address: AnyAddress) -> None:
+        if any(a.ip == address.ip for a in self._addresses):
+            raise FileExistsError(errno.EEXIST, f"{address.ip} is already on {self._name}")
         self._addresses.append(address)
 
-    def remove_address(self, address: Address) -> None:
+    def remove_address(self, address: AnyAddress) -> None:
         if address not in self._addresses:
             raise LookupError(f"{address} is not on {self._name}")
         self._addresses.remove(address)
 
-    def add_route(self, network: Network, metric: int | None) -> None:
-        if network in self._routes:
-            raise FileExistsError(errno.EEXIST, f"a route to {network} exists")
-        self._routes[network] = metric
+    def add_route(self, route: Route) -> None:
+        route = attrs.evolve(route, table=route.table or MAIN_TABLE)
+        for have in self._routes:
+            # The kernel's identity of a route: prefix, table and metric.
+            if (have.prefix, have.table, have.metric) == (route.prefix, route.table, route.metric):
+                raise FileExistsError(errno.EEXIST, f"a route to {route.prefix} exists")
+        self._routes.append(route)
 
-    def remove_route(self, network: Network) -> None:
-        if self._routes.pop(network, _MISSING) is _MISSING:
-            raise LookupError(f"no route to {network} via {self._name}")
+    def remove_route(self, route: Route) -> None:
+        table = route.table or MAIN_TABLE
+        for have in self._routes:
+            if have.prefix != route.prefix or have.table != table:
+                continue
+            given = ("gateway", "source", "metric", "scope")
+            if all(getattr(route, f) in (None, getattr(have, f)) for f in given):
+                self._routes.remove(have)
+                return
+        raise LookupError(f"no route to {route.prefix} via {self._name} in table {table}")
 
-    def routes(self) -> list[Network]:
-        return list(self._routes)
+    def routes(self, table: int | None) -> list[Route]:
+        wanted = table or MAIN_TABLE
+        return [route for route in self._routes if route.table == wanted]
 
+    def set_persist(self, persist: bool, fd: int) -> None:
+        self.persist = persist
 
-_MISSING: Final = object()
+    def set_owner(self, uid: int, fd: int) -> None:
+        self.owner = uid
+
+    def set_group(self, gid: int, fd: int) -> None:
+        self.group = gid
+
+    def set_mac(self, mac: bytes) -> None:
+        self.mac = mac
 
 
 def memory_tun_pair(

@@ -79,6 +79,7 @@ class FakeInterface:
     flags: int = 0x10  # IFF_POINTOPOINT
     addresses: list[tuple[Any, Any]] = field(default_factory=list)  # (interface, dst or None)
     header: int = 0
+    mac: bytes | None = None
 
 
 @dataclass
@@ -86,6 +87,8 @@ class FakeRoute:
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
     ifindex: int
     flags: int
+    gateway: Any = None  # an IP address for an RTF_GATEWAY route
+    source: Any = None  # RTA_IFA
 
 
 class FakeBsdKernel:
@@ -226,17 +229,24 @@ class FakeBsdKernel:
         return b"".join(self._dump_message(route) for route in self.routes)
 
     def getifaddrs(self) -> list[IfAddr]:
+        # ifa_dstaddr is reported for point-to-point interfaces (IFF_POINTOPOINT).
         found = []
         for iface in self.interfaces.values():
-            for interface, _dst in iface.addresses:
+            p2p = bool(iface.flags & 0x10)
+            for interface, dst in iface.addresses:
                 if interface.version == 4:
-                    found.append(IfAddr(iface.name, sin(interface.ip), sin(interface.netmask)))
+                    destination = sin(dst) if p2p and dst is not None else None
+                    found.append(
+                        IfAddr(iface.name, sin(interface.ip), sin(interface.netmask), destination)
+                    )
                 else:
+                    destination = sin6(self.inet6, dst) if p2p and dst is not None else None
                     found.append(
                         IfAddr(
                             iface.name,
                             sin6(self.inet6, interface.ip),
                             sin6(self.inet6, interface.netmask),
+                            destination,
                         )
                     )
         return found
@@ -330,17 +340,22 @@ class FakeBsdKernel:
         iface = self._ifname(arg)
         assert arg[16] == 28 and arg[17] == self.inet6
         assert arg[72] == 28 and arg[73] == self.inet6
-        assert arg[44:72] == bytes(28)  # no destination
         address = ipaddress.IPv6Address(arg[24:40])
         mask = int.from_bytes(arg[80:96], "big")
         prefix = bin(mask).count("1")
+        dst = None
+        if arg[44:72] != bytes(28):  # a destination (point-to-point)
+            assert arg[44] == 28 and arg[45] == self.inet6
+            dst = ipaddress.IPv6Address(arg[52:68])
+            if prefix != 128:  # FreeBSD's in6_update_ifa, and the others alike
+                raise OSError(errno.EINVAL, "prefixlen should be 128 when dstaddr is specified")
         flags, vltime, pltime = (
             struct.unpack_from("=i", arg, 100)[0],
             *struct.unpack_from("=II", arg, 120),
         )
         assert flags == self.flavor.in6_iff_nodad
         assert (vltime, pltime) == (0xFFFFFFFF, 0xFFFFFFFF)
-        iface.addresses.append((ipaddress.ip_interface(f"{address}/{prefix}"), None))
+        iface.addresses.append((ipaddress.ip_interface(f"{address}/{prefix}"), dst))
         return arg
 
     def _ioctl_SIOCDIFADDR_IN6(self, fd: int, arg: bytes) -> bytes:
@@ -352,6 +367,14 @@ class FakeBsdKernel:
                 iface.addresses.remove(entry)
                 return arg
         raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+    def _ioctl_SIOCSIFLLADDR(self, fd: int, arg: bytes) -> bytes:
+        # ifr_addr at 16: sa_len (must be ETHER_ADDR_LEN), sa_family, then sa_data.
+        iface = self._ifname(arg)
+        if arg[16] != 6 or arg[17] != AF_LINK:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        iface.mac = bytes(arg[18:24])
+        return arg
 
     def _ioctl_SIOCIFDESTROY(self, fd: int, arg: bytes) -> bytes:
         iface = self._ifname(arg)
@@ -372,15 +395,26 @@ class FakeBsdKernel:
             assert struct.unpack_from("=H", data, 4)[0] == layout["size"]  # rtm_hdrlen
         offset = layout["size"]
         found = {}
-        for bit in (1, 2, 4):  # RTA_DST, RTA_GATEWAY, RTA_NETMASK
+        # RTA_DST, RTA_GATEWAY, RTA_NETMASK, RTA_GENMASK, RTA_IFP, RTA_IFA, in bit order.
+        for bit in (0x1, 0x2, 0x4, 0x8, 0x10, 0x20):
             if addrs & bit:
                 length = data[offset]
                 found[bit] = data[offset : offset + length]
                 offset += _roundup(length, layout["align"])
         assert offset == len(data)
-        gateway = found[2]
-        assert gateway[1] == AF_LINK and struct.unpack_from("=H", gateway, 2)[0] == index
-        assert gateway[0] == self.flavor.sockaddr_dl_size
+        assert not addrs & ~0x37, hex(addrs)
+        gateway_sa = found[2]
+        gateway: Any = None
+        if flags & 0x2:  # RTF_GATEWAY: a next hop, and the interface as RTA_IFP
+            gateway = self._ip(gateway_sa)
+            ifp = found[0x10]
+            assert ifp[1] == AF_LINK and struct.unpack_from("=H", ifp, 2)[0] == index
+            assert ifp[0] == self.flavor.sockaddr_dl_size
+        else:
+            assert gateway_sa[1] == AF_LINK and struct.unpack_from("=H", gateway_sa, 2)[0] == index
+            assert gateway_sa[0] == self.flavor.sockaddr_dl_size
+            assert 0x10 not in found
+        source = self._ip(found[0x20]) if 0x20 in found else None
         dst = found[1]
         if dst[1] == AF_INET:
             address: Any = ipaddress.IPv4Address(dst[4:8])
@@ -394,13 +428,21 @@ class FakeBsdKernel:
         if rtm_type == 1:  # RTM_ADD
             if existing:
                 raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-            self.routes.append(FakeRoute(network, index, flags))
-        elif rtm_type == 2:  # RTM_DELETE
+            self.routes.append(FakeRoute(network, index, flags, gateway, source))
+        elif rtm_type == 2:  # RTM_DELETE: a gateway, when given, must match
+            existing = [r for r in existing if gateway is None or r.gateway == gateway]
             if not existing:
                 raise OSError(errno.ESRCH, os.strerror(errno.ESRCH))
             self.routes.remove(existing[0])
         else:
             raise AssertionError(f"unexpected rtm_type {rtm_type}")
+
+    def _ip(self, sockaddr: bytes) -> Any:
+        if sockaddr[1] == AF_INET:
+            assert sockaddr[0] == 16
+            return ipaddress.IPv4Address(sockaddr[4:8])
+        assert sockaddr[0] == 28 and sockaddr[1] == self.inet6
+        return ipaddress.IPv6Address(sockaddr[8:24])
 
     def _dump_message(self, route: FakeRoute) -> bytes:
         layout = RTM[self.flavor.name]
@@ -414,12 +456,20 @@ class FakeBsdKernel:
         # A dump's netmask is often truncated after its last non-zero byte.
         mask = mask.rstrip(b"\0")
         mask = bytes([len(mask)]) + mask[1:] if mask else b""
-        gateway = bytes([self.flavor.sockaddr_dl_size, AF_LINK]) + struct.pack("=H", route.ifindex)
-        gateway = gateway.ljust(self.flavor.sockaddr_dl_size, b"\0")
+        link = bytes([self.flavor.sockaddr_dl_size, AF_LINK]) + struct.pack("=H", route.ifindex)
+        link = link.ljust(self.flavor.sockaddr_dl_size, b"\0")
+        gateway = link if route.gateway is None else self._sockaddr(route.gateway)
         host = route.network.prefixlen == route.network.max_prefixlen
         parts = [dst, gateway] if host else [dst, gateway, mask]
-        body = b"".join(p.ljust(_roundup(len(p), layout["align"]), b"\0") for p in parts)
         addrs = 0x3 if host else 0x7
+        # Like the kernels' dumps: the interface (RTA_IFP) and, here only when
+        # one was given, its address (RTA_IFA).
+        parts.append(link)
+        addrs |= 0x10
+        if route.source is not None:
+            parts.append(self._sockaddr(route.source))
+            addrs |= 0x20
+        body = b"".join(p.ljust(_roundup(len(p), layout["align"]), b"\0") for p in parts)
         struct.pack_into("=HBB", header, 0, len(header) + len(body), layout["version"], 4)
         struct.pack_into("=H", header, layout["index"], route.ifindex)
         struct.pack_into("=i", header, layout["flags"], route.flags)
@@ -427,6 +477,9 @@ class FakeBsdKernel:
         if self.flavor.name == "openbsd":
             struct.pack_into("=H", header, 4, layout["size"])
         return bytes(header) + body
+
+    def _sockaddr(self, address: Any) -> bytes:
+        return sin(address) if address.version == 4 else sin6(self.inet6, address)
 
 
 # The request numbers each system's headers give (``_IOW``/``_IOR``/``_IOWR`` with the
@@ -466,6 +519,7 @@ FREEBSD_REQUESTS = {
     "SIOCIFDESTROY": 0x80206979,
     "SIOCDIFADDR_IN6": 0x81206919,
     "SIOCAIFADDR_IN6": 0x8088691B,
+    "SIOCSIFLLADDR": 0x8020693C,  # <sys/sockio.h> _IOW('i', 60, struct ifreq)
 }
 # OpenBSD: <sys/sockio.h> SIOCGIFMTU _IOWR('i', 126, ifreq), SIOCSIFMTU _IOW('i', 127, ifreq),
 #   SIOCIFDESTROY _IOW('i', 121, ifreq); <netinet6/in6_var.h> (v1.81)
@@ -480,6 +534,7 @@ OPENBSD_REQUESTS = {
     "SIOCIFDESTROY": 0x80206979,
     "SIOCDIFADDR_IN6": 0x81206919,
     "SIOCAIFADDR_IN6": 0x8080691A,
+    "SIOCSIFLLADDR": 0x8020691F,  # <sys/sockio.h> _IOW('i', 31, struct ifreq)
 }
 # NetBSD: struct ifreq is 144 bytes (its union holds a sockaddr_storage), so every
 #   ifreq ioctl differs; <netinet6/in6_var.h> SIOCAIFADDR_IN6 _IOW('i', 107, in6_aliasreq);

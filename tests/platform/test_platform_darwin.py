@@ -104,8 +104,8 @@ async def test_open_configures_and_moves_packets(kernel: FakeBsdKernel) -> None:
         # ... and the networks are routed into the device explicitly.
         assert {str(r.network) for r in kernel.routes} == {"10.8.0.0/24", "fd00:8::/64"}
         assert await dev.routes() == [
-            ipaddress.ip_network("10.8.0.0/24"),
-            ipaddress.ip_network("fd00:8::/64"),
+            trio_tun.Route(prefix="10.8.0.0/24"),
+            trio_tun.Route(prefix="fd00:8::/64"),
         ]
 
         peer = kernel.peer("utun5")
@@ -154,7 +154,7 @@ async def test_device_control_errors(kernel: FakeBsdKernel) -> None:
         with pytest.raises(FileExistsError):
             await dev.add_route("192.0.2.0/24")
         await dev.add_route("192.0.2.77/32")
-        assert ipaddress.ip_network("192.0.2.77/32") in await dev.routes()
+        assert trio_tun.Route(prefix="192.0.2.77/32") in await dev.routes()
         await dev.remove_route("192.0.2.0/24")
         with pytest.raises(LookupError):
             await dev.remove_route("192.0.2.0/24")

@@ -590,8 +590,8 @@ async def test_ip_helper_rows(rig: Rig, dev: TunStream) -> None:
     assert struct.unpack_from("<I", route, 84)[0] == 7
     assert struct.unpack_from("<i", route, 88)[0] == 3  # MIB_IPPROTO_NETMGMT
     assert await dev.routes() == [
-        ipaddress.ip_network("192.0.2.0/24"),
-        ipaddress.ip_network("2001:db8::/32"),
+        trio_tun.Route(prefix="192.0.2.0/24", metric=7),
+        trio_tun.Route(prefix="2001:db8::/32", metric=0),
     ]
     await dev.remove_route("192.0.2.0/24")
     with pytest.raises(LookupError):

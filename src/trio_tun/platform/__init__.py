@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import attrs
 
-from .._config import NO_OFFLOAD, Layer, OffloadFlags, TunConfig
+from .._config import NO_OFFLOAD, Layer, OffloadFlags, PeerAddress, TunConfig
 from .._control import Control
 from .._errors import OffloadUnavailableError
 from .._framing import AfFraming, Framing, PlainFraming
@@ -252,6 +252,19 @@ def check_supported(backend: str, config: TunConfig) -> None:
         raise refuse(backend, "mac=")
     if config.persist and not caps.persist:
         raise refuse(backend, "persist=True")
+    if not config.ipv6_link_local:
+        raise refuse(
+            backend, "ipv6_link_local=False (turning off IPv6 link-local autoconfiguration)"
+        )
+    peers = any(isinstance(a, PeerAddress) for a in config.addresses)
+    if peers and config.layer is Layer.L2:
+        raise refuse(backend, "a peer address on a TAP device (only tun is point-to-point)")
+    if peers and backend == "windows":
+        raise refuse(
+            backend,
+            "a point-to-point peer address (adapters have no destination address; add the "
+            "local address and route the peer's network with add_route)",
+        )
 
 
 def plain_fd_device(

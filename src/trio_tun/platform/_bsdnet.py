@@ -27,8 +27,8 @@ from typing import Final, NamedTuple, Protocol
 
 import attrs
 
-from .._config import Address
-from .._control import NamedControl, Network
+from .._config import AnyAddress, IPAddress, Network, PeerAddress, Route
+from .._control import NamedControl
 from .._errors import control_error
 from .._framing import DARWIN, FREEBSD, NETBSD, OPENBSD, AfFamilies
 
@@ -95,6 +95,8 @@ RTF_STATIC: Final = 0x800
 RTA_DST: Final = 0x1
 RTA_GATEWAY: Final = 0x2
 RTA_NETMASK: Final = 0x4
+RTA_IFP: Final = 0x10
+RTA_IFA: Final = 0x20
 
 ND6_INFINITE_LIFETIME: Final = 0xFFFFFFFF
 
@@ -199,6 +201,13 @@ class Flavor:
     sockaddr_dl_size: int
     #: ``IN6_IFF_NODAD`` (0 where the system has none).
     in6_iff_nodad: int = 0x20
+    #: The ``nr`` of ``SIOCSIFLLADDR``, which sets a tap's MAC: 60 on FreeBSD,
+    #: 31 on OpenBSD; ``None`` where it isn't offered here (NetBSD sets it with
+    #: ``SIOCALIFADDR`` link-layer requests; macOS has no tap).
+    siocsiflladdr_nr: int | None = None
+    #: Whether an interface outlives its fd, so that persisting means
+    #: "don't destroy it on close" (the BSDs; a utun dies with its socket).
+    persists: bool = True
 
     @property
     def siocsifflags(self) -> int:
@@ -229,6 +238,11 @@ class Flavor:
         return iow("i", 121, self.ifreq_size)
 
     @property
+    def siocsiflladdr(self) -> int | None:
+        nr = self.siocsiflladdr_nr
+        return None if nr is None else iow("i", nr, self.ifreq_size)
+
+    @property
     def siocaifaddr_in6(self) -> int:
         return iow("i", self.aifaddr_in6_nr, self.in6_aliasreq_size)
 
@@ -244,6 +258,7 @@ DARWIN_FLAVOR: Final = Flavor(
     sifmtu_nr=52,
     route=DARWIN_RTM,
     sockaddr_dl_size=20,
+    persists=False,
 )
 FREEBSD_FLAVOR: Final = Flavor(
     name="freebsd",
@@ -256,6 +271,7 @@ FREEBSD_FLAVOR: Final = Flavor(
     sifmtu_nr=52,
     route=FREEBSD_RTM,
     sockaddr_dl_size=54,
+    siocsiflladdr_nr=60,
 )
 OPENBSD_FLAVOR: Final = Flavor(
     name="openbsd",
@@ -263,6 +279,7 @@ OPENBSD_FLAVOR: Final = Flavor(
     route=OPENBSD_RTM,
     sockaddr_dl_size=32,
     in6_iff_nodad=0,
+    siocsiflladdr_nr=31,
 )
 NETBSD_FLAVOR: Final = Flavor(
     name="netbsd",
@@ -354,7 +371,11 @@ _LIFETIME: Final = struct.Struct("=qqII")  # struct in6_addrlifetime: expire, pr
 
 
 def in6_aliasreq(
-    flavor: Flavor, name: str, address: ipaddress.IPv6Address, prefixmask: ipaddress.IPv6Address
+    flavor: Flavor,
+    name: str,
+    address: ipaddress.IPv6Address,
+    prefixmask: ipaddress.IPv6Address,
+    destination: ipaddress.IPv6Address | None = None,
 ) -> bytes:
     """``struct in6_aliasreq``: name, ``ifra_addr`` (16), ``ifra_dstaddr`` (44),
     ``ifra_prefixmask`` (72), ``ifra_flags`` (100), ``ifra_lifetime`` (104, 24 bytes),
@@ -364,7 +385,7 @@ def in6_aliasreq(
     body = (
         _name(name)
         + sockaddr_in6(families, address)
-        + sockaddr_in6(families, None)
+        + sockaddr_in6(families, destination)
         + sockaddr_in6(families, prefixmask)
         + struct.pack("=i", flavor.in6_iff_nodad)
         + _LIFETIME.pack(0, 0, ND6_INFINITE_LIFETIME, ND6_INFINITE_LIFETIME)
@@ -392,22 +413,44 @@ def _pad(sockaddr: bytes, align: int) -> bytes:
 
 
 def route_message(
-    flavor: Flavor, rtm_type: int, network: Network, ifindex: int, *, seq: int, pid: int
+    flavor: Flavor,
+    rtm_type: int,
+    network: Network,
+    ifindex: int,
+    *,
+    seq: int,
+    pid: int,
+    gateway: IPAddress | None = None,
+    source: IPAddress | None = None,
 ) -> bytes:
     """One ``RTM_ADD``/``RTM_DELETE`` message: *network* routed to interface *ifindex*.
 
-    ``rt_msghdr``, then the destination, a ``sockaddr_dl`` gateway naming the
-    interface (an interface route, like ``route add -interface``) and, for a
-    network, its mask; each sockaddr padded to the system's alignment.
+    ``rt_msghdr``, then the sockaddrs in ``RTA_*`` bit order, each padded to
+    the system's alignment: the destination; the gateway, which is a
+    ``sockaddr_dl`` naming the interface (an interface route, like ``route add
+    -interface``) or, with *gateway*, that address (``RTF_GATEWAY``); for a
+    network, its mask; with *gateway*, the interface again as ``RTA_IFP`` so
+    the route leaves through this device; with *source*, ``RTA_IFA`` (the
+    address the route's traffic is sent from, ``route add -ifa``).
     """
     layout = flavor.route
     host = network.prefixlen == network.max_prefixlen
     flags = RTF_UP | RTF_STATIC | (RTF_HOST if host else 0)
     addrs = RTA_DST | RTA_GATEWAY | (0 if host else RTA_NETMASK)
     parts = [_sockaddr_for(flavor, network.network_address)]
-    parts.append(sockaddr_dl(flavor, ifindex))
+    if gateway is None:
+        parts.append(sockaddr_dl(flavor, ifindex))
+    else:
+        flags |= RTF_GATEWAY
+        parts.append(_sockaddr_for(flavor, gateway))
     if not host:
         parts.append(_sockaddr_for(flavor, network.netmask))
+    if gateway is not None:
+        addrs |= RTA_IFP
+        parts.append(sockaddr_dl(flavor, ifindex))
+    if source is not None:
+        addrs |= RTA_IFA
+        parts.append(_sockaddr_for(flavor, source))
     body = b"".join(_pad(part, layout.align) for part in parts)
     values = {
         "msglen": layout.size + len(body),
@@ -438,6 +481,10 @@ class RouteEntry(NamedTuple):
     flags: int
     destination: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     prefixlen: int | None
+    #: The next hop, for an ``RTF_GATEWAY`` route.
+    gateway: IPAddress | None = None
+    #: ``RTA_IFA``: the address the route's traffic leaves from.
+    source: IPAddress | None = None
 
 
 def _address(
@@ -507,13 +554,20 @@ def parse_route_dump(flavor: Flavor, data: bytes) -> list[RouteEntry]:
                     prefixlen = _mask_prefix(found[RTA_NETMASK], destination.version)
                 else:
                     prefixlen = destination.max_prefixlen
+            flags = layout.unpack(data, "flags", offset)
+            gateway = None
+            if flags & RTF_GATEWAY and RTA_GATEWAY in found:
+                gateway = _address(flavor, found[RTA_GATEWAY])
+            source = _address(flavor, found[RTA_IFA]) if RTA_IFA in found else None
             entries.append(
                 RouteEntry(
                     type=layout.unpack(data, "type", offset),
                     ifindex=layout.unpack(data, "index", offset),
-                    flags=layout.unpack(data, "flags", offset),
+                    flags=flags,
                     destination=destination,
                     prefixlen=prefixlen,
+                    gateway=gateway,
+                    source=source,
                 )
             )
         offset += msglen
@@ -529,6 +583,8 @@ class IfAddr(NamedTuple):
     name: str
     address: bytes
     netmask: bytes | None
+    #: ``ifa_dstaddr`` of a point-to-point interface (``None`` elsewhere).
+    destination: bytes | None = None
 
 
 class Syscalls(Protocol):
@@ -620,7 +676,15 @@ class BsdInterfaceControl(NamedControl):
         finally:
             self._sys.close(fd)
 
-    def _route(self, rtm_type: int, network: Network, what: str) -> None:
+    def _route(
+        self,
+        rtm_type: int,
+        network: Network,
+        what: str,
+        *,
+        gateway: IPAddress | None = None,
+        source: IPAddress | None = None,
+    ) -> None:
         message = route_message(
             self._flavor,
             rtm_type,
@@ -628,6 +692,8 @@ class BsdInterfaceControl(NamedControl):
             self._index,
             seq=next(_SEQUENCE),
             pid=self._sys.getpid(),
+            gateway=gateway,
+            source=source,
         )
         fd = self._sys.socket(PF_ROUTE, SOCK_RAW, AF_UNSPEC)
         try:
@@ -664,8 +730,8 @@ class BsdInterfaceControl(NamedControl):
     def is_up(self) -> bool:
         return bool(self._flags() & IFF_UP)
 
-    def addresses(self) -> list[Address]:
-        found: list[Address] = []
+    def addresses(self) -> list[AnyAddress]:
+        found: list[AnyAddress] = []
         for entry in self._sys.getifaddrs():
             if entry.name != self._name:
                 continue
@@ -677,32 +743,67 @@ class BsdInterfaceControl(NamedControl):
                 mask = _mask_prefix(entry.netmask, address.version)
                 if mask is not None:
                     prefixlen = mask
-            found.append(ipaddress.ip_interface(f"{address}/{prefixlen}"))
+            peer = _address(self._flavor, entry.destination) if entry.destination else None
+            if peer is not None and peer != address and peer.version == address.version:
+                # ``ifa_dstaddr`` of a point-to-point address.  (One whose
+                # destination is itself is how a plain address is added here.)
+                found.append(PeerAddress(address, ipaddress.ip_interface(f"{peer}/{prefixlen}")))
+            else:
+                found.append(ipaddress.ip_interface(f"{address}/{prefixlen}"))
         return found
 
-    def add_address(self, address: Address) -> None:
-        if address in self.addresses():
+    def _routed_network(self, address: AnyAddress) -> Network | None:
+        """The network an explicit route must bring into a point-to-point device, if any."""
+        network = address.network
+        if not self._p2p or network.prefixlen == network.max_prefixlen:
+            return None
+        return network
+
+    def add_address(self, address: AnyAddress) -> None:
+        if any(have.ip == address.ip for have in self.addresses()):
             raise FileExistsError(errno.EEXIST, f"{address} is already an address of {self._name}")
         flavor = self._flavor
-        if isinstance(address, ipaddress.IPv4Interface):
-            if self._p2p:
-                destination: ipaddress.IPv4Address | None = address.ip
+        peer = address.peer if isinstance(address, PeerAddress) else None
+        if peer is not None and not self._p2p:
+            raise ValueError(
+                f"{address}: a peer address needs a point-to-point interface; "
+                f"{self._name} is a broadcast (tap) one"
+            )
+        if isinstance(address.ip, ipaddress.IPv4Address):
+            netmask = ipaddress.IPv4Network(address.network).netmask
+            if peer is not None:
+                destination: ipaddress.IPv4Address | None = ipaddress.IPv4Address(peer.ip)
+            elif self._p2p:
+                destination = address.ip
             elif address.network.prefixlen < 31:
-                destination = address.network.broadcast_address
+                destination = ipaddress.IPv4Network(address.network).broadcast_address
             else:
                 destination = None
-            request = ifaliasreq(flavor, self._name, address.ip, destination, address.netmask)
+            request = ifaliasreq(flavor, self._name, address.ip, destination, netmask)
             self._ioctl(AF_INET, flavor.siocaifaddr, request, f"adding {address}")
         else:
-            request = in6_aliasreq(flavor, self._name, address.ip, address.netmask)
+            if peer is not None:
+                # The kernels take a destination only with a /128 (the host
+                # route to it); a wider peer prefix is the route added below.
+                request = in6_aliasreq(
+                    flavor,
+                    self._name,
+                    address.ip,
+                    ipaddress.IPv6Network("::/128").netmask,
+                    ipaddress.IPv6Address(peer.ip),
+                )
+            else:
+                mask = ipaddress.IPv6Network(address.network).netmask
+                request = in6_aliasreq(flavor, self._name, address.ip, mask)
             self._ioctl(flavor.families.inet6, flavor.siocaifaddr_in6, request, f"adding {address}")
-        if self._p2p and address.network.prefixlen < address.max_prefixlen:
+        network = self._routed_network(address)
+        if network is not None:
             with contextlib.suppress(FileExistsError):  # the kernel made it already
-                self._route(RTM_ADD, address.network, "routing")
+                self._route(RTM_ADD, network, "routing")
 
-    def remove_address(self, address: Address) -> None:
+    def remove_address(self, address: AnyAddress) -> None:
         flavor = self._flavor
-        if isinstance(address, ipaddress.IPv4Interface):
+        if isinstance(address.ip, ipaddress.IPv4Address):
             request = ifreq(flavor, self._name, sockaddr_in(address.ip))
             self._ioctl(AF_INET, flavor.siocdifaddr, request, f"removing {address}")
         else:
@@ -710,26 +811,48 @@ class BsdInterfaceControl(NamedControl):
             self._ioctl(
                 flavor.families.inet6, flavor.siocdifaddr_in6, request, f"removing {address}"
             )
-        if self._p2p and address.network.prefixlen < address.max_prefixlen:
+        network = self._routed_network(address)
+        if network is not None:
             with contextlib.suppress(LookupError):  # gone with the address already
-                self._route(RTM_DELETE, address.network, "unrouting")
+                self._route(RTM_DELETE, network, "unrouting")
 
-    def add_route(self, network: Network, metric: int | None) -> None:
-        if metric is not None:
+    def _refuse_route_options(self, route: Route) -> None:
+        system = self._flavor.name
+        if route.metric is not None:
             raise NotImplementedError(
-                f"route metrics are not supported on {self._flavor.name} (Linux and Windows only)"
+                f"route metrics are not supported on {system} (Linux and Windows only)"
             )
-        self._route(RTM_ADD, network, "adding a route to")
+        if route.table is not None:
+            raise NotImplementedError(
+                f"routing tables (table=) are not supported on {system} (Linux only)"
+            )
+        if route.scope is not None:
+            raise NotImplementedError(f"route scopes (scope=) are Linux's, not {system}'s")
 
-    def remove_route(self, network: Network) -> None:
-        self._route(RTM_DELETE, network, "removing the route to")
+    def add_route(self, route: Route) -> None:
+        self._refuse_route_options(route)
+        self._route(
+            RTM_ADD,
+            route.prefix,
+            "adding a route to",
+            gateway=route.gateway,
+            source=route.source,
+        )
 
-    def routes(self) -> list[Network]:
+    def remove_route(self, route: Route) -> None:
+        self._refuse_route_options(route)
+        self._route(RTM_DELETE, route.prefix, "removing the route to", gateway=route.gateway)
+
+    def routes(self, table: int | None) -> list[Route]:
+        if table is not None:
+            raise NotImplementedError(
+                f"routing tables (table=) are not supported on {self._flavor.name} (Linux only)"
+            )
         try:
             dump = self._sys.sysctl((CTL_NET, PF_ROUTE, 0, AF_UNSPEC, NET_RT_DUMP, 0))
         except OSError as exc:
             raise translate_errno(exc, "reading the routing table") from None
-        found: list[Network] = []
+        found: list[Route] = []
         for entry in parse_route_dump(self._flavor, dump):
             if entry.ifindex != self._index or entry.destination is None:
                 continue
@@ -740,10 +863,44 @@ class BsdInterfaceControl(NamedControl):
             destination = entry.destination
             if destination.is_multicast or destination.is_link_local:
                 continue
-            network = ipaddress.ip_network(f"{destination}/{entry.prefixlen}", strict=False)
-            if network not in found:
-                found.append(network)
+            route = Route(
+                prefix=ipaddress.ip_network(f"{destination}/{entry.prefixlen}", strict=False),
+                gateway=entry.gateway,
+                source=entry.source,
+            )
+            if route not in found:
+                found.append(route)
         return found
+
+    def set_persist(self, persist: bool, fd: int) -> None:
+        if not self._flavor.persists:
+            raise NotImplementedError(
+                f"persist is not available on {self._flavor.name}: a utun interface "
+                "exists exactly as long as its socket"
+            )
+        self._destroy_on_close = not persist
+
+    def set_owner(self, uid: int, fd: int) -> None:
+        raise NotImplementedError(
+            f"set_owner is Linux's (TUNSETOWNER); on {self._flavor.name} give the user "
+            "access to the device node instead"
+        )
+
+    def set_group(self, gid: int, fd: int) -> None:
+        raise NotImplementedError(
+            f"set_group is Linux's (TUNSETGROUP); on {self._flavor.name} give the group "
+            "access to the device node instead"
+        )
+
+    def set_mac(self, mac: bytes) -> None:
+        """``SIOCSIFLLADDR``: the ifreq's ``ifr_addr`` carries the six bytes
+        (``sa_len`` 6, ``sa_family`` ``AF_LINK``, the MAC in ``sa_data``)."""
+        flavor = self._flavor
+        number = flavor.siocsiflladdr
+        if number is None:
+            raise NotImplementedError(f"set_mac is not available on {flavor.name}")
+        request = ifreq(flavor, self._name, bytes([len(mac), AF_LINK]) + mac)
+        self._ioctl(AF_INET, number, request, "setting the MAC address")
 
     def destroy(self) -> None:
         """``SIOCIFDESTROY``: delete the interface (tun/tap clones on the BSDs)."""

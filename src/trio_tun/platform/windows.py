@@ -51,8 +51,16 @@ import anyio
 import anyio.to_thread
 import trio
 
-from .._config import Address, Layer, TunConfig, check_pattern
-from .._control import NamedControl, Network, configure
+from .._config import (
+    Address,
+    AnyAddress,
+    IPAddress,
+    Layer,
+    Route,
+    TunConfig,
+    check_pattern,
+)
+from .._control import NamedControl, configure
 from .._errors import (
     BrokenResourceError,
     ClosedResourceError,
@@ -363,8 +371,8 @@ class WindowsControl(NamedControl):
     def is_up(self) -> bool:
         return not self._closed
 
-    def addresses(self) -> list[Address]:
-        found: list[Address] = []
+    def addresses(self) -> list[AnyAddress]:
+        found: list[AnyAddress] = []
         for row in self._ip.unicast_ip_addresses(AF_UNSPEC):
             if row.InterfaceLuid != self._luid:
                 continue
@@ -372,6 +380,16 @@ class WindowsControl(NamedControl):
             if address is not None:
                 found.append(ipaddress.ip_interface(f"{address}/{row.OnLinkPrefixLength}"))
         return found
+
+    @staticmethod
+    def _plain(address: AnyAddress) -> Address:
+        if not isinstance(address, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+            raise NotImplementedError(
+                f"{address}: point-to-point (peer) addresses are not available on Windows, "
+                "whose adapters have no destination address; add the local address and "
+                "add_route() the peer's network instead"
+            )
+        return address
 
     def _address_row(self, address: Address) -> MIB_UNICASTIPADDRESS_ROW:
         row = MIB_UNICASTIPADDRESS_ROW()
@@ -382,37 +400,49 @@ class WindowsControl(NamedControl):
         row.DadState = IP_DAD_STATE_PREFERRED
         return row
 
-    def add_address(self, address: Address) -> None:
-        row = self._address_row(address)
+    def add_address(self, address: AnyAddress) -> None:
+        row = self._address_row(self._plain(address))
         _check(self._ip.create_unicast_ip_address_entry(row), f"adding {address} to {self._name}")
 
-    def remove_address(self, address: Address) -> None:
-        row = self._address_row(address)
+    def remove_address(self, address: AnyAddress) -> None:
+        row = self._address_row(self._plain(address))
         code = self._ip.delete_unicast_ip_address_entry(row)
         _check(code, f"removing {address} from {self._name}")
 
-    def _route_row(self, network: Network) -> MIB_IPFORWARD_ROW2:
+    def _route_row(self, route: Route) -> MIB_IPFORWARD_ROW2:
+        for option in ("table", "scope", "source"):
+            if getattr(route, option) is not None:
+                raise NotImplementedError(
+                    f"route option {option}= is not available on Windows (Linux only); "
+                    "Windows takes gateway= and metric="
+                )
+        network = route.prefix
         row = MIB_IPFORWARD_ROW2()
         self._ip.initialize_ip_forward_entry(row)
         row.InterfaceLuid = self._luid
         _set_sockaddr(row.DestinationPrefix.Prefix, network.network_address)
         row.DestinationPrefix.PrefixLength = network.prefixlen
-        # An unspecified next hop of the right family: the prefix is on-link.
-        row.NextHop.si_family = AF_INET if network.version == 4 else AF_INET6
+        if route.gateway is None:
+            # An unspecified next hop of the right family: the prefix is on-link.
+            row.NextHop.si_family = AF_INET if network.version == 4 else AF_INET6
+        else:
+            _set_sockaddr(row.NextHop, route.gateway)
         row.Protocol = MIB_IPPROTO_NETMGMT
         return row
 
-    def add_route(self, network: Network, metric: int | None) -> None:
-        row = self._route_row(network)
-        row.Metric = 0 if metric is None else metric
-        _check(self._ip.create_ip_forward_entry2(row), f"adding a route to {network}")
+    def add_route(self, route: Route) -> None:
+        row = self._route_row(route)
+        row.Metric = 0 if route.metric is None else route.metric
+        _check(self._ip.create_ip_forward_entry2(row), f"adding a route to {route.prefix}")
 
-    def remove_route(self, network: Network) -> None:
-        row = self._route_row(network)
-        _check(self._ip.delete_ip_forward_entry2(row), f"removing the route to {network}")
+    def remove_route(self, route: Route) -> None:
+        row = self._route_row(route)
+        _check(self._ip.delete_ip_forward_entry2(row), f"removing the route to {route.prefix}")
 
-    def routes(self) -> list[Network]:
-        found: list[Network] = []
+    def routes(self, table: int | None) -> list[Route]:
+        if table is not None:
+            raise NotImplementedError("routing tables (table=) are not available on Windows")
+        found: list[Route] = []
         for row in self._ip.ip_forward_rows(AF_UNSPEC):
             if row.InterfaceLuid != self._luid:
                 continue
@@ -422,10 +452,32 @@ class WindowsControl(NamedControl):
             prefixlen = int(row.DestinationPrefix.PrefixLength)
             if prefixlen == destination.max_prefixlen and row.Protocol != MIB_IPPROTO_NETMGMT:
                 continue  # the stack's own host routes (the address, the broadcast)
-            network = ipaddress.ip_network(f"{destination}/{prefixlen}", strict=False)
-            if network not in found:
-                found.append(network)
+            gateway: IPAddress | None = _get_sockaddr(row.NextHop)
+            if gateway is not None and gateway.is_unspecified:
+                gateway = None
+            route = Route(
+                prefix=ipaddress.ip_network(f"{destination}/{prefixlen}", strict=False),
+                gateway=gateway,
+                metric=int(row.Metric),
+            )
+            if route not in found:
+                found.append(route)
         return found
+
+    def set_persist(self, persist: bool, fd: int) -> None:
+        raise NotImplementedError(
+            "persist is not available on Windows: trio-tun's wintun adapter lives as long "
+            "as its stream"
+        )
+
+    def set_owner(self, uid: int, fd: int) -> None:
+        raise NotImplementedError("set_owner is Linux's (TUNSETOWNER); Windows has no such setting")
+
+    def set_group(self, gid: int, fd: int) -> None:
+        raise NotImplementedError("set_group is Linux's (TUNSETGROUP); Windows has no such setting")
+
+    def set_mac(self, mac: bytes) -> None:
+        raise NotImplementedError("set_mac: wintun adapters are layer 3 and have no MAC address")
 
 
 # -- the stream -------------------------------------------------------------------------------

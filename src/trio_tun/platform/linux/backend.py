@@ -110,7 +110,11 @@ class LinuxBackend:
             try:
                 await anyio.to_thread.run_sync(
                     lambda: control.configure(
-                        mtu=config.mtu, mac=config.mac, addresses=config.addresses, up=config.up
+                        mtu=config.mtu,
+                        mac=config.mac,
+                        addresses=config.addresses,
+                        up=config.up,
+                        ipv6_link_local=config.ipv6_link_local,
                     )
                 )
             except TunPermissionError as exc:

@@ -20,9 +20,19 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from ..._config import Address, parse_address
+from ..._config import (
+    MAIN_TABLE,
+    ROUTE_SCOPES,
+    AnyAddress,
+    IPAddress,
+    Network,
+    PeerAddress,
+    Route,
+    parse_address,
+)
 from ..._errors import BrokenResourceError, control_error
 from . import netns as _netns
+from . import tun as _tun
 from .tun import get_mtu
 
 IFA_F_NODAD: Final = 0x02
@@ -35,6 +45,15 @@ IFF_UP: Final = 0x1
 IFF_LOWER_UP: Final = 0x10000
 IPV6_READY_TIMEOUT: Final = 2.0
 IPV6_READY_POLL: Final = 0.002
+#: ``IFLA_INET6_ADDR_GEN_MODE`` values (<linux/if_link.h>): ``NONE`` makes no
+#: link-local address, so the kernel has no source for router solicitations.
+IN6_ADDR_GEN_MODE_NONE: Final = 1
+#: ``RT_SCOPE_LINK``: the scope of IPv6 link-local addresses in an address dump.
+RT_SCOPE_LINK: Final = 253
+#: ``RT_SCOPE_NOWHERE``: in a delete request, "whatever scope the route has".
+RT_SCOPE_NOWHERE: Final = 255
+RTN_UNICAST: Final = 1
+_SCOPE_NAMES: Final = {number: name for name, number in ROUTE_SCOPES.items()}
 T = TypeVar("T")
 NEEDS_CAP: Final = "CAP_NET_ADMIN (run as root or grant it)"
 
@@ -68,7 +87,7 @@ def _iproute(netns_fd: int | None, what: str) -> Iterator[Any]:
         ipr.close()
 
 
-def _family(addr: Address | ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+def _family(addr: AnyAddress | Network) -> int:
     return socket.AF_INET if addr.version == 4 else socket.AF_INET6
 
 
@@ -96,7 +115,13 @@ class NetlinkControl:
             return op(ipr)
 
     def configure(
-        self, *, mtu: int | None, mac: bytes | None, addresses: Sequence[Address], up: bool
+        self,
+        *,
+        mtu: int | None,
+        mac: bytes | None,
+        addresses: Sequence[AnyAddress],
+        up: bool,
+        ipv6_link_local: bool = True,
     ) -> None:
         """Apply a fresh device's settings in one netlink session."""
 
@@ -105,6 +130,10 @@ class NetlinkControl:
                 ipr.link("set", index=self.index, mtu=mtu)
             if mac is not None:
                 ipr.link("set", index=self.index, address=mac.hex(":"))
+            if not ipv6_link_local:
+                # Before the link goes up: that is when the kernel would make
+                # the fe80:: address and start soliciting routers from it.
+                self._no_link_local(ipr)
             for addr in addresses:
                 self._add_address(ipr, addr)
             if up:
@@ -113,7 +142,27 @@ class NetlinkControl:
 
         self._run("configuring", op)
 
-    def _wait_ipv6_ready(self, ipr: Any, addresses: Sequence[Address]) -> None:
+    def _no_link_local(self, ipr: Any) -> None:
+        """``addrgenmode none``, and drop a link-local address the device already has."""
+        spec = {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}
+        try:
+            ipr.link("set", index=self.index, IFLA_AF_SPEC=spec)
+        except Exception as exc:
+            if getattr(exc, "code", None) == errno.EAFNOSUPPORT:
+                return  # IPv6 is off in this kernel: there is no link-local to avoid
+            raise
+        # A device that was up already (attached, not created) keeps what it made.
+        for msg in ipr.get_addr(family=socket.AF_INET6, index=self.index):
+            if msg["scope"] == RT_SCOPE_LINK:
+                ipr.addr(
+                    "del",
+                    index=self.index,
+                    family=socket.AF_INET6,
+                    address=msg.get_attr("IFA_ADDRESS"),
+                    prefixlen=msg["prefixlen"],
+                )
+
+    def _wait_ipv6_ready(self, ipr: Any, addresses: Sequence[AnyAddress]) -> None:
         """Return once every IPv6 address in *addresses* routes as local (bounded; see top)."""
         pending = [addr for addr in addresses if addr.version == 6]
         if not pending:
@@ -129,26 +178,34 @@ class NetlinkControl:
             time.sleep(IPV6_READY_POLL)
 
     @staticmethod
-    def _routes_as_local(ipr: Any, addr: Address) -> bool:
+    def _routes_as_local(ipr: Any, addr: AnyAddress) -> bool:
         try:
             answer = ipr.route("get", family=socket.AF_INET6, dst=str(addr.ip))
         except Exception:  # no route yet (ENETUNREACH): not ready
             return False
         return bool(answer) and answer[0]["type"] == RTN_LOCAL
 
-    def _add_address(self, ipr: Any, addr: Address) -> None:
+    @staticmethod
+    def _address_fields(addr: AnyAddress) -> dict[str, Any]:
+        """The ``ipr.addr`` arguments naming *addr* (IFA_LOCAL/IFA_ADDRESS, prefix)."""
+        if isinstance(addr, PeerAddress):
+            # The kernel's point-to-point form: IFA_LOCAL is ours, IFA_ADDRESS
+            # the peer, and the prefix length is the peer's.
+            return {
+                "local": str(addr.local),
+                "address": str(addr.peer.ip),
+                "prefixlen": addr.peer.network.prefixlen,
+            }
+        return {"address": str(addr.ip), "prefixlen": addr.network.prefixlen}
+
+    def _add_address(self, ipr: Any, addr: AnyAddress) -> None:
         extra: dict[str, Any] = {}
         if addr.version == 6:
             # A tunnel endpoint has no neighbours to defend against; waiting for
             # duplicate address detection would only delay the first packet.
             extra["flags"] = IFA_F_NODAD
         ipr.addr(
-            "add",
-            index=self.index,
-            family=_family(addr),
-            address=str(addr.ip),
-            prefixlen=addr.network.prefixlen,
-            **extra,
+            "add", index=self.index, family=_family(addr), **self._address_fields(addr), **extra
         )
 
     def get_mtu(self) -> int:
@@ -180,11 +237,20 @@ class NetlinkControl:
         links = self._run("reading flags", lambda ipr: ipr.get_links(self.index))
         return bool(links[0]["flags"] & 1)
 
-    def _addresses(self, ipr: Any) -> list[Address]:
-        out = []
+    def _addresses(self, ipr: Any) -> list[AnyAddress]:
+        out: list[AnyAddress] = []
         for msg in ipr.get_addr(index=self.index):
-            ip = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-            out.append(parse_address(f"{ip}/{msg['prefixlen']}"))
+            # IPv4 always has both (equal unless point-to-point); IPv6 has
+            # IFA_LOCAL only for a point-to-point address, IFA_ADDRESS the peer.
+            local = msg.get_attr("IFA_LOCAL")
+            address = msg.get_attr("IFA_ADDRESS")
+            prefix = msg["prefixlen"]
+            if local is not None and address is not None and local != address:
+                out.append(
+                    PeerAddress(ipaddress.ip_address(local), parse_address(f"{address}/{prefix}"))
+                )
+            else:
+                out.append(parse_address(f"{local or address}/{prefix}"))
         return out
 
     def _require_link(self, ipr: Any) -> None:
@@ -192,62 +258,99 @@ class NetlinkControl:
         # asking for the link itself fails with ENODEV (BrokenResourceError).
         ipr.get_links(self.index)
 
-    def addresses(self) -> list[Address]:
-        def op(ipr: Any) -> list[Address]:
+    def addresses(self) -> list[AnyAddress]:
+        def op(ipr: Any) -> list[AnyAddress]:
             self._require_link(ipr)
             return self._addresses(ipr)
 
         return self._run("listing addresses", op)
 
-    def add_address(self, addr: Address) -> None:
+    def add_address(self, addr: AnyAddress) -> None:
         def op(ipr: Any) -> None:
             self._add_address(ipr, addr)
             self._wait_ipv6_ready(ipr, [addr])
 
         self._run(f"adding {addr}", op)
 
-    def remove_address(self, addr: Address) -> None:
+    def remove_address(self, addr: AnyAddress) -> None:
         self._run(
             f"removing {addr}",
             lambda ipr: ipr.addr(
-                "del",
-                index=self.index,
-                family=_family(addr),
-                address=str(addr.ip),
-                prefixlen=addr.network.prefixlen,
+                "del", index=self.index, family=_family(addr), **self._address_fields(addr)
             ),
         )
 
-    def add_route(
-        self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network, metric: int | None
-    ) -> None:
-        extra = {} if metric is None else {"priority": metric}
-        self._run(
-            f"adding route {prefix}",
-            lambda ipr: ipr.route(
-                "add", dst=str(prefix), family=_family(prefix), oif=self.index, **extra
-            ),
-        )
+    def _route_fields(self, route: Route, *, deleting: bool) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "dst": str(route.prefix),
+            "family": _family(route.prefix),
+            "oif": self.index,
+            "table": MAIN_TABLE if route.table is None else route.table,
+        }
+        if route.gateway is not None:
+            fields["gateway"] = str(route.gateway)
+        if route.source is not None:
+            fields["prefsrc"] = str(route.source)
+        if route.metric is not None:
+            fields["priority"] = route.metric
+        if route.scope is not None:
+            fields["scope"] = ROUTE_SCOPES[route.scope]
+        elif deleting:
+            # As ``ip route del`` does: match the route whatever its scope
+            # (the kernel compares the scope of IPv4 routes otherwise).
+            fields["scope"] = RT_SCOPE_NOWHERE
+        return fields
 
-    def remove_route(self, prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
-        self._run(
-            f"removing route {prefix}",
-            lambda ipr: ipr.route("del", dst=str(prefix), family=_family(prefix), oif=self.index),
-        )
+    def add_route(self, route: Route) -> None:
+        fields = self._route_fields(route, deleting=False)
+        self._run(f"adding route {route.prefix}", lambda ipr: ipr.route("add", **fields))
 
-    def routes(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        def op(ipr: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    def remove_route(self, route: Route) -> None:
+        fields = self._route_fields(route, deleting=True)
+        self._run(f"removing route {route.prefix}", lambda ipr: ipr.route("del", **fields))
+
+    def routes(self, table: int | None = None) -> list[Route]:
+        wanted = MAIN_TABLE if table is None else table
+
+        def op(ipr: Any) -> list[Route]:
             self._require_link(ipr)
-            out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+            out: list[Route] = []
             for family in (socket.AF_INET, socket.AF_INET6):
-                for msg in ipr.get_routes(family=family, oif=self.index, table=254):
-                    dst = msg.get_attr("RTA_DST")
-                    if dst is None:
-                        continue
-                    out.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
+                for msg in ipr.get_routes(family=family, oif=self.index, table=wanted):
+                    route = _route_from(msg, family)
+                    if route is not None:
+                        out.append(route)
             return out
 
         return self._run("listing routes", op)
+
+    def set_persist(self, persist: bool, fd: int) -> None:
+        self._ioctl(lambda: _tun.set_persist(fd, persist), "changing persistence")
+
+    def set_owner(self, uid: int, fd: int) -> None:
+        self._ioctl(lambda: _tun.set_owner(fd, uid), "setting the owner")
+
+    def set_group(self, gid: int, fd: int) -> None:
+        self._ioctl(lambda: _tun.set_group(fd, gid), "setting the group")
+
+    def _ioctl(self, op: Callable[[], None], what: str) -> None:
+        try:
+            op()
+        except OSError as exc:
+            if exc.errno == getattr(errno, "EBADFD", -1):
+                raise BrokenResourceError(
+                    f"{what} on {self.name}: this queue is detached or the device is gone"
+                ) from None
+            translated = _translate(exc, f"{what} on {self.name}")
+            if translated is exc:
+                raise
+            raise translated from None
+
+    def set_mac(self, mac: bytes) -> None:
+        self._run(
+            "setting the MAC address",
+            lambda ipr: ipr.link("set", index=self.index, address=mac.hex(":")),
+        )
 
     def move_to(self, target_fd: int) -> None:
         """Move the device into namespace *target_fd* and follow it there.
@@ -273,3 +376,28 @@ class NetlinkControl:
         if not self._closed:
             self._closed = True
             os.close(self.netns_fd)
+
+
+def _route_from(msg: Any, family: int) -> Route | None:
+    """A :class:`Route` from one route dump message, or ``None`` for what isn't one of ours:
+    local, broadcast, multicast and blackhole entries, multipath routes."""
+    if msg["type"] != RTN_UNICAST:
+        return None
+    dst = msg.get_attr("RTA_DST")
+    if dst is None:
+        dst = "0.0.0.0" if family == socket.AF_INET else "::"
+    gateway = msg.get_attr("RTA_GATEWAY")
+    source = msg.get_attr("RTA_PREFSRC")
+    table = msg.get_attr("RTA_TABLE")
+    return Route(
+        prefix=ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False),
+        gateway=_ip(gateway),
+        source=_ip(source),
+        metric=msg.get_attr("RTA_PRIORITY"),
+        table=msg["table"] if table is None else table,
+        scope=_SCOPE_NAMES.get(msg["scope"]),
+    )
+
+
+def _ip(value: str | None) -> IPAddress | None:
+    return None if value is None else ipaddress.ip_address(value)
