@@ -193,7 +193,10 @@ async def test_eight_flows_over_four_queues_arrive_exact(
     assert all(count == 4 * 1024 * 1024 + 4 for _, _, count in results)
     # Byte-exact and in order: the digests of what arrived are those that left.
     assert sorted(r[0] for r in results) == sorted(r[1] for r in results)
-    assert all(t > 0 for t in traffic), traffic
+    # The kernel picks the receiving queue by flow hash (and by the queue that
+    # last wrote the flow), so one of four queues may see none of 8 flows; an
+    # engine ignoring a queue would have stalled the flows hashed to it above.
+    assert sum(t > 0 for t in traffic) >= 2, traffic
 
 
 def numbered_udp_flows(
