@@ -137,6 +137,13 @@ class _Turn:
         self.held = False
         self._released: anyio.Event | None = None
 
+    def try_take(self) -> bool:
+        """Take the turn if it is free, without waiting or yielding."""
+        if self.held:
+            return False
+        self.held = True
+        return True
+
     async def take(self) -> None:
         """Wait until the turn is free and take it (a cancellation takes nothing)."""
         if not self.held:
@@ -379,10 +386,9 @@ class OffloadEngine(ScopedLifetime):
         # Reader i always writes to the same queue of the target: one flow,
         # one queue, in order.
         out = enabled[queue.index % len(enabled)]
-        if out.turn.held:
+        if not out.turn.try_take():
             await target._write_when_free(queue.index, packets)
             return
-        out.turn.held = True
         try:
             target._accepted += len(packets)
             await target._write(out.stream, packets)
@@ -813,10 +819,8 @@ class TunnelPump:
     async def _send_udp(self, index: int, items: Sequence[Any]) -> None:
         sock, turn = self._sockets[index], self._turns[index]
         # Uncontended (the pump alone on its socket) a turn is one flag.
-        if turn.held:
+        if not turn.try_take():
             await turn.take()
-        else:
-            turn.held = True
         try:
             await self._deliver(self._senders[index], items, lambda: sock.counters.tx_datagrams)
         finally:
