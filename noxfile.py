@@ -55,8 +55,9 @@ def tests(session: nox.Session) -> None:
     """Lint, type-check, build the docs and run the whole test suite (both backends)."""
     _ensure_debian_packages(session, TEST_TOOLS)
     session.install("-e", ".[test,lint,docs]")
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py", "bench")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py", "bench")
+    linted = ("src", "tests", "examples", "noxfile.py", "bench", "tools")
+    session.run("ruff", "check", *linted)
+    session.run("ruff", "format", "--check", *linted)
     session.run("mypy", "src")
     session.run("mypy", "examples/wgpeer", "examples/wireguard.py")
     # Every backend type-checks as the code of its own system too.
