@@ -12,6 +12,8 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -344,6 +346,35 @@ async def recv_datagram(sock: socket.socket, within: float = TIMEOUT) -> tuple[b
                 return sock.recvfrom(65535)
             except BlockingIOError:
                 continue
+
+
+def udp_flood(
+    ns: NetNamespace,
+    target: tuple[str, int],
+    stop: threading.Event,
+    *,
+    source: str | None = None,
+    size: int = 1200,
+    seconds: float = 20.0,
+    limit: int = 2_000_000,
+) -> int:
+    """Send datagrams of *size* bytes from *ns* to *target* until *stop* is set
+    (bounded by *seconds* and *limit*); returns how many went.  For a thread."""
+    sender = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = 0
+    with sender:
+        if source is not None:
+            sender.bind((source, 0))
+        sender.setblocking(False)
+        payload = bytes(size)
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline and sent < limit:
+            try:
+                sender.sendto(payload, target)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.0005)
+    return sent
 
 
 def disable_ipv6_by_default() -> None:

@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from packets_util import udp_flood
 from test_engine import SERVER, devices, numbered_udp_flows, tcp_flows
 from trio_tun.testing import NetNamespace, fd_count, memory_tun_pair
 from trio_tun.threaded import ThreadedForwarder, drive
@@ -130,25 +131,11 @@ async def test_cancelling_under_load_is_bounded_and_leaves_nothing(
     fds = fd_count()
     stop = threading.Event()
 
-    def flood() -> int:
-        sender = a_ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sent = 0
-        with sender:
-            sender.setblocking(False)
-            deadline = time.monotonic() + 20
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    sender.sendto(bytes(1200), (SERVER, 9))
-                    sent += 1
-                except BlockingIOError:
-                    time.sleep(0.0005)
-        return sent
-
     with trio.fail_after(DEADLINE):
         async with devices(a_ns, b_ns, 1) as (a, b):
             forwarder = ThreadedForwarder([(a, b), (b, a)], grace=0.5)
             async with trio.open_nursery() as outer:
-                outer.start_soon(trio.to_thread.run_sync, flood)
+                outer.start_soon(trio.to_thread.run_sync, udp_flood, a_ns, (SERVER, 9), stop)
                 with trio.CancelScope() as scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(forwarder.run)

@@ -27,6 +27,7 @@ import anyio.to_thread
 import pytest
 
 import trio_tun
+from packets_util import udp_flood
 from trio_tun.engine import TunnelPump
 from trio_tun.testing import NetNamespace, fd_count, link_namespaces, memory_tun_pair
 
@@ -210,21 +211,7 @@ async def test_tcp_through_the_tunnel_uses_gso_and_gro(
 
 
 def _flood(left: NetNamespace, stop: threading.Event) -> int:
-    """Datagrams left -> right until *stop* (or 20 s, or 2 million); how many went."""
-    sender = left.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sent = 0
-    with sender:
-        sender.bind(("10.60.1.1", 0))
-        sender.setblocking(False)
-        payload = bytes(1372)
-        deadline = time.monotonic() + 20
-        while not stop.is_set() and time.monotonic() < deadline and sent < 2_000_000:
-            try:
-                sender.sendto(payload, ("10.60.2.1", 9002))
-                sent += 1
-            except BlockingIOError:
-                time.sleep(0.0005)
-    return sent
+    return udp_flood(left, ("10.60.2.1", 9002), stop, source="10.60.1.1", size=1372)
 
 
 async def test_cancelling_mid_transfer_is_bounded_and_accounted(
