@@ -30,10 +30,13 @@ REFERENCE: Final = "c-offload"
 # Layout, in SVG user units (= CSS pixels at the intended 800 px width).
 WIDTH: Final = 800
 MARGIN: Final = 16
-LABEL_CHAR: Final = 7.2  # mean advance of one 12 px sans-serif character, generous
-VALUE_CHAR: Final = 6.4  # the same at 11 px
+# Text sizes: the chart is often shown a little narrower than 800 px.
+FONT: Final = 13
+SMALL: Final = 12
+LABEL_CHAR: Final = 7.8  # mean advance of one 13 px sans-serif character, generous
+VALUE_CHAR: Final = 7.0  # the same at 12 px
 MODE_LABEL_MAX: Final = 220  # longer mode names are cut, the chart stays readable
-BAR_HEIGHT: Final = 14
+BAR_HEIGHT: Final = 16
 BAR_GAP: Final = 3
 GROUP_GAP: Final = 10
 TITLE_HEIGHT: Final = 44
@@ -291,7 +294,7 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{_num(height)}" '
-        f'viewBox="0 0 {WIDTH} {_num(height)}" font-family="sans-serif" font-size="12" '
+        f'viewBox="0 0 {WIDTH} {_num(height)}" font-family="sans-serif" font-size="{FONT}" '
         f'fill="{TEXT}" role="img">',
         f"<title>{escape(title)}</title>",
         "<defs>",
@@ -311,7 +314,7 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
     ]
     if note:
         out.append(
-            f'<text x="{MARGIN}" y="{MARGIN + 32}" font-size="11" fill="{MUTED}">'
+            f'<text x="{MARGIN}" y="{MARGIN + 32}" font-size="{SMALL}" fill="{MUTED}">'
             f"{escape(note)}</text>"
         )
 
@@ -326,7 +329,7 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
             f'<rect class="swatch" x="{_num(x)}" y="{_num(y)}" width="14" '
             f'height="{BAR_HEIGHT}" fill="{fill}"{stroke}/>'
         )
-        out.append(f'<text x="{_num(x + 19)}" y="{_num(y + 11)}">{escape(text)}</text>')
+        out.append(f'<text x="{_num(x + 19)}" y="{_num(y + BAR_HEIGHT - 3)}">{escape(text)}</text>')
         x += advance
 
     # Grid lines and the axis under the plot.
@@ -339,7 +342,8 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
         )
         out.append(
             f'<text class="tick" data-value="{_tick(value)}" x="{_num(tx)}" '
-            f'y="{_num(axis_y + 16)}" text-anchor="middle" font-size="11">{_tick(value)}</text>'
+            f'y="{_num(axis_y + 16)}" text-anchor="middle" font-size="{SMALL}">'
+            f"{_tick(value)}</text>"
         )
     out.append(
         f'<line class="axis" x1="{_num(plot_left)}" y1="{_num(axis_y)}" x2="{_num(plot_right)}" '
@@ -347,7 +351,7 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
     )
     out.append(
         f'<text x="{_num(plot_left + plot_width / 2)}" y="{_num(axis_y + 34)}" '
-        f'text-anchor="middle" font-size="11">Gbit/s (iperf3 TCP through the forwarder)</text>'
+        f'text-anchor="middle" font-size="{SMALL}">Gbit/s (iperf3 TCP through the forwarder)</text>'
     )
 
     # The groups.
@@ -357,22 +361,26 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
         group_height = len(group) * (BAR_HEIGHT + BAR_GAP) - BAR_GAP
         reference = mode == REFERENCE
         weight = ' font-weight="bold"' if reference else ""
-        shown = mode if len(mode) * LABEL_CHAR <= MODE_LABEL_MAX else mode[:28] + "…"
+        shown = (
+            mode
+            if len(mode) * LABEL_CHAR <= MODE_LABEL_MAX
+            else mode[: int(MODE_LABEL_MAX / LABEL_CHAR) - 2] + "…"
+        )
         out.append(
             f'<text class="mode" x="{_num(MARGIN + label_width)}" '
-            f'y="{_num(y + group_height / 2 + 4)}" text-anchor="end"{weight}>'
+            f'y="{_num(y + group_height / 2 + 5)}" text-anchor="end"{weight}>'
             f"{escape(shown)}</text>"
         )
         for c in group:
-            mid = y + BAR_HEIGHT / 2 + 4
+            mid = y + BAR_HEIGHT / 2 + 4.5
             out.append(
                 f'<text x="{_num(plot_left - 6)}" y="{_num(mid)}" text-anchor="end" '
-                f'font-size="11" fill="{MUTED}">{_streams_text(c.streams)}</text>'
+                f'font-size="{SMALL}" fill="{MUTED}">{_streams_text(c.streams)}</text>'
             )
             if c.gbps is None:
                 out.append(
                     f'<text class="na" x="{_num(plot_left + 4)}" y="{_num(mid)}" '
-                    f'font-size="11" font-style="italic" fill="{MUTED}">'
+                    f'font-size="{SMALL}" font-style="italic" fill="{MUTED}">'
                     f"n/a ({escape(c.status.lower() or 'not measured')})</text>"
                 )
             else:
@@ -387,7 +395,7 @@ def render_svg(cells: Sequence[Cell], title: str = "", note: str = "") -> str:
                 )
                 out.append(
                     f'<text class="value" x="{_num(plot_left + width + 5)}" y="{_num(mid)}" '
-                    f'font-size="11">{escape(_bar_label(c))}</text>'
+                    f'font-size="{SMALL}">{escape(_bar_label(c))}</text>'
                 )
             y += BAR_HEIGHT + BAR_GAP
         y += GROUP_GAP
