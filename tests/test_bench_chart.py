@@ -8,6 +8,8 @@ the harness really writes.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,6 +19,8 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from trio_tun.platform.linux import netns as _netns
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -269,3 +273,44 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert chart.main([str(tmp_path / "empty.md")]) == 1
     assert "no results table found" in capsys.readouterr().err
     assert not (tmp_path / "empty.svg").exists()
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_forward_main_writes_the_chart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, explicit: bool
+) -> None:
+    """forward.py's main() draws the chart from what it measured, after the Markdown."""
+    measured = {("trio-raw", 1): 15.96, ("c-offload", 1): 18.5}
+
+    def run_all(modes: Any, args: Any, skipped: Any) -> forward.Outcome:
+        outcome = forward.Outcome()
+        for cell, gbps in measured.items():
+            outcome.runs[cell] = [forward.Measurement(gbps, 50.0, 1.0, None, {})]
+        outcome.failures.append((("pytun", 1), forward.Failure("no pytun", skipped=True)))
+        return outcome
+
+    # Everything that would touch the system is replaced: no namespace, no
+    # signal handler, no benchmark.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(_netns, "unshare_net", lambda: None)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    monkeypatch.setattr(forward, "_remove_stale_namespaces", lambda: None)
+    monkeypatch.setattr(forward, "preflight", lambda modes: {})
+    monkeypatch.setattr(forward, "run_all", run_all)
+    results = tmp_path / "out.md"
+    argv = ["--modes", "trio-raw", "c-offload", "pytun", "--streams", "1"]
+    argv += ["--output", str(results)]
+    svg_path = tmp_path / "elsewhere.svg" if explicit else tmp_path / "out.svg"
+    if explicit:
+        argv += ["--chart", str(svg_path)]
+    assert forward.main(argv) == 0
+    svg = svg_path.read_text(encoding="utf-8")
+    bars = _by_class(_parse(svg), "rect", "bar")
+    assert [(b.get("data-mode"), b.get("data-gbps")) for b in bars] == [
+        ("trio-raw", "15.96"),
+        ("c-offload", "18.50"),
+    ]
+    assert [t.text for t in _by_class(_parse(svg), "text", "na")] == ["n/a (skipped)"]
+    # The same chart as from the Markdown it wrote (the numbers have two decimals).
+    markdown = results.read_text(encoding="utf-8")
+    assert svg == chart.render_svg(chart.parse_table(markdown), note=chart.subtitle(markdown))
