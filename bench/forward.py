@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import _fwdcommon
+import chart
 
 from trio_tun._config import NETNS_RUN_DIR
 from trio_tun.platform.linux import netns as _netns
@@ -1276,6 +1277,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="receive_batch(max_packets=N) in the trio batch modes (default: the library's)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
+    parser.add_argument(
+        "--chart", type=Path, default=None, help="SVG bar chart (default: OUTPUT with .svg)"
+    )
     args = parser.parse_args(argv)
     positive = [args.duration, args.repeat, *args.streams, args.trio_batch or 1]
     if min(positive) < 1:
@@ -1354,6 +1358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     args.output.write_text(report)
     print(f"written to {args.output}")
+    chart_path = args.chart or args.output.with_suffix(".svg")
+    cells = chart.cells_from_outcome(outcome, modes, args.streams)
+    chart_path.write_text(chart.render_svg(cells, note=chart.subtitle(report)), encoding="utf-8")
+    print(f"chart written to {chart_path}")
     return 130 if outcome.interrupted else 0
 
 

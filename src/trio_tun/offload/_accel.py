@@ -36,7 +36,16 @@ coalesce = _speedups.coalesce
 
 
 def split_gro(buffer: _Buffer, gso_size: int) -> list[bytes]:
-    """See :func:`trio_tun.offload.udp.split_gro`."""
+    """Cut what one ``UDP_GRO`` read brought into its datagrams.
+
+    Every datagram is *gso_size* bytes except perhaps the last; a *gso_size*
+    of 0 (an ordinary datagram) or one at least the buffer's length gives the
+    buffer back whole.  The compiled twin of
+    :func:`trio_tun.offload.udp.split_gro`.
+
+    Raises:
+        ValueError: *gso_size* is negative.
+    """
     return _speedups.split_gro(buffer, gso_size)
 
 
@@ -45,12 +54,28 @@ def gso_runs(
     max_segments: int = udp.MAX_SEGMENTS,
     max_bytes: int = udp.MAX_GSO_BYTES,
 ) -> list[tuple[int, list[_Buffer]]]:
-    """See :func:`trio_tun.offload.udp.gso_runs`."""
+    """Group consecutive datagrams into ``(gso_size, datagrams)`` runs that one
+    ``UDP_SEGMENT`` send can carry.
+
+    A run is datagrams of one size, the last perhaps shorter: at most
+    *max_segments* of them and *max_bytes* in total.  An empty datagram, or
+    one that alone exceeds *max_bytes*, is a run of its own.  The compiled
+    twin of :func:`trio_tun.offload.udp.gso_runs`.
+
+    Raises:
+        ValueError: *max_segments* or *max_bytes* is less than 1.
+    """
     return _speedups.gso_runs(datagrams, max_segments, max_bytes)
 
 
 def split(hdr: VirtioNetHdr, packet: _Buffer) -> list[bytes]:
-    """See :func:`trio_tun.offload.gso.split`."""
+    """Turn *packet* (a bare IP packet that followed *hdr* on a TUN read) into
+    complete wire packets: the checksum completed, a GSO packet cut into its
+    segments.  The compiled twin of :func:`trio_tun.offload.gso.split`.
+
+    Raises :class:`MalformedPacket` when the header and packet disagree or the
+    packet cannot be segmented.
+    """
     return _speedups.split(*hdr.fields(), packet)
 
 
@@ -61,7 +86,11 @@ def _plain(*args: object) -> bool:
 
 
 class GroTable(gro.GroTable):
-    """:class:`trio_tun.offload.gro.GroTable` done entirely in C.
+    """Collects packets for one writer and coalesces them into super-packets.
+
+    :class:`trio_tun.offload.gro.GroTable` done entirely in C: one table per
+    TUN queue (or per writer), not thread-safe; :meth:`add` each packet of a
+    batch, then :meth:`flush` for the buffers to write.
 
     It subclasses the reference so that ``isinstance`` checks keep working;
     the state lives in a ``_speedups.GroTable``.  With arguments of unusual
@@ -105,12 +134,20 @@ class GroTable(gro.GroTable):
         return self._table.pending_buffers
 
     def add(self, packet: _Buffer) -> None:
+        """Queue one IP packet (IPv4 or IPv6, any protocol) to be coalesced.
+
+        Raises :class:`MalformedPacket`, leaving the table unchanged, if
+        *packet* is not an IP packet whose header lengths fit in it.
+        """
         if self._table is None:
             super().add(packet)
         else:
             self._table.add(packet)
 
     def flush(self) -> list[bytes]:
+        """Return the buffers to write (each a virtio header and one, possibly
+        merged, packet) for everything added since the last flush, and empty
+        the table."""
         if self._table is None:
             return super().flush()
         return self._table.flush()

@@ -1862,9 +1862,15 @@ GroTable_pending_buffers(GroTableObject *self, void *Py_UNUSED(closure))
 
 static PyMethodDef GroTable_methods[] = {
     {"add", (PyCFunction)GroTable_add, METH_O,
-     "add(packet)\n--\n\nSee trio_tun.offload.gro.GroTable.add."},
+     "add($self, packet, /)\n--\n\n"
+     "Queue one IP packet (IPv4 or IPv6, any protocol) to be coalesced.\n\n"
+     "Raises MalformedPacket, leaving the table unchanged, if packet is not an\n"
+     "IP packet whose header lengths fit in it."},
     {"flush", (PyCFunction)GroTable_flush, METH_NOARGS,
-     "flush()\n--\n\nSee trio_tun.offload.gro.GroTable.flush."},
+     "flush($self, /)\n--\n\n"
+     "Return the buffers to write (each a virtio header and one, possibly\n"
+     "merged, packet) for everything added since the last flush, and empty\n"
+     "the table."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1887,7 +1893,11 @@ static PyTypeObject GroTableType = {
     .tp_as_sequence = &GroTable_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "GroTable(*, uso=False, max_size=65535, allow_short_last=True)\n--\n\n"
-              "The whole of trio_tun.offload.gro.GroTable in C.",
+              "Collects packets for one writer and coalesces them into super-packets.\n\n"
+              "The state and logic of trio_tun.offload.gro.GroTable, in C: add() each\n"
+              "packet of a batch, then flush() for the buffers to write.  uso merges\n"
+              "UDP datagrams too, max_size bounds a merged IP packet, and\n"
+              "allow_short_last=False merges only equal-sized segments.",
     .tp_methods = GroTable_methods,
     .tp_getset = GroTable_getset,
     .tp_new = GroTable_new,
@@ -2550,23 +2560,43 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
 static PyMethodDef methods[] = {
     {"ones_complement_sum", (PyCFunction)(void (*)(void))py_ones_complement_sum,
      METH_VARARGS | METH_KEYWORDS,
-     "ones_complement_sum(data, initial=0)\n--\n\nSee trio_tun.offload.checksum."},
+     "ones_complement_sum(data, initial=0)\n--\n\n"
+     "16-bit folded ones'-complement sum (not inverted) of data plus initial.\n\n"
+     "data is read as big-endian 16-bit words, an odd last byte padded with a\n"
+     "zero byte; initial (0..0xFFFFFFFF) chains sums, e.g. a pseudo-header sum\n"
+     "followed by the segment it covers."},
     {"checksum", (PyCFunction)(void (*)(void))py_checksum, METH_VARARGS | METH_KEYWORDS,
-     "checksum(data, initial=0)\n--\n\nSee trio_tun.offload.checksum."},
+     "checksum(data, initial=0)\n--\n\n"
+     "Internet checksum of data: the inverted ones_complement_sum(data, initial),\n"
+     "ready to store in an IPv4, TCP or UDP header."},
     {"split", (PyCFunction)(void (*)(void))py_split, METH_FASTCALL,
-     "split(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, packet)\n--\n\n"
-     "See trio_tun.offload.gso.split_fields."},
+     "split(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, packet, /)\n--\n\n"
+     "Turn packet into complete wire packets, given the virtio header's fields.\n\n"
+     "Exported as trio_tun.offload.split_fields: split() for callers that parsed\n"
+     "the header themselves.  Completes a NEEDS_CSUM checksum and cuts a GSO packet into\n"
+     "its segments; raises MalformedPacket when the fields and the packet\n"
+     "disagree or the packet cannot be segmented."},
     {"split_with_header", (PyCFunction)(void (*)(void))py_split_with_header,
      METH_FASTCALL | METH_KEYWORDS,
-     "split_with_header(buf)\n--\n\nSee :func:`trio_tun.offload.gso.split_with_header`."},
+     "split_with_header(buf)\n--\n\n"
+     "Turn one whole TUN read (10-byte virtio header, then the packet) into\n"
+     "complete wire packets.\n\n"
+     "split() on the parsed header; raises MalformedPacket when buf is shorter\n"
+     "than the header or the header and the packet disagree."},
     {"gro_parse", (PyCFunction)py_gro_parse, METH_O,
-     "gro_parse(packet)\n--\n\nSee trio_tun.offload.gro.parse."},
+     "gro_parse(packet, /)\n--\n\n"
+     "Classify one IP packet for GroTable and verify its checksums (internal:\n"
+     "the C twin of trio_tun.offload.gro.parse)."},
     {"gro_build", (PyCFunction)(void (*)(void))py_gro_build, METH_FASTCALL,
-     "gro_build(first, ihl, hlen, gso_size, psh, payloads)\n--\n\n"
-     "See trio_tun.offload.gro.build."},
+     "gro_build(first, ihl, hlen, gso_size, psh, payloads, /)\n--\n\n"
+     "Assemble a merged packet with its virtio header from the first segment's\n"
+     "headers and all the payloads (internal: the C twin of\n"
+     "trio_tun.offload.gro.build)."},
     {"coalesce", (PyCFunction)(void (*)(void))py_coalesce, METH_FASTCALL | METH_KEYWORDS,
      "coalesce(packets, *, uso=False, max_size=65535, allow_short_last=True)\n--\n\n"
-     "See :func:`trio_tun.offload.gro.coalesce`."},
+     "Coalesce a batch of IP packets: a fresh GroTable, add all, flush.\n\n"
+     "Returns the buffers to write to a TUN device opened with offload, each a\n"
+     "virtio header and one, possibly merged, packet."},
 #ifdef __linux__
     {"sendmmsg", (PyCFunction)py_sendmmsg, METH_VARARGS,
      "sendmmsg(fd, messages, /)\n--\n\n"
@@ -2576,10 +2606,18 @@ static PyMethodDef methods[] = {
      "Receive up to max_messages datagrams in one syscall, as recvmsg_into would."},
 #endif
     {"split_gro", (PyCFunction)(void (*)(void))py_split_gro, METH_FASTCALL,
-     "split_gro(buffer, gso_size, /)\n--\n\nSee :func:`trio_tun.offload.udp.split_gro`."},
+     "split_gro(buffer, gso_size, /)\n--\n\n"
+     "Cut what one UDP_GRO read brought into its datagrams.\n\n"
+     "Every datagram is gso_size bytes except perhaps the last; a gso_size of 0\n"
+     "or one at least the buffer's length gives the buffer back whole.  Raises\n"
+     "ValueError if gso_size is negative."},
     {"gso_runs", (PyCFunction)(void (*)(void))py_gso_runs, METH_FASTCALL,
      "gso_runs(datagrams, max_segments, max_bytes, /)\n--\n\n"
-     "See :func:`trio_tun.offload.udp.gso_runs`."},
+     "Group consecutive datagrams into (gso_size, datagrams) runs that one\n"
+     "UDP_SEGMENT send can carry.\n\n"
+     "A run is datagrams of one size, the last perhaps shorter, at most\n"
+     "max_segments of them and max_bytes in all; an empty or oversized datagram\n"
+     "is a run of its own.  Raises ValueError if a limit is less than 1."},
 #if defined(__unix__) || defined(__APPLE__)
     {"read_frames", (PyCFunction)(void (*)(void))py_read_frames, METH_FASTCALL,
      "read_frames(fd, max_frames, size, /)\n--\n\n"
