@@ -89,11 +89,15 @@ def bench(session: nox.Session) -> None:
     """Forwarding benchmark in private namespaces (needs root): trio-tun vs C vs pytun.
 
     Options go through, e.g. ``nox -s bench -- --duration 5 --streams 1 --repeat 3``.
+    Then the per-packet cost ladder without offload (bench/perpacket.py).
     """
     _ensure_debian_packages(session, BENCH_TOOLS)
     session.install("-e", ".[bench]")
     session.run("python", "bench/forward.py", *session.posargs)
-    shutil.copyfile("bench/results.svg", "docs/_static/bench.svg")  # docs/performance.rst shows it
+    # The default results only: a run told to write elsewhere leaves the docs alone.
+    if not any(arg.startswith(("--output", "--chart")) for arg in session.posargs):
+        shutil.copyfile("bench/results.svg", "docs/_static/bench.svg")  # performance.rst
+    session.run("python", "bench/perpacket.py", "--output", "bench/perpacket.md")
 
 
 @nox.session
