@@ -834,7 +834,7 @@ class PacketStream(UnreliableObjectStream[bytes]):
 
     @property
     def queue_attached(self) -> bool:
-        """False after :meth:`detach_queue`: the kernel steers no packets here."""
+        """Whether the kernel steers packets to this queue (not after :meth:`detach_queue`)."""
         return self._attached
 
     def detach_queue(self) -> None:
