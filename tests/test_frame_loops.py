@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,3 +98,60 @@ def test_bad_arguments_are_refused() -> None:
         _speedups.write_frames(0, 5, 0)
     with pytest.raises(ValueError):
         _speedups.write_frames(0, [b"x"], 2)
+
+
+@pytest.mark.parametrize("loops", LOOPS)
+@pytest.mark.parametrize("size", [1500, 70_000], ids=["mtu", "large"])
+def test_many_frames_cross_chunk_boundaries(
+    loops: Loops, pair: tuple[socket.socket, socket.socket], size: int
+) -> None:
+    """The C loops move frames in chunks (64, or 1 MiB of buffer) per GIL release:
+    more frames than a chunk, and frames large enough to shrink it, keep order."""
+    read_frames, write_frames = loops
+    a, b = pair
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    frames = [bytes([i % 251]) * (1 + i % 97) for i in range(150)]
+    index, status, nbytes = write_frames(a.fileno(), frames, 0)
+    assert (index, status, nbytes) == (150, 0, sum(map(len, frames)))
+    got, status = read_frames(b.fileno(), 130, size)
+    assert (got, status) == (frames[:130], 0)
+    got, status = read_frames(b.fileno(), 130, size)
+    assert (got, status) == (frames[130:], errno.EAGAIN)
+
+
+@pytest.mark.parametrize("loops", LOOPS)
+def test_a_frame_that_is_not_bytes_raises_after_those_before_it(
+    loops: Loops, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    _, write_frames = loops
+    a, b = pair
+    with pytest.raises(TypeError):
+        write_frames(a.fileno(), [b"one", b"two", 5, b"four"], 0)
+    assert [b.recv(100), b.recv(100)] == [b"one", b"two"]
+    with pytest.raises(BlockingIOError):
+        b.recv(100)
+
+
+def test_a_list_emptied_by_another_thread_is_written_as_it_was() -> None:
+    """write_frames releases the GIL between chunks; another thread emptying the
+    list meanwhile must not make it read past the list's end (it snapshots)."""
+    if _speedups is None:
+        pytest.skip("speedups not built")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        a.setblocking(False)
+        for _ in range(20):
+            frames = [bytes(16)] * 300
+            clearer = threading.Thread(target=lambda f=frames: [f.clear() for _ in range(50)])
+            clearer.start()
+            index, status, _ = _speedups.write_frames(a.fileno(), frames, 0)
+            clearer.join(10)
+            # The list as it was when the call took it: all 300, or none if the
+            # other thread emptied it first (or the fd filled up at some frame).
+            assert index in (0, 300) or status == errno.EAGAIN
+            b.setblocking(False)
+            assert [len(b.recv(64)) for _ in range(index)] == [16] * index
+            with pytest.raises(BlockingIOError):
+                b.recv(64)

@@ -2393,7 +2393,8 @@ fail:
 /* One frame per read() or write() on a TUN/TAP fd; without offload every
  * packet costs a system call, and these loops keep the Python-level call and
  * bookkeeping out of that per-packet cost.  The GIL is released around each
- * system call, so a thread forwarding the other direction runs meanwhile. */
+ * chunk of system calls (see FRAMES_CHUNK), so a thread forwarding the other
+ * direction runs meanwhile. */
 #if defined(__unix__) || defined(__APPLE__)
 #include <errno.h>
 #include <unistd.h>
@@ -2418,6 +2419,12 @@ frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
     *fd = (int)v;
     return 0;
 }
+
+/* Frames moved per trip without the GIL: the GIL is released once per chunk,
+ * not per system call, so a thread forwarding the other direction does not
+ * pay a GIL hand-over per packet.  A read chunk's buffer stays within 1 MiB. */
+#define FRAMES_CHUNK 64
+#define FRAMES_CHUNK_BYTES (1 << 20)
 
 /* read_frames(fd, max_frames, size, /) -> (frames, status)
  *
@@ -2446,44 +2453,61 @@ py_read_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
         return NULL;
     }
-    char *buf = PyMem_Malloc((size_t)size);
+    Py_ssize_t chunk = FRAMES_CHUNK_BYTES / size;
+    if (chunk > FRAMES_CHUNK) {
+        chunk = FRAMES_CHUNK;
+    }
+    if (chunk > max_frames) {
+        chunk = max_frames;
+    }
+    if (chunk < 1) {
+        chunk = 1;
+    }
+    char *buf = PyMem_Malloc((size_t)(chunk * size));
     PyObject *frames = PyList_New(0);
     if (buf == NULL || frames == NULL) {
         PyMem_Free(buf);
         Py_XDECREF(frames);
         return PyErr_NoMemory();
     }
-    while (PyList_GET_SIZE(frames) < max_frames) {
-        ssize_t n;
-        int err;
+    ssize_t lengths[FRAMES_CHUNK];
+    while (status == 0 && PyList_GET_SIZE(frames) < max_frames) {
+        Py_ssize_t want = max_frames - PyList_GET_SIZE(frames);
+        if (want > chunk) {
+            want = chunk;
+        }
+        Py_ssize_t got = 0;
+        int err = 0;
         Py_BEGIN_ALLOW_THREADS
-        n = read(fd, buf, (size_t)size);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        if (n < 0) {
-            if (err == EINTR) {
-                if (PyErr_CheckSignals() < 0) {
-                    goto fail;
-                }
-                continue;
+        while (got < want) {
+            ssize_t n = read(fd, buf + got * size, (size_t)size);
+            if (n <= 0) {
+                err = n == 0 ? FRAMES_EOF : errno;
+                break;
             }
+            lengths[got++] = n;
+        }
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < got; k++) {
+            PyObject *frame = PyBytes_FromStringAndSize(buf + k * size, lengths[k]);
+            if (frame == NULL || PyList_Append(frames, frame) < 0) {
+                Py_XDECREF(frame);
+                goto fail;
+            }
+            Py_DECREF(frame);
+        }
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                goto fail;
+            }
+            continue;
+        }
+        if (err != 0) {
             status = err == EWOULDBLOCK ? EAGAIN : err;
-            break;
         }
-        if (n == 0) {
-            status = FRAMES_EOF;
-            break;
-        }
-        PyObject *frame = PyBytes_FromStringAndSize(buf, n);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
-            goto fail;
-        }
-        Py_DECREF(frame);
     }
     PyMem_Free(buf);
-    PyObject *result = Py_BuildValue("(Ni)", frames, status);
-    return result;
+    return Py_BuildValue("(Ni)", frames, status);
 fail:
     PyMem_Free(buf);
     Py_DECREF(frames);
@@ -2510,7 +2534,14 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
     if (start == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[1], "frames must be a list or tuple");
+    /* A snapshot: another thread may empty a list while the GIL is released. */
+    PyObject *seq;
+    if (PyList_Check(args[1])) {
+        seq = PyList_AsTuple(args[1]);
+    }
+    else {
+        seq = PySequence_Fast(args[1], "frames must be a list or tuple");
+    }
     if (seq == NULL) {
         return NULL;
     }
@@ -2520,33 +2551,55 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "start out of range");
         return NULL;
     }
+    Py_buffer views[FRAMES_CHUNK];
     Py_ssize_t i = start;
-    while (i < count) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
-            Py_DECREF(seq);
-            return NULL;
+    while (status == 0 && i < count) {
+        Py_ssize_t held = 0, want = count - i;
+        if (want > FRAMES_CHUNK) {
+            want = FRAMES_CHUNK;
         }
-        ssize_t n;
-        int err;
-        Py_BEGIN_ALLOW_THREADS
-        n = write(fd, view.buf, (size_t)view.len);
-        err = errno;
-        Py_END_ALLOW_THREADS
-        PyBuffer_Release(&view);
-        if (n < 0) {
-            if (err == EINTR) {
-                if (PyErr_CheckSignals() < 0) {
+        for (; held < want; held++) {
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i + held), &views[held],
+                                   PyBUF_SIMPLE) < 0) {
+                if (held == 0) {
                     Py_DECREF(seq);
                     return NULL;
                 }
-                continue;
+                /* Write the frames before it; the next chunk starts with it
+                 * and raises there, after those are counted. */
+                PyErr_Clear();
+                break;
             }
-            status = err == EWOULDBLOCK ? EAGAIN : err;
-            break;
         }
-        total += n;
-        i++;
+        Py_ssize_t done = 0;
+        long long bytes = 0;
+        int err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (done < held) {
+            ssize_t n = write(fd, views[done].buf, (size_t)views[done].len);
+            if (n < 0) {
+                err = errno;
+                break;
+            }
+            bytes += n;
+            done++;
+        }
+        Py_END_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < held; k++) {
+            PyBuffer_Release(&views[k]);
+        }
+        i += done;
+        total += bytes;
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+            continue;
+        }
+        if (err != 0) {
+            status = err == EWOULDBLOCK ? EAGAIN : err;
+        }
     }
     Py_DECREF(seq);
     return Py_BuildValue("(niL)", i, status, total);
