@@ -114,6 +114,10 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # against forwarding the same TUN traffic raw within one process.
     ("tunnel-batched", "tunnel-perdatagram", 10.0),
     ("tunnel-batched", "trio-raw", 0.8),
+    # ... and the engine, run to completion, must cost little over the plain
+    # batched loops it replaces (TUN <-> TUN and TUN <-> UDP).
+    ("engine-q1", "trio-speedups", 0.9),
+    ("tunnel-engine", "tunnel-batched", 0.9),
     # Issue 15: without offload, batched calls and a second core must beat
     # pytun's two threads and come near the C forwarder.
     ("trio-nooffload", "pytun", 1.5),
@@ -991,23 +995,28 @@ def table(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]) -> li
     medians = outcome.medians()
     status = {cell: "SKIPPED" if f.skipped else "FAILED" for cell, f in outcome.failures}
     lines = [
-        "| mode | streams | Gbit/s | CPU % | RSS MiB | vs C passthrough | vs pytun | bytes/read |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| mode | streams | Gbit/s | CPU % | CPU % per Gbit/s | RSS MiB | vs C passthrough "
+        "| vs pytun | bytes/read |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode in modes:
         for n in streams:
             m = medians.get((mode.name, n))
             if m is None:
                 cell = status.get((mode.name, n), "not run")
-                lines.append(f"| {mode.name} | {n} | {cell} | - | - | - | - | - |")
+                lines.append(f"| {mode.name} | {n} | {cell} | - | - | - | - | - | - |")
                 continue
             per_read = "-" if m.bytes_per_read is None else f"{m.bytes_per_read:,.0f}"
             vs_c = _fmt_ratio(_ratio(medians, mode.name, "c-offload", n))
             vs_pytun = _fmt_ratio(_ratio(medians, mode.name, "pytun", n))
             cpu = "-" if math.isnan(m.cpu_percent) else f"{m.cpu_percent:.0f}"
+            # What a Gbit/s costs in CPU: compares forwarders that are not CPU-bound.
+            per_gbit = (
+                "-" if math.isnan(m.cpu_percent) or m.gbps <= 0 else f"{m.cpu_percent / m.gbps:.0f}"
+            )
             rss = "-" if math.isnan(m.rss_mib) else f"{m.rss_mib:.1f}"
             lines.append(
-                f"| {mode.name} | {n} | {m.gbps:.2f} | {cpu} | {rss} "
+                f"| {mode.name} | {n} | {m.gbps:.2f} | {cpu} | {per_gbit} | {rss} "
                 f"| {vs_c} | {vs_pytun} | {per_read} |"
             )
     return lines
@@ -1224,7 +1233,9 @@ def render(
         "",
         "CPU % is the forwarder's utime+stime over the iperf3 run in % of one core (it "
         "includes kernel work done in the forwarder's context, such as the receiving "
-        "side's TCP stack after a TUN write); RSS is its VmHWM; for workers-2 both are "
+        "side's TCP stack after a TUN write), and CPU % per Gbit/s what each Gbit/s cost "
+        "it (lower is cheaper; it compares forwarders that are not CPU-bound); RSS is "
+        "its VmHWM; for workers-2 both are "
         "summed over the parent and its worker processes, for the tunnel modes over the "
         "launcher and both endpoint processes, for the WireGuard modes over the launcher "
         "and both peers (read from their /proc entries; "

@@ -23,7 +23,7 @@ write path (which also forwards the packet) and read path; user time is
 Python and the library.  Compare rungs within one run, not across runs
 (the machine is shared).
 
-    python bench/perpacket.py [--packets 64] [--rounds 400] [--size 1400]
+    python bench/perpacket.py [--packets 64] [--rounds 200] [--repeat 5] [--size 1400]
 """
 
 from __future__ import annotations
@@ -99,17 +99,29 @@ class Rung:
     def __init__(self, name: str) -> None:
         self.name = name
         self.wall: list[float] = []
-        self.cpu = 0.0
-        self.system_share = 0.0
+        self.packets = 0
+        self.cpu_ns = 0
+        self.user = 0.0
+        self.system = 0.0
 
     def add_cpu(
         self, packets: int, before: tuple[int, float, float], after: tuple[int, float, float]
     ) -> None:
         # The thread's CPU clock is exact; getrusage's user/system split ticks
-        # by the jiffy, so it is only taken over the whole measurement.
-        self.cpu = (after[0] - before[0]) / packets
-        user, system = after[1] - before[1], after[2] - before[2]
-        self.system_share = system / (user + system) if user + system > 0 else 0.0
+        # by the jiffy, so it is only taken over whole measurements.
+        self.packets += packets
+        self.cpu_ns += after[0] - before[0]
+        self.user += after[1] - before[1]
+        self.system += after[2] - before[2]
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_ns / self.packets if self.packets else 0.0
+
+    @property
+    def system_share(self) -> float:
+        total = self.user + self.system
+        return self.system / total if total > 0 else 0.0
 
 
 def _cpu() -> tuple[int, float, float]:
@@ -259,10 +271,12 @@ async def run_rungs(args: argparse.Namespace, backend: str, rungs: dict[str, Run
 def report(rungs: dict[str, Rung], args: argparse.Namespace) -> str:
     floor = statistics.median(rungs["c-loops"].wall) if "c-loops" in rungs else None
     lines = [
-        f"# Cost per forwarded packet without offload ({time.strftime('%Y-%m-%d %H:%M')}, "
-        f"Linux {platform.release()}, Python {platform.python_version()}, "
-        f"{args.packets} packets of {args.size} bytes per round, {args.rounds} rounds; "
-        "ns/packet is the median round's)",
+        "# Cost per forwarded packet without offload",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; {args.packets} packets of {args.size} bytes "
+        f"per round, {args.rounds} rounds per rung, the ladder run {args.repeat} times "
+        "over; ns/packet is the median round's.",
         "",
         "| rung | ns/packet | CPU ns/packet | of it in the kernel | vs c-loops |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -279,7 +293,8 @@ def report(rungs: dict[str, Rung], args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--packets", type=int, default=64, help="packets per round")
-    parser.add_argument("--rounds", type=int, default=400, help="timed rounds per rung")
+    parser.add_argument("--rounds", type=int, default=200, help="timed rounds per rung")
+    parser.add_argument("--repeat", type=int, default=5, help="times the whole ladder runs")
     parser.add_argument("--size", type=int, default=1400, help="bytes per packet")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
@@ -288,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not 64 <= args.size <= 1500 or not 1 <= args.packets <= 256 or args.rounds < 1:
         parser.error("--size 64..1500, --packets 1..256, --rounds >= 1")
+    if not 1 <= args.repeat <= 100:
+        parser.error("--repeat 1..100")
     # Everything below lives in a private namespace, never the machine's own.
     _netns.unshare_net()
     _sysctl("net/ipv4/ip_forward", "1")
@@ -295,8 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Routed back out of the device it came in on: no ICMP redirects.
         _sysctl(f"net/ipv4/conf/{scope}/send_redirects", "0")
     rungs: dict[str, Rung] = {}
-    trio.run(run_rungs, args, "trio", rungs)
-    anyio.run(run_rungs, args, "asyncio", rungs, backend="asyncio")
+    # The ladder several times over, so that a neighbour's burst of load hits
+    # every rung alike rather than one of them.
+    for _ in range(args.repeat):
+        trio.run(run_rungs, args, "trio", rungs)
+        anyio.run(run_rungs, args, "asyncio", rungs, backend="asyncio")
     table = report(rungs, args)
     print(table)
     if args.output is not None:
