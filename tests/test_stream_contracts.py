@@ -95,6 +95,24 @@ async def test_a_full_peer_delays_writes_and_drops_nothing(
     assert (stats.tx_packets, stats.tx_dropped) == (count, 0)
 
 
+@pytest.mark.parametrize("bad", [b"", bytes(65536)], ids=["empty", "too-large"])
+async def test_a_batch_with_a_bad_packet_is_refused_whole(
+    plain: tuple[PacketStream, socket.socket], bad: bytes
+) -> None:
+    """Sizes are checked before anything is written: a bad packet anywhere in
+    the batch raises ValueError naming the problem, and nothing goes out."""
+    stream, theirs = plain
+    message = "empty packet" if not bad else "65536 bytes is larger than the 65535-byte limit"
+    with pytest.raises(ValueError, match=message):
+        await stream.send_batch([numbered(0), numbered(1), bad, numbered(3)])
+    assert stream.statistics().tx_packets == 0
+    with pytest.raises(BlockingIOError):
+        theirs.recv(4096)
+    await stream.send_batch([numbered(4)])
+    assert theirs.recv(4096) == numbered(4)
+    await stream.aclose()
+
+
 def tso_frame(segments: int, mss: int = 100) -> bytes:
     fields, packet = super_packet(Flow(), bytes(range(256)) * (segments * mss // 256 + 1), mss)
     body = packet[: 40 + segments * mss]

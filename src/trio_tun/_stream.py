@@ -547,8 +547,13 @@ class PacketStream(UnreliableObjectStream[bytes]):
         room, a prefix of the batch has been written.
         """
         batch = list(packets)
-        for packet in batch:
-            self._check_packet(packet)
+        if batch:
+            # One pass in C over the sizes; the per-packet check (with its
+            # message) only when something is off.
+            sizes = list(map(len, batch))
+            if min(sizes) == 0 or max(sizes) > self._max_packet:
+                for packet in batch:
+                    self._check_packet(packet)
         with self._send_guard:
             await self._entry_checkpoint(False)
             if self._framing.coalescing and len(batch) > 1:
