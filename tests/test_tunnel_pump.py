@@ -308,9 +308,12 @@ async def test_refused_items_are_counted_as_dropped() -> None:
 
 
 async def test_a_batch_in_hand_is_finished_within_the_grace_period() -> None:
-    # Cancelled 0.1 s into a 0.5 s send: shielded, so it completes.
-    pump = await _pump_one_batch(_SlowSocket(0.5), grace=5.0, cancel_after=0.1)
+    # Cancelled 0.1 s into a 0.5 s send: shielded, so it completes ...
+    started = time.monotonic()
+    pump = await _pump_one_batch(_SlowSocket(0.5), grace=8.0, cancel_after=0.1)
     assert (pump.statistics().written, pump.statistics().dropped) == (10, 0)
+    # ... and then the pump ends: it does not read on until the grace runs out.
+    assert time.monotonic() - started < 5
 
 
 async def test_the_grace_period_bounds_a_stuck_send() -> None:
@@ -320,6 +323,28 @@ async def test_the_grace_period_bounds_a_stuck_send() -> None:
     assert time.monotonic() - started < 10
     stats = pump.statistics()
     assert (stats.accepted, stats.written, stats.dropped, stats.in_flight) == (10, 0, 10, 0)
+
+
+class _BrokenSocket(_SlowSocket):
+    """The socket breaks under the pump's inbound loop (say, its fd was closed)."""
+
+    async def receive_batch(self) -> list[bytes]:
+        await anyio.sleep(0.05)
+        raise trio_tun.BrokenResourceError("the socket broke")
+
+
+async def test_a_loop_that_fails_ends_the_pump_with_its_error() -> None:
+    """The loops are shielded from outside cancellation (only run() stops
+    them): one failing must still stop the others and end run(), not hang."""
+    _, dev = memory_tun_pair()
+    pump = TunnelPump([dev], [_BrokenSocket(0.0)], grace=5.0)
+    started = time.monotonic()
+    with anyio.fail_after(20), pytest.raises(BaseExceptionGroup) as caught:
+        await pump.run()
+    assert caught.group_contains(trio_tun.BrokenResourceError, match="the socket broke")
+    # The outbound loop, idle in its read, was stopped at once, not after the grace.
+    assert time.monotonic() - started < 4
+    assert pump.statistics().in_flight == 0
 
 
 class _OneBatchSocket(_SlowSocket):

@@ -704,6 +704,14 @@ class PumpStatistics:
     in_flight: int
 
 
+@attrs.define(eq=False)
+class _PumpLoop:
+    """One of a pump's loops: its shielded scope, and whether it is writing."""
+
+    scope: anyio.CancelScope = attrs.field(factory=lambda: anyio.CancelScope(shield=True))
+    delivering: bool = False
+
+
 class TunnelPump:
     """A VPN's data path: TUN queues <-> handlers <-> UDP sockets, run to completion.
 
@@ -755,7 +763,13 @@ class TunnelPump:
         self._outbound = outbound
         self._inbound = inbound
         self._grace = grace
+        # Deliveries from other tasks (send_udp), each in its own shielded scope.
         self._deliveries: set[anyio.CancelScope] = set()
+        # The pump's own loops: one shielded scope each for the whole run (a
+        # scope per batch costs more than a small batch's write), cancelled by
+        # run() at shutdown unless a delivery is in progress.
+        self._loops: list[_PumpLoop] = []
+        self._stopping = False
         self._deadline = math.inf
         self._running = False
         self._tun_received = 0
@@ -779,29 +793,48 @@ class TunnelPump:
         if self._running:
             raise RuntimeError("this pump is already running")
         self._running = True
+        self._stopping = False
+        self._deadline = math.inf
+        self._loops = []
         try:
             async with anyio.create_task_group() as task_group:
                 for index, (tun, sock) in enumerate(zip(self._queues, self._sockets, strict=True)):
-                    task_group.start_soon(self._outward, tun, index)
-                    task_group.start_soon(self._inward, sock, tun)
+                    outward, inward = _PumpLoop(), _PumpLoop()
+                    self._loops += (outward, inward)
+                    task_group.start_soon(self._outward, outward, tun, index)
+                    task_group.start_soon(self._inward, inward, sock, tun)
                 try:
                     await anyio.sleep_forever()
                 finally:
-                    # Cancelled: readers stop at their next wait; deliveries in
-                    # progress get the grace period, no more.
+                    # Cancelled (or a loop failed): loops stop at once unless
+                    # they are writing; writes get the grace period, no more.
+                    self._stopping = True
                     self._deadline = anyio.current_time() + self._grace
+                    for loop in self._loops:
+                        if loop.delivering:
+                            loop.scope.deadline = self._deadline
+                        else:
+                            loop.scope.cancel()
                     for scope in self._deliveries:
                         scope.deadline = min(scope.deadline, self._deadline)
         finally:
             self._running = False
 
-    async def _outward(self, tun: QueueStream, index: int) -> None:
-        while True:
-            batch = await tun.receive_batch()
-            self._tun_received += len(batch)
-            out = await self._apply(self._outbound, batch)
-            if out:
-                await self._send_udp(index, out)
+    async def _outward(self, loop: _PumpLoop, tun: QueueStream, index: int) -> None:
+        sock, turn, send = self._sockets[index], self._turns[index], self._senders[index]
+        with loop.scope:
+            while True:
+                batch = await tun.receive_batch()
+                self._tun_received += len(batch)
+                out = await self._apply(self._outbound, batch)
+                if not out:
+                    continue
+                if not turn.try_take():
+                    await turn.take()
+                try:
+                    await self._deliver_in(loop, send, out, lambda: sock.counters.tx_datagrams)
+                finally:
+                    turn.release()
 
     async def send_udp(self, items: Sequence[Any], index: int = 0) -> None:
         """Send *items* on socket *index* from outside the pump's own loop.
@@ -826,20 +859,23 @@ class TunnelPump:
         finally:
             turn.release()
 
-    async def _inward(self, sock: DatagramSocket, tun: QueueStream) -> None:
-        while True:
-            batch = await sock.receive_batch()
-            self._udp_received += len(batch)
-            out = await self._apply(self._inbound, batch)
-            # A datagram no TUN device could take (empty, or larger than a
-            # packet) is dropped and counted, never the end of the pump.
-            limit = tun.max_packet
-            good = [p for p in out if 0 < len(p) <= limit]
-            if len(good) != len(out):
-                self._accepted += len(out) - len(good)
-                self._dropped += len(out) - len(good)
-            if good:
-                await self._deliver(tun.send_batch, good, lambda: tun.counters.tx_packets)
+    async def _inward(self, loop: _PumpLoop, sock: DatagramSocket, tun: QueueStream) -> None:
+        with loop.scope:
+            while True:
+                batch = await sock.receive_batch()
+                self._udp_received += len(batch)
+                out = await self._apply(self._inbound, batch)
+                # A datagram no TUN device could take (empty, or larger than a
+                # packet) is dropped and counted, never the end of the pump.
+                limit = tun.max_packet
+                good = [p for p in out if 0 < len(p) <= limit]
+                if len(good) != len(out):
+                    self._accepted += len(out) - len(good)
+                    self._dropped += len(out) - len(good)
+                if good:
+                    await self._deliver_in(
+                        loop, tun.send_batch, good, lambda: tun.counters.tx_packets
+                    )
 
     @staticmethod
     async def _apply(transform: Transform | None, batch: list[bytes]) -> Sequence[Packet]:
@@ -849,6 +885,28 @@ class TunnelPump:
         if inspect.isawaitable(out):
             out = await out
         return out
+
+    async def _deliver_in(
+        self,
+        loop: _PumpLoop,
+        send: Callable[[Sequence[Any]], Awaitable[None]],
+        items: Sequence[Any],
+        sent: Callable[[], int],
+    ) -> None:
+        # The loop's scope is shielded: only run() cancels it, and not while
+        # this flag is up (it gets the grace period's deadline instead).
+        self._accepted += len(items)
+        before = sent()
+        loop.delivering = True
+        try:
+            await send(items)
+        finally:
+            loop.delivering = False
+            written = sent() - before
+            self._written += written
+            self._dropped += len(items) - written
+        if self._stopping:
+            loop.scope.cancel()
 
     async def _deliver(
         self,
