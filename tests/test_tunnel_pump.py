@@ -17,6 +17,7 @@ import hashlib
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -30,6 +31,9 @@ import trio_tun
 from packets_util import udp_flood
 from trio_tun.engine import TunnelPump
 from trio_tun.testing import NetNamespace, fd_count, link_namespaces, memory_tun_pair
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.anyio]
 
