@@ -8,14 +8,17 @@ queue, no device.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from trio_tun import Statistics
-from trio_tun.engine import OffloadEngine, flow_hash
+from trio_tun.engine import OffloadEngine, TunnelPump, flow_hash
+from trio_tun.testing import memory_tun_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +115,13 @@ LAYOUTS = [
         ipv4(IPV4_OPTIONS),
         [9, 12, 19, 28, 29, 30, 31],
         [1, 2, 4, 6, 8, 10, 20, 21, 27, 32, 39],
+    ),
+    # One option word (IHL 6, the first byte 0x46): ports at 24..28.
+    (
+        "ipv4 one option",
+        ipv4(IPV4_OPTIONS[:4]),
+        [9, 12, 19, 24, 25, 26, 27],
+        [1, 2, 4, 6, 8, 10, 20, 21, 22, 23, 28, 35],
     ),
     # addresses 8..40, next header 6, ports 40..44.
     ("ipv6", ipv6(), [6, 8, 23, 24, 39, 40, 41, 42, 43], [1, 2, 3, 4, 5, 7, 44, 51]),
@@ -605,3 +615,107 @@ async def test_no_queue_comes_back_once_the_engine_is_shutting_down() -> None:
         with pytest.raises(anyio.ClosedResourceError, match=r"^the engine is shutting down$"):
             await engine.attach_queue(1)
     assert engine.enabled_queues() == [0]
+
+
+# -- TunnelPump -------------------------------------------------------------------
+
+
+class _Socket:
+    """A stand-in connected UDP socket: one batch from the peer, then silence;
+    sends are recorded."""
+
+    def __init__(self, batch: list[bytes] | None = None) -> None:
+        self.batch = batch
+        self.tx_datagrams = 0
+        self.sent: list[bytes] = []
+
+    async def receive_batch(self) -> list[bytes]:
+        if self.batch is None:
+            await anyio.sleep_forever()
+        batch, self.batch = self.batch, None
+        assert batch is not None
+        return batch
+
+    async def send_batch(self, datagrams: Iterable[bytes]) -> None:
+        for datagram in datagrams:
+            self.sent.append(bytes(datagram))
+            self.tx_datagrams += 1
+
+    @property
+    def counters(self) -> _Socket:
+        return self
+
+
+class _StuckSocket(_Socket):
+    """A socket whose sends never finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = anyio.Event()
+
+    async def send_batch(self, datagrams: Iterable[bytes]) -> None:
+        self.sending.set()
+        await anyio.sleep_forever()
+
+
+async def test_pump_grace_zero_drops_the_batch_in_hand_at_once() -> None:
+    app, dev = memory_tun_pair()
+    sock = _StuckSocket()
+    pump = TunnelPump([dev], [sock], grace=0.0)
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump.run)
+            await app.send(b"\x45" + bytes(19))
+            await sock.sending.wait()
+            tg.cancel_scope.cancel()
+    stats = pump.statistics()
+    assert (stats.accepted, stats.written, stats.dropped, stats.in_flight) == (1, 0, 1, 0)
+
+
+def test_pump_grace_may_not_be_negative_or_infinite() -> None:
+    _, dev = memory_tun_pair()
+    for grace in (-0.5, math.inf, math.nan):
+        with pytest.raises(
+            ValueError, match=rf"^grace must be a finite number of seconds >= 0, not {grace!r}$"
+        ):
+            TunnelPump([dev], [_Socket()], grace=grace)
+
+
+async def test_pump_awaits_an_async_inbound_transform_and_takes_full_size_packets() -> None:
+    app, dev = memory_tun_pair()
+    largest = b"\x45" + bytes(dev.max_packet - 1)
+    sock = _Socket([b"\x45" + b"a" * 19, largest[:-1]])
+
+    async def inbound(batch: list[bytes]) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        # One byte longer each: the second becomes exactly max_packet bytes.
+        return [p + b"!" for p in batch]
+
+    pump = TunnelPump([dev], [sock], inbound=inbound)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump.run)
+        with anyio.fail_after(DEADLINE):
+            got = [await app.receive(), await app.receive()]
+        tg.cancel_scope.cancel()
+    assert got == [b"\x45" + b"a" * 19 + b"!", largest[:-1] + b"!"]
+    assert len(got[1]) == dev.max_packet
+    stats = pump.statistics()
+    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (2, 2, 2, 0)
+
+
+async def test_a_pump_runs_once_at_a_time_and_again_after() -> None:
+    app, dev = memory_tun_pair()
+    sock = _Socket()
+    pump = TunnelPump([dev], [sock])
+    for round_ in range(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump.run)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match=r"^this pump is already running$"):
+                await pump.run()
+            await app.send(b"\x45" + bytes([round_]) * 19)
+            with anyio.fail_after(DEADLINE):
+                while len(sock.sent) <= round_:  # noqa: ASYNC110 - polling a fake's list
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert sock.sent == [b"\x45" + bytes([n]) * 19 for n in range(2)]
