@@ -719,3 +719,28 @@ async def test_a_pump_runs_once_at_a_time_and_again_after() -> None:
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
     assert sock.sent == [b"\x45" + bytes([n]) * 19 for n in range(2)]
+
+
+async def test_a_bucket_for_a_queue_detached_meanwhile_goes_to_the_others() -> None:
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues, channel_batches=1)  # type: ignore[arg-type]
+    flows = [bytes(ipv4(ports=p.to_bytes(2, "big") + b"\x00\x50")) for p in range(40)]
+    to_0 = [p for p in flows if flow_hash(p) % 2 == 0][:3]
+    to_1 = [p for p in flows if flow_hash(p) % 2 == 1][:3]
+    queues[0].gate = anyio.Event()
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            # Queue 0's writer is stuck on its first batch and its channel is full ...
+            await engine.send_batch(to_0[:1])
+            await queues[0].writing.wait()
+            await engine.send_batch(to_0[1:2])
+            # ... so this batch waits on its bucket for queue 0 while queue 1,
+            # chosen for its second bucket, is taken out of service.
+            tg.start_soon(engine.send_batch, [to_0[2], *to_1])
+            await anyio.wait_all_tasks_blocked()
+            await engine.detach_queue(1)
+            queues[0].gate.set()
+            await _written(queues[0], 6)
+    assert queues[0].written == to_0 + to_1
+    assert queues[1].written == []
+    assert _counts(engine) == (6, 6, 0)
