@@ -8,7 +8,9 @@ a frame (EMSGSIZE, as a device refuses a packet) or report it full (EAGAIN).
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 from collections.abc import AsyncIterator
 
 import anyio
@@ -16,9 +18,10 @@ import pytest
 import trio
 
 import trio_tun
-from offload.packets import Flow, tcp_flow
+import trio_tun._ports
+from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
 from trio_tun import NoDeviceControlError, PacketStream
-from trio_tun.offload import VIRTIO_NET_HDR_LEN
+from trio_tun.offload import GSO_TCPV4, VIRTIO_NET_HDR_LEN
 from trio_tun.testing import memory_tun_pair
 
 pytestmark = pytest.mark.anyio
@@ -302,3 +305,177 @@ async def test_size_errors_say_what_the_limit_is(pair: tuple[socket.socket, Pack
         r"\(a 65535-byte packet plus 0 header bytes\)$",
     ):
         await stream.send_raw(bytes(65536))
+
+
+async def test_receive_batch_counts_the_bytes_it_hands_out(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [b"\x45" + bytes(n) for n in (19, 99, 1499)]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = await stream.receive_batch(len(frames))
+        ours.send(frames[0])
+        got += await stream.receive_batch()
+    assert got == [*frames, frames[0]]
+    stats = stream.statistics()
+    assert (stats.rx_packets, stats.rx_bytes) == (4, sum(map(len, got)))
+
+
+async def test_busy_errors_name_the_direction(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.receive)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(
+                trio_tun.BusyResourceError,
+                match=r"^another task is already receiving on this stream$",
+            ):
+                await stream.receive()
+            ours.send(b"\x45" + bytes(19))
+    # Sending: a full socket keeps the first sender waiting.
+    ours2, small = _pair(small_buffer=True)
+    with ours2, anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(small.send_batch, [bytes(1000)] * 40)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(
+                trio_tun.BusyResourceError,
+                match=r"^another task is already sending on this stream$",
+            ):
+                await small.send(b"\x45" + bytes(19))
+            tg.cancel_scope.cancel()
+        await small.aclose()
+
+
+async def test_flags_of_a_fresh_stream_are_true_bools() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        stream = trio_tun.from_fd(theirs.detach(), packet_info=True)
+        assert stream.packet_info is True
+        assert stream.queue_attached is True
+        await stream.aclose()
+
+
+async def test_a_refused_coalesced_write_is_resent_split_and_coalescing_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Some kernels refuse GSO writes with EINVAL (e.g. a short last segment).
+    real_writev = trio_tun._ports.writev
+    refusals: list[int] = []
+
+    def picky_writev(fd: int, buffers: list[bytes]) -> int:
+        frame = b"".join(buffers)
+        if frame[1] != 0 or frame[VIRTIO_NET_HDR_LEN:].endswith(b"refuse me"):
+            refusals.append(frame[1])
+            raise OSError(errno.EINVAL, "refused for the test")
+        return int(real_writev(fd, buffers))
+
+    monkeypatch.setattr(trio_tun._ports, "writev", picky_writev)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    flow, other = Flow(), Flow(sport=2222)
+    segments = tcp_flow(flow, [100] * 4, seq=1)
+    odd = tcp_packet(other, 1, b"refuse me")
+    with ours, anyio.fail_after(DEADLINE):
+        # A one-packet frame refused with EINVAL is just dropped: no fallback.
+        await stream.send_batch([odd, tcp_flow(other, [10], seq=10)[0]])
+        stats = stream.statistics()
+        assert (stats.tx_dropped, stats.tx_coalesce_fallbacks, stats.tx_packets) == (1, 0, 1)
+        assert stream.framing.coalescing
+        _received(ours)
+        # A super-packet refused: its segments go one by one, nothing lost.
+        await stream.send_batch(segments)
+        frames = _received(ours)
+        assert [f[VIRTIO_NET_HDR_LEN:] for f in frames] == segments
+        stats = stream.statistics()
+        assert (stats.tx_dropped, stats.tx_coalesce_fallbacks) == (1, 1)
+        assert (stats.tx_packets, stats.tx_coalesced) == (1 + 4, 0)
+        # From now on batches are written packet by packet.
+        assert not stream.framing.coalescing
+        more = tcp_flow(flow, [100] * 3, seq=401, ident=4)
+        await stream.send_batch(more)
+        assert [f[VIRTIO_NET_HDR_LEN:] for f in _received(ours)] == more
+        await stream.aclose()
+    assert refusals == [0, GSO_TCPV4]
+
+
+async def test_receive_into_reads_straight_into_a_big_enough_buffer(
+    pair: tuple[socket.socket, PacketStream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, stream = pair
+    port_type = type(stream._port)
+    read_into = port_type.read_into
+    # Which memory each read of the fd wrote into: the caller's, or ours.
+    into_callers: list[bool] = []
+
+    def spy(port: object, buffer: object) -> int:
+        into_callers.append(isinstance(buffer, memoryview) and buffer.obj is buf)
+        return int(read_into(port, buffer))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(port_type, "read_into", spy)
+    frames = [b"\x45" + bytes([n]) * (20 + n) for n in range(3)]
+    buf = bytearray(stream.max_packet)  # exactly one read's worth
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        got = []
+        for _ in frames:
+            n = await stream.receive_into(buf)
+            got.append(bytes(buf[:n]))
+        assert got == frames
+        assert into_callers == [True] * 3
+        # One byte less than a read: read as receive() reads, then copied.
+        ours.send(frames[2])
+        small = bytearray(stream.max_packet - 1)
+        n = await stream.receive_into(small)
+        assert small[:n] == frames[2]
+        assert into_callers == [True] * 3
+    stats = stream.statistics()
+    total = sum(map(len, frames)) + len(frames[2])
+    assert (stats.reads, stats.read_bytes) == (4, total)
+    assert (stats.rx_packets, stats.rx_bytes) == (4, total)
+
+
+async def test_receive_into_with_a_virtio_header_strips_it_and_splits() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    plain = tcp_flow(Flow(sport=9), [30])[0]
+    fields, sup = super_packet(Flow(), bytes(range(250)), 100)
+    expected = expected_segments(Flow(), bytes(range(250)), 100)
+    # Even a buffer of a whole read's size is filled by a copy: the header
+    # must come off first.
+    buf = bytearray(stream.max_packet + VIRTIO_NET_HDR_LEN)
+    with ours, anyio.fail_after(DEADLINE):
+        ours.send(bytes(VIRTIO_NET_HDR_LEN) + plain)
+        ours.send(struct.pack("=BBHHHH", *fields) + sup)
+        n = await stream.receive_into(buf)
+        assert buf[:n] == plain
+        first = await stream.receive_into(buf)
+        assert buf[:first] == expected[0]
+        # Too small for the next segment: it stays queued, the message says how long.
+        size = len(expected[1])
+        with pytest.raises(
+            ValueError,
+            match=rf"^the next packet is {size} bytes and the buffer {size - 1}; it stays "
+            rf"queued: pass a buffer of at least {size} \(max_packet is 65535\)$",
+        ):
+            await stream.receive_into(bytearray(size - 1))
+        exact = bytearray(size)
+        assert await stream.receive_into(exact) == size and exact == expected[1]
+        assert await stream.receive() == expected[2]
+        with pytest.raises(
+            TypeError,
+            match=r"^receive_into needs a writable buffer \(a bytearray or memoryview\)$",
+        ):
+            await stream.receive_into(memoryview(bytes(100)))  # type: ignore[arg-type]
+        await stream.aclose()
+    stats = stream.statistics()
+    assert stats.reads == 2
+    assert (stats.rx_packets, stats.rx_bytes) == (4, len(plain) + sum(map(len, expected)))
