@@ -21,6 +21,7 @@ import trio_tun
 import trio_tun._ports
 from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
 from trio_tun import NoDeviceControlError, PacketStream
+from trio_tun._wait import SCHEDULE_EVERY
 from trio_tun.offload import GSO_TCPV4, VIRTIO_NET_HDR_LEN
 from trio_tun.testing import memory_tun_pair
 
@@ -479,3 +480,97 @@ async def test_receive_into_with_a_virtio_header_strips_it_and_splits() -> None:
     stats = stream.statistics()
     assert stats.reads == 2
     assert (stats.rx_packets, stats.rx_bytes) == (4, len(plain) + sum(map(len, expected)))
+
+
+async def test_reads_go_no_further_than_the_call_needs(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    # Frames left in the fd stay the kernel's: another queue, or a later call
+    # with a different limit, may take them.
+    ours, stream = pair
+    frames = [b"\x45" + bytes([n]) * (19 + n) for n in range(7)]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        assert await stream.receive() == frames[0]
+        assert stream.statistics().reads == 1
+        assert await stream.receive_batch(2) == frames[1:3]
+        assert stream.statistics().reads == 3
+        assert await stream.receive_raw() == frames[3]
+        assert stream.statistics().reads == 4
+        assert await stream.receive_batch() == frames[4:]
+    stats = stream.statistics()
+    total = sum(map(len, frames))
+    assert (stats.reads, stats.read_bytes, stats.rx_packets, stats.rx_bytes) == (7, total, 7, total)
+
+
+async def test_virtio_reads_split_count_and_skip_malformed_frames() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    plain = [tcp_flow(Flow(sport=9), [30 + n])[0] for n in range(2)]
+    fields, sup = super_packet(Flow(), bytes(range(250)), 100)
+    segments = expected_segments(Flow(), bytes(range(250)), 100)
+    hdr = bytes(VIRTIO_NET_HDR_LEN)
+    bad = struct.pack("=BBHHHH", 0, 99, 0, 0, 0, 0) + plain[0]  # unknown gso_type
+    wire = [hdr + plain[0], hdr + plain[1], struct.pack("=BBHHHH", *fields) + sup, bad, hdr]
+    with ours, anyio.fail_after(DEADLINE):
+        for frame in wire:
+            ours.send(frame)
+        assert await stream.receive_batch(1) == plain[:1]
+        assert stream.statistics().reads == 1
+        # The super-packet's last segment does not fit: it stays queued.
+        assert await stream.receive_batch(3) == [plain[1], *segments[:2]]
+        assert stream.statistics().reads == 3
+        # The rest of the queue first, then whatever reads bring (the two
+        # malformed frames bring nothing and are counted).
+        ours.send(hdr + plain[0])
+        assert await stream.receive_batch() == [segments[2], plain[0]]
+        await stream.aclose()
+    stats = stream.statistics()
+    assert (stats.reads, stats.rx_malformed) == (6, 2)
+    assert stats.read_bytes == sum(map(len, wire)) + len(hdr + plain[0])
+    assert stats.rx_packets == 2 + 3 + 1
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts how often one task is scheduled: once per yield it made."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += task is self.task
+
+
+async def test_each_direction_yields_once_per_schedule_every_of_its_own_calls(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    # The module docstring's promise: every call checks for cancellation, only
+    # every SCHEDULE_EVERY-th call of a direction (or the first after a wait)
+    # goes through the scheduler.  Sending and receiving count separately.
+    ours, stream = pair
+    calls = SCHEDULE_EVERY + 8  # per direction: two yields each
+    packet = b"\x45" + bytes(19)
+    for _ in range(calls):
+        ours.send(packet)
+    buf = bytearray(stream.max_packet)
+    receivers = [
+        stream.receive,
+        lambda: stream.receive_batch(1),
+        stream.receive_raw,
+        lambda: stream.receive_into(buf),
+    ]
+    senders = [stream.send, lambda p: stream.send_batch([p]), stream.send_raw]
+    instrument = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        for i in range(calls):
+            await senders[i % len(senders)](packet)
+            await receivers[i % len(receivers)]()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert instrument.steps == 2 + 2
+    assert len(_received(ours)) == calls
+    assert stream.statistics().rx_packets == calls
