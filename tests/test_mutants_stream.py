@@ -20,10 +20,13 @@ import trio
 import trio_tun
 import trio_tun._ports
 from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
-from trio_tun import NoDeviceControlError, PacketStream
+from trio_tun import Layer, NoDeviceControlError, PacketStream, Route
+from trio_tun._framing import PlainFraming
+from trio_tun._ports import MemoryPort
+from trio_tun._stream import make_stream
 from trio_tun._wait import SCHEDULE_EVERY
 from trio_tun.offload import GSO_TCPV4, VIRTIO_NET_HDR_LEN
-from trio_tun.testing import memory_tun_pair
+from trio_tun.testing import MemoryControl, memory_tun_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -574,3 +577,54 @@ async def test_each_direction_yields_once_per_schedule_every_of_its_own_calls(
     assert instrument.steps == 2 + 2
     assert len(_received(ours)) == calls
     assert stream.statistics().rx_packets == calls
+
+
+async def test_device_control_checks_its_arguments_and_says_what_is_wrong() -> None:
+    a, b = memory_tun_pair()
+    async with a, b:
+        control = a._control
+        assert isinstance(control, MemoryControl)
+        with pytest.raises(TypeError, match=r"^persist must be True or False, not 1$"):
+            await a.set_persist(1)  # type: ignore[arg-type]
+        # 0xFFFFFFFF is the kernel's "no owner": not a user anyone can be.
+        await a.set_owner(0xFFFFFFFE)
+        await a.set_group(0)
+        assert (control.persist, control.owner, control.group) == (False, 0xFFFFFFFE, 0)
+        with pytest.raises(
+            ValueError, match=r"^uid must be between 0 and 4294967294, not 4294967295$"
+        ):
+            await a.set_owner(0xFFFFFFFF)
+        with pytest.raises(ValueError, match=r"^gid must be between 0 and 4294967294, not -1$"):
+            await a.set_group(-1)
+        with pytest.raises(
+            ValueError, match=r"^set_mac only applies to TAP devices \(a TUN device has no MAC\)$"
+        ):
+            await a.set_mac("02:00:00:00:00:01")
+        with pytest.raises(
+            TypeError, match=r"^pass either a Route or a prefix with keywords, not both$"
+        ):
+            await a.add_route(Route(prefix="10.9.0.0/16"), metric=3)
+        with pytest.raises(ValueError, match=r"^table must be between 1 and 4294967295, not 0$"):
+            await a.routes(table=0)
+        # A whole Route, with every option, comes back as it went in.
+        route = Route(prefix="10.9.0.0/16", gateway="10.8.0.2", table=7, metric=5, scope="global")
+        await a.add_route(route)
+        assert await a.routes(table=7) == [route]
+        await a.remove_route("10.9.0.0/16", table=7, metric=5)
+        assert await a.routes(table=7) == []
+        assert control.mac is None
+
+
+async def test_set_mac_on_a_tap_stream_reaches_the_device() -> None:
+    ports = MemoryPort.pair(4)
+    control = MemoryControl("tap0", 1, 1500)
+    tap = make_stream(Layer.L2, ports[0], PlainFraming(), control=control)
+    async with tap:
+        await tap.set_mac("02-11-22-33-44-55")
+        assert control.mac == bytes.fromhex("021122334455")
+        await tap.set_mac(bytes.fromhex("0a0000000001"))
+        assert control.mac == bytes.fromhex("0a0000000001")
+        with pytest.raises(ValueError, match="multicast"):
+            await tap.set_mac("03:00:00:00:00:01")
+        assert control.mac == bytes.fromhex("0a0000000001")
+    ports[1].close()
