@@ -9,6 +9,7 @@ a frame (EMSGSIZE, as a device refuses a packet) or report it full (EAGAIN).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -628,3 +629,22 @@ async def test_set_mac_on_a_tap_stream_reaches_the_device() -> None:
             await tap.set_mac("03:00:00:00:00:01")
         assert control.mac == bytes.fromhex("0a0000000001")
     ports[1].close()
+
+
+async def test_fd_zero_is_a_file_descriptor_like_any_other() -> None:
+    # A privileged parent may hand the device over as standard input.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    saved = os.dup(0)
+    try:
+        os.dup2(theirs.fileno(), 0)
+        stream = trio_tun.from_fd(0, owned=False)
+        assert stream.extra(trio_tun.TunAttribute.fileno) == 0
+        ours.send(b"\x45" + bytes(19))
+        with anyio.fail_after(DEADLINE):
+            assert await stream.receive() == b"\x45" + bytes(19)
+        await stream.aclose()
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        ours.close()
+        theirs.close()
