@@ -744,3 +744,30 @@ async def test_a_bucket_for_a_queue_detached_meanwhile_goes_to_the_others() -> N
     assert queues[0].written == to_0 + to_1
     assert queues[1].written == []
     assert _counts(engine) == (6, 6, 0)
+
+
+async def test_serve_writes_each_readers_output_to_its_own_queue_after_app_reads() -> None:
+    # Served output lands on queue i % n for reader i (one reader's flows stay
+    # on one queue), also once the application has taken batches itself; a
+    # batch sent with send_batch goes by flow hash instead.
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues, grace=DEADLINE)  # type: ignore[arg-type]
+    flows = [bytes(ipv4(ports=p.to_bytes(2, "big") + b"\x00\x50")) for p in range(40)]
+    hashed_0 = [p for p in flows if flow_hash(p) % 2 == 0]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            for packet in hashed_0[:2]:
+                queues[1].feed([packet])
+                assert await engine.receive_batch() == [packet]
+            tg.start_soon(engine.serve)
+            await anyio.wait_all_tasks_blocked()
+            queues[1].feed(hashed_0[2:4])
+            await engine.send_batch(hashed_0[4:5])
+            # Wherever they went (a wrong queue fails below, not by timing out).
+            while len(queues[0].written) + len(queues[1].written) < 3:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert queues[1].written == hashed_0[2:4]
+    assert queues[0].written == hashed_0[4:5]
+    stats = engine.statistics()
+    assert (stats.received, stats.delivered) == (4, 4)

@@ -613,6 +613,19 @@ async def test_device_control_checks_its_arguments_and_says_what_is_wrong() -> N
         assert await a.routes(table=7) == [route]
         await a.remove_route("10.9.0.0/16", table=7, metric=5)
         assert await a.routes(table=7) == []
+        # Every keyword reaches the route, and narrows which one goes.
+        await a.add_route("10.7.0.0/16", source="10.8.0.1", scope="link", table=9, metric=2)
+        linked = Route(prefix="10.7.0.0/16", source="10.8.0.1", scope="link", table=9, metric=2)
+        assert await a.routes(table=9) == [linked]
+        with pytest.raises(LookupError):
+            await a.remove_route("10.7.0.0/16", table=9, scope="host")
+        with pytest.raises(LookupError):
+            await a.remove_route("10.7.0.0/16", table=9, source="10.8.0.9")
+        with pytest.raises(LookupError):
+            await a.remove_route("10.7.0.0/16", table=9, gateway="10.8.0.2")
+        await a.add_route("10.7.0.0/16", table=9, metric=1)
+        await a.remove_route("10.7.0.0/16", table=9, metric=2, scope="link", source="10.8.0.1")
+        assert await a.routes(table=9) == [Route(prefix="10.7.0.0/16", table=9, metric=1)]
         assert control.mac is None
 
 
