@@ -23,7 +23,7 @@ import trio_tun._ports
 from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
 from trio_tun import Layer, NoDeviceControlError, PacketStream, Route
 from trio_tun._framing import PlainFraming
-from trio_tun._ports import MemoryPort
+from trio_tun._ports import FdPort, MemoryPort
 from trio_tun._stream import make_stream
 from trio_tun._wait import SCHEDULE_EVERY
 from trio_tun.offload import GSO_TCPV4, VIRTIO_NET_HDR_LEN
@@ -661,3 +661,52 @@ async def test_fd_zero_is_a_file_descriptor_like_any_other() -> None:
         os.close(saved)
         ours.close()
         theirs.close()
+
+
+async def test_detach_and_attach_tell_the_device_and_say_so() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    calls: list[tuple[int, bool]] = []
+    port = FdPort(theirs.detach(), queue_control=lambda fd, attach: calls.append((fd, attach)))
+    stream = make_stream(Layer.L3, port, PlainFraming())
+    fd = stream.fileno()
+    with ours:
+        assert stream.queue_attached is True
+        stream.detach_queue()
+        assert stream.queue_attached is False
+        stream.attach_queue()
+        assert stream.queue_attached is True
+        await stream.aclose()
+    assert calls == [(fd, False), (fd, True)]
+
+
+async def test_closing_one_queue_leaves_the_shared_device_control_alone() -> None:
+    # Queues of one device share its control; the opener closes it, not a queue.
+    control = MemoryControl("mq0", 1, 1500)
+    one, two = MemoryPort.pair(4)
+    first = make_stream(Layer.L3, one, PlainFraming(), control=control)
+    second = make_stream(Layer.L3, two, PlainFraming(), control=control)
+    await first.aclose()
+    assert not control.closed
+    await second.set_mtu(1400)
+    assert second.mtu == 1400
+    await second.aclose()
+    # A stream that owns its control (from_fd) does close it.
+    own = MemoryControl("own0", 2, 1500)
+    three, four = MemoryPort.pair(4)
+    owner = make_stream(Layer.L3, three, PlainFraming(), control=own, owns_control=True)
+    await owner.aclose()
+    assert own.closed
+    four.close()
+
+
+async def test_packet_info_makes_room_for_its_header() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        stream = trio_tun.from_fd(theirs.detach(), packet_info=True)
+        with pytest.raises(
+            ValueError,
+            match=r"^frame of 65540 bytes is larger than the 65539-byte limit "
+            r"\(a 65535-byte packet plus 4 header bytes\)$",
+        ):
+            await stream.send_raw(bytes(65540))
+        await stream.aclose()
