@@ -398,10 +398,10 @@ def _split_corpus() -> list[tuple[tuple[int, int, int, int, int, int], bytes]]:
         for index, values in enumerate(
             (
                 (0, 2, 3, 0x100),
-                (0, 1, 3, 4, 5, 6, 0x81, 0x85),
+                (0, 1, 3, 4, 5, 6, 0x80, 0x81, 0x85, 0xFF, 0x100),
                 (0, 1, len(packet), len(packet) + 1),
                 (0, 1, 31, len(payload), 0xFFFF, 0x10000),
-                (0, 1, fields[4] - 1, fields[4] + 1, 0x10000),
+                (0, 1, fields[4] - 1, fields[4] + 1, 0xFFFF, 0x10000),
                 (0, 6, 10, 16, 0x10000),
             )
         ):
@@ -460,6 +460,15 @@ def test_virtio_framing_counts_segments_only_of_gso_frames() -> None:
     no_size = struct.pack("=BBHHHH", 0, GSO_TCPV4, 40, 0, 0, 0) + body
     gso = struct.pack("=BBHHHH", 0, GSO_TCPV4, 40, 100, 0, 0) + body
     assert [framing.segments(f) for f in (plain, no_size, gso)] == [1, 1, 10]
+
+
+def test_virtio_framing_coalesces_udp_when_uso() -> None:
+    datagrams = [udp_packet(Flow(proto=UDP), bytes([i]) * 100, ident=i) for i in range(3)]
+    frames, refused = VirtioFraming(coalescing=True, uso=True).coalesce(datagrams)
+    assert (len(frames), refused) == (1, 0)
+    assert split_with_header(frames[0]) == datagrams
+    frames, refused = VirtioFraming(coalescing=True, uso=False).coalesce(datagrams)
+    assert (len(frames), refused) == (3, 0)
 
 
 def test_one_to_one_framings_say_they_never_coalesce() -> None:

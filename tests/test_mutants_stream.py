@@ -710,3 +710,88 @@ async def test_packet_info_makes_room_for_its_header() -> None:
         ):
             await stream.send_raw(bytes(65540))
         await stream.aclose()
+
+
+async def test_size_errors_name_the_device_kind_and_the_empty_frame(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    _, stream = pair
+    with pytest.raises(
+        ValueError,
+        match=r"^packet of 65536 bytes is larger than the 65535-byte limit of a TUN device$",
+    ):
+        await stream.send(bytes(65536))
+    with pytest.raises(ValueError, match=r"^can't send an empty frame$"):
+        await stream.send_raw(b"")
+
+
+async def test_a_batch_after_a_refused_receive_into_reads_only_what_it_lacks(
+    pair: tuple[socket.socket, PacketStream],
+) -> None:
+    ours, stream = pair
+    frames = [b"\x45" + bytes([n]) * (40 + n) for n in range(6)]
+    with anyio.fail_after(DEADLINE):
+        for frame in frames:
+            ours.send(frame)
+        # Too small: the packet is read and stays queued.
+        with pytest.raises(ValueError, match="stays queued"):
+            await stream.receive_into(bytearray(10))
+        assert stream.statistics().reads == 1
+        # One queued, two more needed: two reads, not three.
+        assert await stream.receive_batch(3) == frames[:3]
+        assert stream.statistics().reads == 3
+        assert await stream.receive_batch() == frames[3:]
+    assert stream.statistics().reads == 6
+
+
+async def test_a_closed_queue_refuses_control_even_when_the_device_is_still_open() -> None:
+    control = MemoryControl("mq1", 1, 1500)
+    one, two = MemoryPort.pair(4)
+    first = make_stream(Layer.L3, one, PlainFraming(), control=control)
+    second = make_stream(Layer.L3, two, PlainFraming(), control=control)
+    await first.aclose()
+    with pytest.raises(trio_tun.ClosedResourceError, match="this stream was closed"):
+        await first.set_mtu(1400)
+    with pytest.raises(trio_tun.ClosedResourceError):
+        _ = first.name
+    assert second.name == "mq1"
+    await second.aclose()
+
+
+async def test_a_refused_two_segment_super_packet_is_resent_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_writev = trio_tun._ports.writev
+
+    def picky_writev(fd: int, buffers: list[bytes]) -> int:
+        if b"".join(buffers)[1] != 0:  # gso_type set
+            raise OSError(errno.EINVAL, "refused for the test")
+        return int(real_writev(fd, buffers))
+
+    monkeypatch.setattr(trio_tun._ports, "writev", picky_writev)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    segments = tcp_flow(Flow(), [100, 100], seq=1)
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch(segments)
+        assert [f[VIRTIO_NET_HDR_LEN:] for f in _received(ours)] == segments
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_dropped, stats.tx_coalesce_fallbacks) == (2, 0, 1)
+        await stream.aclose()
+
+
+async def test_a_lone_packet_goes_to_the_device_as_is_even_if_not_ip() -> None:
+    # Only the device can say whether it takes a packet; a batch of one is not
+    # parsed for coalescing, so nothing is refused on its behalf.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    odd = b"\x00 not an IP packet"
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch([odd])
+        await stream.send(odd)
+        assert _received(ours) == [bytes(VIRTIO_NET_HDR_LEN) + odd] * 2
+        stats = stream.statistics()
+        assert (stats.tx_packets, stats.tx_dropped) == (2, 0)
+        await stream.aclose()
