@@ -771,3 +771,21 @@ async def test_serve_writes_each_readers_output_to_its_own_queue_after_app_reads
     assert queues[0].written == hashed_0[4:5]
     stats = engine.statistics()
     assert (stats.received, stats.delivered) == (4, 4)
+
+
+async def test_bad_replies_to_batches_read_before_serve_are_dropped_and_counted() -> None:
+    # Batches that waited in the inbound channel go through serve's own loop,
+    # not the readers': the same rule holds there (no ValueError out of serve).
+    queue = Queue()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            queue.feed([b"early"])
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(engine.serve, lambda b: [b"", b"r:" + b[0], bytes(101)])
+            await _written(queue, 1)
+            queue.feed([b"late"])
+            await _written(queue, 2)
+            tg.cancel_scope.cancel()
+    assert queue.written == [b"r:early", b"r:late"]
+    assert _counts(engine) == (6, 2, 4)

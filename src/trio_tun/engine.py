@@ -566,7 +566,10 @@ class OffloadEngine(ScopedLifetime):
                 if inspect.isawaitable(replies):
                     replies = await replies
                 if replies:
-                    await target.send_batch(replies)
+                    # As on the run-to-completion path: a reply no device could
+                    # take is dropped and counted, not an error that ends serve.
+                    packets = replies if isinstance(replies, list) else list(replies)
+                    await target.send_batch(target._valid(packets))
         finally:
             self._serving = False
             self._handler = _forward_unchanged
