@@ -17,7 +17,7 @@ import anyio.lowlevel
 import pytest
 
 from trio_tun import Statistics
-from trio_tun.engine import OffloadEngine, TunnelPump, flow_hash
+from trio_tun.engine import OffloadEngine, TunnelPump, _Turn, flow_hash
 from trio_tun.testing import memory_tun_pair
 
 pytestmark = pytest.mark.anyio
@@ -688,19 +688,20 @@ async def test_pump_awaits_an_async_inbound_transform_and_takes_full_size_packet
 
     async def inbound(batch: list[bytes]) -> list[bytes]:
         await anyio.lowlevel.checkpoint()
-        # One byte longer each: the second becomes exactly max_packet bytes.
-        return [p + b"!" for p in batch]
+        # One byte longer each: the second becomes exactly max_packet bytes;
+        # and a 1-byte packet, the shortest a device takes.
+        return [p + b"!" for p in batch] + [b"\x45"]
 
     pump = TunnelPump([dev], [sock], inbound=inbound)
     async with anyio.create_task_group() as tg:
         tg.start_soon(pump.run)
         with anyio.fail_after(DEADLINE):
-            got = [await app.receive(), await app.receive()]
+            got = [await app.receive(), await app.receive(), await app.receive()]
         tg.cancel_scope.cancel()
-    assert got == [b"\x45" + b"a" * 19 + b"!", largest[:-1] + b"!"]
+    assert got == [b"\x45" + b"a" * 19 + b"!", largest[:-1] + b"!", b"\x45"]
     assert len(got[1]) == dev.max_packet
     stats = pump.statistics()
-    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (2, 2, 2, 0)
+    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (2, 3, 3, 0)
 
 
 async def test_a_pump_runs_once_at_a_time_and_again_after() -> None:
@@ -782,10 +783,22 @@ async def test_bad_replies_to_batches_read_before_serve_are_dropped_and_counted(
         async with engine, anyio.create_task_group() as tg:
             queue.feed([b"early"])
             await anyio.wait_all_tasks_blocked()
-            tg.start_soon(engine.serve, lambda b: [b"", b"r:" + b[0], bytes(101)])
+            # Any iterable will do, a generator too.
+            tg.start_soon(engine.serve, lambda b: (p for p in [b"", b"r:" + b[0], bytes(101)]))
             await _written(queue, 1)
             queue.feed([b"late"])
             await _written(queue, 2)
             tg.cancel_scope.cancel()
     assert queue.written == [b"r:early", b"r:late"]
     assert _counts(engine) == (6, 2, 4)
+
+
+async def test_a_cancelled_take_takes_nothing_even_when_the_turn_is_free() -> None:
+    turn = _Turn()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await turn.take()
+    assert scope.cancelled_caught
+    assert not turn.held
+    await turn.take()
+    assert turn.held
