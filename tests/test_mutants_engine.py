@@ -8,14 +8,17 @@ queue, no device.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from trio_tun import Statistics
-from trio_tun.engine import OffloadEngine, flow_hash
+from trio_tun.engine import OffloadEngine, TunnelPump, _Turn, flow_hash
+from trio_tun.testing import memory_tun_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +115,13 @@ LAYOUTS = [
         ipv4(IPV4_OPTIONS),
         [9, 12, 19, 28, 29, 30, 31],
         [1, 2, 4, 6, 8, 10, 20, 21, 27, 32, 39],
+    ),
+    # One option word (IHL 6, the first byte 0x46): ports at 24..28.
+    (
+        "ipv4 one option",
+        ipv4(IPV4_OPTIONS[:4]),
+        [9, 12, 19, 24, 25, 26, 27],
+        [1, 2, 4, 6, 8, 10, 20, 21, 22, 23, 28, 35],
     ),
     # addresses 8..40, next header 6, ports 40..44.
     ("ipv6", ipv6(), [6, 8, 23, 24, 39, 40, 41, 42, 43], [1, 2, 3, 4, 5, 7, 44, 51]),
@@ -605,3 +615,190 @@ async def test_no_queue_comes_back_once_the_engine_is_shutting_down() -> None:
         with pytest.raises(anyio.ClosedResourceError, match=r"^the engine is shutting down$"):
             await engine.attach_queue(1)
     assert engine.enabled_queues() == [0]
+
+
+# -- TunnelPump -------------------------------------------------------------------
+
+
+class _Socket:
+    """A stand-in connected UDP socket: one batch from the peer, then silence;
+    sends are recorded."""
+
+    def __init__(self, batch: list[bytes] | None = None) -> None:
+        self.batch = batch
+        self.tx_datagrams = 0
+        self.sent: list[bytes] = []
+
+    async def receive_batch(self) -> list[bytes]:
+        if self.batch is None:
+            await anyio.sleep_forever()
+        batch, self.batch = self.batch, None
+        assert batch is not None
+        return batch
+
+    async def send_batch(self, datagrams: Iterable[bytes]) -> None:
+        for datagram in datagrams:
+            self.sent.append(bytes(datagram))
+            self.tx_datagrams += 1
+
+    @property
+    def counters(self) -> _Socket:
+        return self
+
+
+class _StuckSocket(_Socket):
+    """A socket whose sends never finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending = anyio.Event()
+
+    async def send_batch(self, datagrams: Iterable[bytes]) -> None:
+        self.sending.set()
+        await anyio.sleep_forever()
+
+
+async def test_pump_grace_zero_drops_the_batch_in_hand_at_once() -> None:
+    app, dev = memory_tun_pair()
+    sock = _StuckSocket()
+    pump = TunnelPump([dev], [sock], grace=0.0)
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump.run)
+            await app.send(b"\x45" + bytes(19))
+            await sock.sending.wait()
+            tg.cancel_scope.cancel()
+    stats = pump.statistics()
+    assert (stats.accepted, stats.written, stats.dropped, stats.in_flight) == (1, 0, 1, 0)
+
+
+def test_pump_grace_may_not_be_negative_or_infinite() -> None:
+    _, dev = memory_tun_pair()
+    for grace in (-0.5, math.inf, math.nan):
+        with pytest.raises(
+            ValueError, match=rf"^grace must be a finite number of seconds >= 0, not {grace!r}$"
+        ):
+            TunnelPump([dev], [_Socket()], grace=grace)
+
+
+async def test_pump_awaits_an_async_inbound_transform_and_takes_full_size_packets() -> None:
+    app, dev = memory_tun_pair()
+    largest = b"\x45" + bytes(dev.max_packet - 1)
+    sock = _Socket([b"\x45" + b"a" * 19, largest[:-1]])
+
+    async def inbound(batch: list[bytes]) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        # One byte longer each: the second becomes exactly max_packet bytes;
+        # and a 1-byte packet, the shortest a device takes.
+        return [p + b"!" for p in batch] + [b"\x45"]
+
+    pump = TunnelPump([dev], [sock], inbound=inbound)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump.run)
+        with anyio.fail_after(DEADLINE):
+            got = [await app.receive(), await app.receive(), await app.receive()]
+        tg.cancel_scope.cancel()
+    assert got == [b"\x45" + b"a" * 19 + b"!", largest[:-1] + b"!", b"\x45"]
+    assert len(got[1]) == dev.max_packet
+    stats = pump.statistics()
+    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (2, 3, 3, 0)
+
+
+async def test_a_pump_runs_once_at_a_time_and_again_after() -> None:
+    app, dev = memory_tun_pair()
+    sock = _Socket()
+    pump = TunnelPump([dev], [sock])
+    for round_ in range(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump.run)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match=r"^this pump is already running$"):
+                await pump.run()
+            await app.send(b"\x45" + bytes([round_]) * 19)
+            with anyio.fail_after(DEADLINE):
+                while len(sock.sent) <= round_:  # noqa: ASYNC110 - polling a fake's list
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert sock.sent == [b"\x45" + bytes([n]) * 19 for n in range(2)]
+
+
+async def test_a_bucket_for_a_queue_detached_meanwhile_goes_to_the_others() -> None:
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues, channel_batches=1)  # type: ignore[arg-type]
+    flows = [bytes(ipv4(ports=p.to_bytes(2, "big") + b"\x00\x50")) for p in range(40)]
+    to_0 = [p for p in flows if flow_hash(p) % 2 == 0][:3]
+    to_1 = [p for p in flows if flow_hash(p) % 2 == 1][:3]
+    queues[0].gate = anyio.Event()
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            # Queue 0's writer is stuck on its first batch and its channel is full ...
+            await engine.send_batch(to_0[:1])
+            await queues[0].writing.wait()
+            await engine.send_batch(to_0[1:2])
+            # ... so this batch waits on its bucket for queue 0 while queue 1,
+            # chosen for its second bucket, is taken out of service.
+            tg.start_soon(engine.send_batch, [to_0[2], *to_1])
+            await anyio.wait_all_tasks_blocked()
+            await engine.detach_queue(1)
+            queues[0].gate.set()
+            await _written(queues[0], 6)
+    assert queues[0].written == to_0 + to_1
+    assert queues[1].written == []
+    assert _counts(engine) == (6, 6, 0)
+
+
+async def test_serve_writes_each_readers_output_to_its_own_queue_after_app_reads() -> None:
+    # Served output lands on queue i % n for reader i (one reader's flows stay
+    # on one queue), also once the application has taken batches itself; a
+    # batch sent with send_batch goes by flow hash instead.
+    queues = [Queue(), Queue()]
+    engine = OffloadEngine(queues, grace=DEADLINE)  # type: ignore[arg-type]
+    flows = [bytes(ipv4(ports=p.to_bytes(2, "big") + b"\x00\x50")) for p in range(40)]
+    hashed_0 = [p for p in flows if flow_hash(p) % 2 == 0]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            for packet in hashed_0[:2]:
+                queues[1].feed([packet])
+                assert await engine.receive_batch() == [packet]
+            tg.start_soon(engine.serve)
+            await anyio.wait_all_tasks_blocked()
+            queues[1].feed(hashed_0[2:4])
+            await engine.send_batch(hashed_0[4:5])
+            # Wherever they went (a wrong queue fails below, not by timing out).
+            while len(queues[0].written) + len(queues[1].written) < 3:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert queues[1].written == hashed_0[2:4]
+    assert queues[0].written == hashed_0[4:5]
+    stats = engine.statistics()
+    assert (stats.received, stats.delivered) == (4, 4)
+
+
+async def test_bad_replies_to_batches_read_before_serve_are_dropped_and_counted() -> None:
+    # Batches that waited in the inbound channel go through serve's own loop,
+    # not the readers': the same rule holds there (no ValueError out of serve).
+    queue = Queue()
+    engine = OffloadEngine([queue], grace=DEADLINE)  # type: ignore[list-item]
+    with anyio.fail_after(DEADLINE):
+        async with engine, anyio.create_task_group() as tg:
+            queue.feed([b"early"])
+            await anyio.wait_all_tasks_blocked()
+            # Any iterable will do, a generator too.
+            tg.start_soon(engine.serve, lambda b: (p for p in [b"", b"r:" + b[0], bytes(101)]))
+            await _written(queue, 1)
+            queue.feed([b"late"])
+            await _written(queue, 2)
+            tg.cancel_scope.cancel()
+    assert queue.written == [b"r:early", b"r:late"]
+    assert _counts(engine) == (6, 2, 4)
+
+
+async def test_a_cancelled_take_takes_nothing_even_when_the_turn_is_free() -> None:
+    turn = _Turn()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await turn.take()
+    assert scope.cancelled_caught
+    assert not turn.held
+    await turn.take()
+    assert turn.held

@@ -566,7 +566,10 @@ class OffloadEngine(ScopedLifetime):
                 if inspect.isawaitable(replies):
                     replies = await replies
                 if replies:
-                    await target.send_batch(replies)
+                    # As on the run-to-completion path: a reply no device could
+                    # take is dropped and counted, not an error that ends serve.
+                    packets = replies if isinstance(replies, list) else list(replies)
+                    await target.send_batch(target._valid(packets))
         finally:
             self._serving = False
             self._handler = _forward_unchanged
@@ -600,7 +603,10 @@ class OffloadEngine(ScopedLifetime):
         if len(self._enabled) == 1:
             raise ValueError("can't detach the last attached queue of an engine")
         queue.enabled = False
-        self._enabled.remove(queue)
+        # A new list, not removed in place: a send_batch waiting for room holds
+        # the old one with its buckets' slots, and must find this queue's
+        # channel closed (and re-route), not the slots shifted under it.
+        self._enabled = [q for q in self._enabled if q is not queue]
         queue.send.close()
         await queue.writer_done.wait()
         # A reader mid-write for serve() finishes that batch, then stops.
