@@ -552,7 +552,7 @@ def _check_frame_loops(body: bytes, kind: int) -> None:
     seq: list[Any] | tuple[Any, ...] = tuple(frames) if body[3] & 1 else frames
     compiled = (_speedups.read_frames, _speedups.write_frames)
     twins = (_ports._read_frames_py, _ports._write_frames_py)
-    results = []
+    results: list[tuple[tuple[int, int, int], tuple[list[bytes], int] | None]] = []
     for read_frames, write_frames in (twins, compiled):
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         with a, b:
@@ -570,8 +570,7 @@ def _check_frame_loops(body: bytes, kind: int) -> None:
                     assert outcome(read_frames, b.fileno(), count, size)[1] is ValueError
                 results.append((wrote, None))
                 continue
-            read = read_frames(b.fileno(), count, size)
-            results.append((wrote, read))
+            results.append((wrote, read_frames(b.fileno(), count, size)))
     if not results:
         return
     assert results[0] == results[1], results
