@@ -7,8 +7,9 @@ Steps (each can be chosen with ``--steps``):
     -fno-sanitize-recover=all -fsanitize=fuzzer-no-link`` into
     ``build/sanitize/`` (see sanbuild.py), never over the in-place build.
 ``tests``
-    pytest runs the offload tests, the fuzz corpus replay and the UDP
-    syscall tests (sendmmsg/recvmmsg) with that build imported (a plugin
+    pytest runs the offload tests, the fuzz corpus replay, the UDP
+    syscall tests (sendmmsg/recvmmsg) and the frame-loop tests
+    (read_frames/write_frames) with that build imported (a plugin
     refuses to start otherwise), the ASan runtime preloaded and CPython
     allocating with malloc, so that ASan sees the bounds of every object.
 ``fuzz``
@@ -56,6 +57,7 @@ TEST_PATHS: Final = (
     "tests/test_fuzz_corpus.py",
     "tests/test_udp_syscalls.py",
     "tests/test_udp.py",
+    "tests/test_frame_loops.py",
 )
 #: libFuzzer's default RSS limit (2 GB) is too tight for CPython under ASan
 #: with malloc for every object and ASan's quarantine of freed memory.
