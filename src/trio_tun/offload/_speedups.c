@@ -2515,10 +2515,7 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     Py_ssize_t i = start;
-    /* The GIL is released around each write(), so another thread may change
-     * the caller's list (seq is that list itself) meanwhile: its size is read
-     * again before each frame; the view holds the frame being written. */
-    while (i < PySequence_Fast_GET_SIZE(seq)) {
+    while (i < count) {
         Py_buffer view;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
             Py_DECREF(seq);
