@@ -22,21 +22,25 @@ Input formats (shared so any corpus file means something to every harness):
   a TUN fd with ``IFF_VNET_HDR`` returns (``virtio``, ``gso_split``);
 * a *batch*: one options byte, then records of a 2-byte big-endian length and
   that many bytes (``gro_coalesce``, ``stream_decode``, parts of ``speedups``);
-* ``speedups``: one operation byte, then that operation's input.
+* ``speedups``: one operation byte, then that operation's input (bytes 0 to
+  239 pick the packet functions, 240 to 255 the UDP GSO/GRO helpers and the
+  frame loops, so the older corpus keeps its meaning).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from trio_tun.offload import MalformedPacket, gro
+from trio_tun import _ports
+from trio_tun.offload import MalformedPacket, gro, udp
 from trio_tun.offload import reference as py
 from trio_tun.offload.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHdr
 
@@ -59,6 +63,12 @@ SENTINEL: Final = bytes.fromhex("4500001c00004000401100000a0000010a0000020035003
 #: Bounds on what one input may make us do (keeps every iteration quick).
 MAX_RECORDS: Final = 48
 MAX_STREAM_FRAMES: Final = 16
+#: Frames one input writes through the frame loops: a few more than an AF_UNIX
+#: datagram socket queues by default (``net.unix.max_dgram_qlen``, 10), so
+#: that the writer sometimes stops at EAGAIN.
+MAX_LOOP_FRAMES: Final = 12
+#: The operation bytes of ``speedups`` from which on the newer entry points are driven.
+NEWER_OPS: Final = 240
 
 
 # -- independent reference helpers --------------------------------------------------
@@ -392,6 +402,9 @@ def check_speedups(data: bytes) -> None:
     """The compiled functions give byte-identical results and the same exceptions."""
     if _speedups is None or _accel is None or not data:
         return
+    if data[0] >= NEWER_OPS:
+        _check_newer(data[0] - NEWER_OPS, data[1:])
+        return
     op, kind, body = data[0] % 6, data[0] // 6, data[1:]
     if op == 0:
         _same(
@@ -439,6 +452,142 @@ def check_speedups(data: bytes) -> None:
                 _, _, _, ihl, hlen, plen, *_ = parsed[1]
                 args = (packet, ihl, hlen, max(plen, 1), 0, [packet[hlen:], packet[hlen:]])
                 _same(outcome(gro.build, *args), outcome(_speedups.gro_build, *args))
+
+
+def _check_newer(selector: int, body: bytes) -> None:
+    op, kind = selector % 3, selector // 3
+    if op == 0:
+        _check_split_gro(body, kind)
+    elif op == 1:
+        _check_gso_runs(body, kind)
+    else:
+        _check_frame_loops(body, kind)
+
+
+def _check_split_gro(body: bytes, kind: int) -> None:
+    """split_gro: the reference's pieces (or its ValueError), every piece bytes."""
+    assert _accel is not None
+    if len(body) < 2:
+        return
+    # Signed and small: negative sizes, 0, sizes below, at and above the
+    # buffer's length (out-of-range huge ints are the caller's mistake).
+    gso_size = int.from_bytes(body[:2], "big", signed=True)
+    buffer = body[2:]
+    ref = outcome(udp.split_gro, buffer, gso_size)
+    _same(ref, outcome(_accel.split_gro, _as_buffer(buffer, kind), gso_size))
+    if ref[0] == "ok":
+        assert b"".join(ref[1]) == buffer
+
+
+class _Shrinking:
+    """A datagram-sized object whose ``len()`` empties the list that holds it.
+
+    ``len()`` is Python code that both gso_runs run on each datagram; the
+    reference then stops at the end of the emptied list, and the compiled one
+    must too, without reading the list's freed storage.
+    """
+
+    def __init__(self, owner: list[Any], size: int) -> None:
+        self.owner = owner
+        self.size = size
+
+    def __len__(self) -> int:
+        self.owner.clear()
+        return self.size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Shrinking) and other.size == self.size
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _check_gso_runs(body: bytes, kind: int) -> None:
+    """gso_runs: the reference's runs (or its ValueError), which give back the datagrams."""
+    assert _accel is not None
+    if len(body) < 4:
+        return
+    # Below 1 is refused; up to a few over the kernel's 64 segments.
+    max_segments = body[0] % 72 - 2
+    max_bytes = int.from_bytes(body[1:3], "big") - 8
+    mode = body[3]
+    sizes = records(body[4:])
+
+    def datagrams() -> list[Any]:
+        items: list[Any] = [_as_buffer(d, kind + i) for i, d in enumerate(sizes)]
+        if mode & 1 and items:
+            # Somewhere in the list, a datagram whose len() empties it.
+            items.insert(mode % (len(items) + 1), _Shrinking(items, mode >> 1))
+        return items
+
+    ref = outcome(udp.gso_runs, datagrams(), max_segments, max_bytes)
+    # The compiled one takes a list as it is and makes one of anything else.
+    given: Sequence[Any] = tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
+    got = outcome(_accel.gso_runs, given, max_segments, max_bytes)
+    assert got == ref, (ref, got)
+    if ref[0] == "ok" and not mode & 1:
+        runs: list[tuple[int, list[Any]]] = ref[1]
+        assert [bytes(d) for _, run in runs for d in run] == sizes
+        for size, run in runs:
+            assert 1 <= len(run) <= max(1, max_segments)
+            assert all(len(d) == size for d in run[:-1]) and len(run[-1]) <= size
+
+
+def _check_frame_loops(body: bytes, kind: int) -> None:
+    """read_frames/write_frames against their Python twins over AF_UNIX datagram pairs.
+
+    Each twin writes the same frames from the same start to a pair of its
+    own and reads them back: the same (next, status, nbytes), the same
+    frames (each cut to *size*, as a datagram read is) and the same status.
+    Arguments out of range: the compiled loops raise ValueError.
+    """
+    assert _speedups is not None
+    if len(body) < 5 or not hasattr(_speedups, "read_frames"):
+        return
+    count = body[0] % 24 - 2
+    size = (int.from_bytes(body[1:3], "big") % 4100) - 2
+    if body[3] & 0x80:
+        size = (1 << 20) + (body[3] & 1)  # the largest accepted, and one past it
+    frames = [_as_buffer(f, kind + i) for i, f in enumerate(records(body[5:], MAX_LOOP_FRAMES))]
+    start = body[4] % (len(frames) + 3) - 1
+    seq: list[Any] | tuple[Any, ...] = tuple(frames) if body[3] & 1 else frames
+    compiled = (_speedups.read_frames, _speedups.write_frames)
+    twins = (_ports._read_frames_py, _ports._write_frames_py)
+    results: list[tuple[tuple[int, int, int], tuple[list[bytes], int] | None]] = []
+    for read_frames, write_frames in (twins, compiled):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            if not 0 <= start <= len(frames):
+                if write_frames is _speedups.write_frames:
+                    assert outcome(write_frames, a.fileno(), seq, start)[1] is ValueError
+                continue
+            wrote = write_frames(a.fileno(), seq, start)
+            if body[3] & 2:
+                a.close()  # the reader meets a peer that has gone
+            if count < 0 or not 1 <= size <= 1 << 20:
+                if read_frames is _speedups.read_frames:
+                    assert outcome(read_frames, b.fileno(), count, size)[1] is ValueError
+                results.append((wrote, None))
+                continue
+            results.append((wrote, read_frames(b.fileno(), count, size)))
+    if not results:
+        return
+    assert results[0] == results[1], results
+    (index, status, nbytes), read = results[1]
+    sent = [bytes(f) for f in frames[start:index]]
+    assert nbytes == sum(map(len, sent))
+    assert status in (0, errno.EAGAIN) and (status == 0) == (index == len(frames))
+    if read is not None:
+        got, rstatus = read
+        # A zero-length datagram reads as 0 bytes, which the loops take for
+        # the end of the stream.
+        want = [f[:size] for f in sent[:count]]
+        if b"" in want:
+            want = want[: want.index(b"")]
+        assert got == want, (got, want)
+        if len(got) < count:
+            assert rstatus in (errno.EAGAIN, _ports.FRAMES_EOF)
 
 
 def _check_gro_tables(body: bytes) -> None:

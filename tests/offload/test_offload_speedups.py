@@ -864,3 +864,34 @@ def test_recvmmsg_without_ancillary_buffer(want_address: bool) -> None:
         assert got == [(10 + i, [], 0, None) for i in range(3)]
         for i in range(3):
             assert buf[i * 64 : i * 64 + 10 + i] == bytes([i + 1]) * (10 + i)
+
+
+# A datagram whose len() (Python code both implementations call) empties the
+# caller's list: gso_runs once kept walking the list's old length, reading
+# its freed storage (UBSan: an offset applied to its NULL item array).
+_GSO_RUNS_LIST_CHANGES = """
+from trio_tun.offload import _speedups, udp
+
+def datagrams():
+    items = [b"a" * 10, b"b" * 10, b"c" * 4]
+
+    class Shrinking:
+        def __len__(self):
+            items.clear()
+            return 10
+
+    items.insert(1, Shrinking())
+    return items
+
+def shape(runs):
+    return [(size, [type(d).__name__ for d in run]) for size, run in runs]
+
+got = _speedups.gso_runs(datagrams(), 64, 65000)
+want = udp.gso_runs(datagrams(), 64, 65000)
+print(shape(got) == shape(want), shape(got))
+"""
+
+
+def test_gso_runs_when_a_datagram_empties_the_list() -> None:
+    # Like the reference: it stops where the emptied list now ends.
+    assert _isolated(_GSO_RUNS_LIST_CHANGES) == "True [(10, ['bytes', 'Shrinking'])]"

@@ -306,6 +306,160 @@ def grotable_calls() -> list[Call]:
     ]
 
 
+def split_gro_calls() -> list[Call]:
+    data = bytes(range(256)) * 12 + b"tail"
+    sg = _speedups.split_gro
+    calls: list[Call] = []
+    for make in _views(data):
+        for gso in (0, 1, 1400, len(data) - 1, len(data), 1 << 40):
+            calls.append(lambda m=make, g=gso: sg(m(), g))
+    calls += [
+        lambda: sg(b"", 0),
+        lambda: sg(bytearray(b"x" * 100), True),
+        # invalid
+        lambda: sg(data, -1),
+        lambda: sg(data, 1 << 70),
+        lambda: sg(data, "x"),
+        lambda: sg(data, _Raises()),
+        lambda: sg(object(), 10),
+        lambda: sg([1, 2, 3], 0),
+        lambda: sg(data),
+        lambda: sg(data, 1, 2),
+    ]
+    return calls
+
+
+class _Shrinking:
+    """A datagram whose len() empties the list that holds it."""
+
+    def __init__(self, owner: list[Any]) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        self.owner.clear()
+        return 100
+
+
+def _shrinking_list() -> list[Any]:
+    items: list[Any] = [b"a" * 100, bytearray(b"b" * 100)]
+    items.insert(1, _Shrinking(items))
+    return items
+
+
+def gso_runs_calls() -> list[Call]:
+    sizes = [1200] * 70 + [700, 1200, 1200, 0, 70000, 5, 5, 9, 1200]
+    datagrams = [b"d" * n for n in sizes]
+    mixed = [
+        (b"e" * n, bytearray(b"f" * n), memoryview(b"g" * n))[i % 3] for i, n in enumerate(sizes)
+    ]
+    gr = _speedups.gso_runs
+    return [
+        lambda: gr(datagrams, 64, 65507),
+        lambda: gr(tuple(datagrams), 64, 65487),
+        lambda: gr([bytes(d) for d in mixed], 10, 9000),
+        lambda: gr(mixed, 1, 1),
+        lambda: gr(iter(datagrams), 64, 65507),
+        lambda: gr((d for d in mixed), 3, 3000),
+        lambda: gr([], 64, 65507),
+        lambda: gr(_shrinking_list(), 64, 65507),
+        lambda: gr(datagrams, True, 1 << 40),
+        # invalid
+        lambda: gr(datagrams, 0, 100),
+        lambda: gr(datagrams, 64, -1),
+        lambda: gr(datagrams, 1 << 70, 100),
+        lambda: gr(datagrams, "x", 100),
+        lambda: gr(datagrams, 64, _Raises()),
+        lambda: gr(5, 64, 100),
+        lambda: gr([b"x", object(), b"y"], 64, 100),
+        lambda: gr([b"x", b"y", 7], 64, 100),
+        lambda: gr(datagrams, 64),
+    ]
+
+
+def frame_loop_calls(name: str) -> list[Call]:
+    """read_frames or write_frames over an AF_UNIX datagram pair: the entry under
+    test moves the frames, plain socket calls move them the other way, so each
+    call leaves the pair as it found it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone_a, gone_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone_b.close()  # a peer that has gone: the loops return an errno, no exception
+    for s in (a, b, gone_a):
+        s.setblocking(False)
+    _KEEP.extend([a, b, gone_a])
+
+    def drain() -> int:
+        n = 0
+        try:
+            while True:
+                b.recv(65536)
+                n += 1
+        except BlockingIOError:
+            return n
+
+    if name == "write_frames":
+        write = _speedups.write_frames
+        frames = [b"a" * 100, bytearray(b"b" * 1500), memoryview(b"c" * 60), b""]
+        # More than the default datagram queue (10): stops at EAGAIN.
+        many = [b"m" * 200] * 14
+
+        def ok(seq: Any, start: int) -> Call:
+            def call() -> object:
+                try:
+                    return write(a.fileno(), seq, start)
+                finally:
+                    drain()
+
+            return call
+
+        return [
+            ok(frames, 0),
+            ok(tuple(frames), 2),
+            ok(frames, len(frames)),
+            ok(many, 0),
+            ok(iter(frames), 1),
+            lambda: write(gone_a.fileno(), frames, 0),
+            # invalid
+            lambda: write(-1, frames, 0),
+            lambda: write(a.fileno(), frames, 5),
+            lambda: write(a.fileno(), frames, -1),
+            lambda: write(a.fileno(), 5, 0),
+            lambda: write(a.fileno(), [b"x", object()], 0),
+            lambda: write(a.fileno(), frames, "x"),
+            lambda: write(a.fileno(), [memoryview(b"xy" * 50)[::2]], 0),
+            lambda: write(1 << 40, frames, 0),
+            lambda: write(a.fileno(), frames),
+        ]
+    read = _speedups.read_frames
+
+    def ok_read(count: int, max_frames: int, size: int) -> Call:
+        def call() -> object:
+            for i in range(count):
+                a.send(bytes([i]) * (10 + 100 * i))
+            try:
+                return read(b.fileno(), max_frames, size)
+            finally:
+                drain()
+
+        return call
+
+    return [
+        ok_read(3, 8, 2048),  # runs dry: EAGAIN
+        ok_read(5, 2, 100),  # stops at max_frames, frames cut to size
+        ok_read(1, 1, 1 << 20),
+        ok_read(0, 4, 64),
+        ok_read(2, 0, 64),
+        lambda: read(gone_a.fileno(), 4, 64),
+        # invalid
+        lambda: read(-1, 4, 64),
+        lambda: read(b.fileno(), -1, 64),
+        lambda: read(b.fileno(), 4, 0),
+        lambda: read(b.fileno(), 4, (1 << 20) + 1),
+        lambda: read(b.fileno(), "x", 64),
+        lambda: read(b.fileno(), 4, _Raises()),
+        lambda: read(b.fileno(), 4),
+    ]
+
+
 def _private_netns() -> bool:
     """Enter a new network namespace with its loopback up (root only)."""
     if os.geteuid() != 0:
@@ -449,6 +603,11 @@ def entry_points(udp: bool) -> dict[str, list[Call]]:
     if hasattr(_speedups, "sendmmsg"):
         points["sendmmsg"] = mmsg_calls("sendmmsg", udp)
         points["recvmmsg"] = mmsg_calls("recvmmsg", udp)
+    points["split_gro"] = split_gro_calls()
+    points["gso_runs"] = gso_runs_calls()
+    if hasattr(_speedups, "read_frames"):
+        points["write_frames"] = frame_loop_calls("write_frames")
+        points["read_frames"] = frame_loop_calls("read_frames")
     return points
 
 
@@ -476,7 +635,13 @@ def _refcounts(calls: list[Call]) -> list[int]:
         for cell in getattr(call, "__closure__", None) or ():
             objs.append(cell.cell_contents)
         objs.extend(getattr(call, "__defaults__", None) or ())
-    return [sys.getrefcount(o) for o in objs]
+    # Cached small ints and singletons are shared by everything: _shared()
+    # checks them, within bounds.
+    return [sys.getrefcount(o) for o in objs if not _is_shared_constant(o)]
+
+
+def _is_shared_constant(obj: object) -> bool:
+    return obj is None or (type(obj) in (int, bool) and -5 <= obj <= 256)  # type: ignore[operator]
 
 
 def _shared() -> list[object]:

@@ -25,6 +25,12 @@ def _check() -> str:
     # The public API is the compiled one, not the pure-Python fallback.
     assert offload.checksum is _speedups.checksum
     assert offload.split_with_header is _accel.split_with_header is _speedups.split_with_header
+    assert offload.split_gro is _accel.split_gro and offload.gso_runs is _accel.gso_runs
+    # The frame loops the ports use are the compiled ones too.
+    from trio_tun import _ports
+
+    assert _ports._read_frames is _speedups.read_frames
+    assert _ports._write_frames is _speedups.write_frames
     return str(got)
 
 

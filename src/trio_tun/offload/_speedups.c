@@ -2321,14 +2321,16 @@ py_gso_runs(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *runs = PyList_New(0);
-    PyObject *run = NULL;
+    PyObject *run = NULL, *datagram = NULL;
     Py_ssize_t size = 0, total = 0;
     if (runs == NULL) {
         goto fail;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *datagram = PySequence_Fast_GET_ITEM(seq, i);
+    /* len() may run Python code that changes the caller's list (seq is that
+     * list itself): its size is read again on every step, as the reference's
+     * for loop does, and the datagram is held while it runs. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        Py_XSETREF(datagram, Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)));
         Py_ssize_t n = PyObject_Length(datagram);
         if (n < 0) {
             goto fail;
@@ -2371,6 +2373,7 @@ py_gso_runs(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
         run = single;
         size = total = n;
     }
+    Py_CLEAR(datagram);
     if (run != NULL) {
         if (gso_push_run(runs, size, run) < 0) {
             goto fail;
@@ -2380,6 +2383,7 @@ py_gso_runs(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(seq);
     return runs;
 fail:
+    Py_XDECREF(datagram);
     Py_XDECREF(run);
     Py_XDECREF(runs);
     Py_DECREF(seq);
