@@ -129,12 +129,12 @@ def _cpu() -> tuple[int, float, float]:
     return time.thread_time_ns(), usage.ru_utime, usage.ru_stime
 
 
-def _wait_readable(fd: int, deadline: float) -> None:
+def _wait(fd: int, events: int, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError("the forwarded packets did not come back in time")
+        raise TimeoutError("the round did not finish in time (packets lost or fd stuck)")
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller.register(fd, events)
     poller.poll(remaining * 1000)
 
 
@@ -148,12 +148,12 @@ def sync_round(fd: int, frames: list[bytes], how: str, size: int) -> int:
         while index < n:
             index, status, _ = _speedups.write_frames(fd, frames, index)
             if status and index < n:
-                _wait_writable(fd, deadline)
+                _wait(fd, select.POLLOUT, deadline)
         while got < n:
             read, _ = _speedups.read_frames(fd, n - got, size)
             got += len(read)
             if got < n and not read:
-                _wait_readable(fd, deadline)
+                _wait(fd, select.POLLIN, deadline)
     else:
         for frame in frames:
             os.write(fd, frame)
@@ -161,19 +161,10 @@ def sync_round(fd: int, frames: list[bytes], how: str, size: int) -> int:
             try:
                 os.read(fd, size)
             except BlockingIOError:
-                _wait_readable(fd, deadline)
+                _wait(fd, select.POLLIN, deadline)
                 continue
             got += 1
     return got
-
-
-def _wait_writable(fd: int, deadline: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("the device did not take the packets in time")
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.poll(remaining * 1000)
 
 
 async def port_round(dev: PacketStream, frames: list[bytes], size: int) -> int:

@@ -892,6 +892,22 @@ class TunnelPump:
             out = await out
         return out
 
+    async def _send_counted(
+        self,
+        send: Callable[[Sequence[Any]], Awaitable[None]],
+        items: Sequence[Any],
+        sent: Callable[[], int],
+    ) -> None:
+        # Accepted, then written or (refused, or cut off by the grace period) dropped.
+        self._accepted += len(items)
+        before = sent()
+        try:
+            await send(items)
+        finally:
+            written = sent() - before
+            self._written += written
+            self._dropped += len(items) - written
+
     async def _deliver_in(
         self,
         loop: _PumpLoop,
@@ -901,16 +917,11 @@ class TunnelPump:
     ) -> None:
         # The loop's scope is shielded: only run() cancels it, and not while
         # this flag is up (it gets the grace period's deadline instead).
-        self._accepted += len(items)
-        before = sent()
         loop.delivering = True
         try:
-            await send(items)
+            await self._send_counted(send, items, sent)
         finally:
             loop.delivering = False
-            written = sent() - before
-            self._written += written
-            self._dropped += len(items) - written
         if self._stopping:
             loop.scope.cancel()
 
@@ -922,14 +933,9 @@ class TunnelPump:
     ) -> None:
         # Shielded: a batch in hand is written whole unless the grace period
         # (set when shutdown starts) runs out first.
-        self._accepted += len(items)
-        before = sent()
         with anyio.CancelScope(shield=True, deadline=self._deadline) as scope:
             self._deliveries.add(scope)
             try:
-                await send(items)
+                await self._send_counted(send, items, sent)
             finally:
                 self._deliveries.discard(scope)
-                written = sent() - before
-                self._written += written
-                self._dropped += len(items) - written
