@@ -27,7 +27,7 @@ from typing import Final
 HERE: Final = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from sanbuild import OUT, ROOT, SOURCE  # noqa: E402
+from sanbuild import OUT, SOURCE, package_copy  # noqa: E402
 
 #: llvm-cov report's TOTAL line: regions, missed, cover, functions, missed,
 #: executed, lines, missed, cover, branches, missed, cover.
@@ -59,14 +59,7 @@ def _tool(name: str) -> str:
 def build_profiled(out: Path = OUT / "coverage") -> tuple[Path, Path]:
     """A copy of the package whose extension counts source regions: (site, .so)."""
     clang = shutil.which("clang") or "clang"
-    shutil.rmtree(out, ignore_errors=True)
-    site = out / "site"
-    shutil.copytree(
-        ROOT / "src" / "trio_tun",
-        site / "trio_tun",
-        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.c"),
-    )
-    extension = site / "trio_tun" / "offload" / f"_speedups{sysconfig.get_config_var('EXT_SUFFIX')}"
+    site, extension = package_copy(out)
     subprocess.run(
         [
             clang,

@@ -150,9 +150,9 @@ def _fuzz_runtime(clang: str, runtimes: Path, out: Path) -> Path:
     return target
 
 
-def build(out: Path = OUT) -> SanitizedBuild:
-    clang = _clang()
-    runtimes = _runtime_dir(clang)
+def package_copy(out: Path) -> tuple[Path, Path]:
+    """A fresh copy of the package under *out* without its built extension:
+    (the site directory to import it from, where the extension must go)."""
     shutil.rmtree(out, ignore_errors=True)
     site = out / "site"
     shutil.copytree(
@@ -161,7 +161,13 @@ def build(out: Path = OUT) -> SanitizedBuild:
         ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.c"),
     )
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    extension = site / "trio_tun" / "offload" / f"_speedups{suffix}"
+    return site, site / "trio_tun" / "offload" / f"_speedups{suffix}"
+
+
+def build(out: Path = OUT) -> SanitizedBuild:
+    clang = _clang()
+    runtimes = _runtime_dir(clang)
+    site, extension = package_copy(out)
     include = sysconfig.get_paths()["include"]
     _run(
         [
