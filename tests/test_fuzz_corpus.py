@@ -20,7 +20,7 @@ FILES = sorted(p for p in Path(CORPUS).rglob("*") if p.is_file())
 
 def test_the_corpus_is_there_and_small() -> None:
     harness_dirs = {p.parent.name for p in FILES}
-    # Every harness has seeds of its own (the AF-header framing has no harness yet).
+    # Every harness has seeds of its own.
     assert harness_dirs >= set(HARNESSES)
     assert sum(p.stat().st_size for p in FILES) < 2 * 1024 * 1024
 

@@ -165,16 +165,37 @@ def label(read: bytes) -> str:
 
 def write_af_header_seeds(packets: list[bytes]) -> None:
     """The same packets as a BSD/macOS TUN fd would carry them, for each numbering."""
-    from trio_tun.platform import _afheader
+    from trio_tun import _framing
 
-    numberings = (_afheader.DARWIN, _afheader.FREEBSD, _afheader.OPENBSD, _afheader.NETBSD)
+    numberings = (_framing.DARWIN, _framing.FREEBSD, _framing.OPENBSD, _framing.NETBSD)
     for index, families in enumerate(numberings):
-        framing = _afheader.AfFraming(families)
+        framing = _framing.AfFraming(families)
         for packet in packets[index::4][:3]:
             frame = framing.encode(packet)
             assert frame is not None
             name = f"{families.platform}-v{packet[0] >> 4}-{len(packet)}"
             write("af_header", name, bytes([index]) + frame)
+    write_af_header_mismatches(packets)
+
+
+def write_af_header_mismatches(packets: list[bytes]) -> None:
+    """Frames a reader must refuse: the family contradicts the version nibble, or is
+    neither of the numbering's two (such as another system's AF_INET6)."""
+    from trio_tun import _framing
+
+    v4 = next(p for p in packets if p[0] >> 4 == 4)
+    v6 = next(p for p in packets if p[0] >> 4 == 6)
+    numberings = (_framing.DARWIN, _framing.FREEBSD, _framing.OPENBSD, _framing.NETBSD)
+    for index, families in enumerate(numberings):
+        other = numberings[(index + 1) % len(numberings)].inet6
+        other = other if other != families.inet6 else 0xFFFF
+        for tag, family, packet in (
+            ("inet-v6", families.inet, v6),
+            ("inet6-v4", families.inet6, v4),
+            ("foreign-v6", other, v6),
+        ):
+            frame = family.to_bytes(4, "big") + packet[:80]
+            write("af_header", f"{families.platform}-{tag}", bytes([index]) + frame)
 
 
 def main() -> int:
