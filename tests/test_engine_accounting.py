@@ -9,7 +9,6 @@ outcome.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 
 import anyio
 import anyio.lowlevel
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_tun import Statistics
+from fake_queue import FakeQueue
 from trio_tun.engine import OffloadEngine, flow_hash
 
 pytestmark = pytest.mark.anyio
@@ -29,46 +28,8 @@ def packets(count: int, flow: int = 0) -> list[bytes]:
     return [b"\x45" + struct.pack("!HI", flow, n) for n in range(count)]
 
 
-class GatedQueue:
-    """A queue stream whose writes wait at a gate; it logs what happened, in order."""
-
-    max_packet = 1500
-
-    def __init__(self) -> None:
-        self.counters = Statistics()
-        self.gate = anyio.Event()
-        self.writing = anyio.Event()
-        self.inbox: list[list[bytes]] = []
-        self.arrived = anyio.Event()
-        self.log: list[str] = []
-
-    def open_gate(self) -> None:
-        self.gate.set()
-
-    def feed(self, batch: list[bytes]) -> None:
-        self.inbox.append(batch)
-        self.arrived.set()
-
-    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
-        while not self.inbox:
-            await self.arrived.wait()
-            self.arrived = anyio.Event()
-        return self.inbox.pop(0)
-
-    async def send_batch(self, batch: Sequence[bytes]) -> None:
-        self.writing.set()
-        await self.gate.wait()
-        self.counters.tx_packets += len(batch)
-        self.log.append(f"wrote {len(batch)}")
-
-    def statistics(self) -> Statistics:
-        return self.counters
-
-    def detach_queue(self) -> None:
-        self.log.append("detached")
-
-    def attach_queue(self) -> None:
-        self.log.append("attached")
+def GatedQueue() -> FakeQueue:
+    return FakeQueue(gate_open=False)
 
 
 def identity_holds(engine: OffloadEngine) -> None:

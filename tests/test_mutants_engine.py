@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from trio_tun import Statistics
+from fake_queue import FakeQueue
 from trio_tun.engine import OffloadEngine, TunnelPump, _Turn, flow_hash
 from trio_tun.testing import memory_tun_pair
 
@@ -25,55 +25,8 @@ pytestmark = pytest.mark.anyio
 DEADLINE = 20
 
 
-class Queue:
-    """A fake queue stream: reads come from :meth:`feed`, writes are recorded."""
-
-    max_packet = 100
-
-    def __init__(self) -> None:
-        self.counters = Statistics()
-        self.inbox: list[list[bytes]] = []
-        self.arrived = anyio.Event()
-        self.written: list[bytes] = []
-        self.wrote = anyio.Event()
-        self.writing = anyio.Event()
-        self.gate = anyio.Event()
-        self.gate.set()
-        # send_batch calls in progress at once, and the most there ever were.
-        self.active = 0
-        self.most_active = 0
-
-    def feed(self, batch: list[bytes]) -> None:
-        self.inbox.append(batch)
-        self.arrived.set()
-
-    async def receive_batch(self, max_packets: int | None = None) -> list[bytes]:
-        while not self.inbox:
-            await self.arrived.wait()
-            self.arrived = anyio.Event()
-        return self.inbox.pop(0)
-
-    async def send_batch(self, batch: Iterable[bytes]) -> None:
-        self.active += 1
-        self.most_active = max(self.most_active, self.active)
-        try:
-            self.writing.set()
-            await self.gate.wait()
-            for packet in batch:
-                self.written.append(bytes(packet))
-                self.counters.tx_packets += 1
-            self.wrote.set()
-        finally:
-            self.active -= 1
-
-    def statistics(self) -> Statistics:
-        return self.counters.snapshot()
-
-    def detach_queue(self) -> None:
-        pass
-
-    def attach_queue(self) -> None:
-        pass
+def Queue() -> FakeQueue:
+    return FakeQueue(max_packet=100)
 
 
 # -- flow hash ------------------------------------------------------------------
