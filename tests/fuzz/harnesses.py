@@ -693,6 +693,7 @@ def check_af_header(data: bytes) -> None:
     rules, and encode-then-decode gives the packet back.  The first input byte
     picks the kernel numbering (Darwin, FreeBSD, OpenBSD, NetBSD, this host)."""
     from trio_tun import _framing as _afheader
+
     if not data:
         return
     numberings = (
