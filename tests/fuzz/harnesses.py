@@ -30,6 +30,7 @@ Input formats (shared so any corpus file means something to every harness):
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import struct
@@ -724,13 +725,9 @@ class _TrioThread:
         return self._trio.from_thread.run(fn, trio_token=self._token)
 
 
-_RUNNER: list[_TrioThread] = []
-
-
+@functools.cache
 def _trio_thread() -> _TrioThread:
-    if not _RUNNER:
-        _RUNNER.append(_TrioThread())
-    return _RUNNER[0]
+    return _TrioThread()
 
 
 # -- AF-header framing (BSD/macOS) ---------------------------------------------------
