@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import trio_tun  # noqa: E402
 from fuzz.harnesses import CORPUS, VNET, make_records  # noqa: E402
-from trio_tun import TunStream  # noqa: E402
+from trio_tun import TunStream, _framing  # noqa: E402
 from trio_tun.offload import reference as py  # noqa: E402
 from trio_tun.platform.linux import netns as _netns  # noqa: E402
 from trio_tun.testing import NetNamespace  # noqa: E402
@@ -43,6 +43,8 @@ UDP_SEGMENT = 103
 PER_KIND = 2
 #: Reads larger than this are cut out of most seeds (the corpus stays small).
 BIG = 20000
+#: The AF-header numberings the seeds cover; a seed's first byte is its index.
+AF_NUMBERINGS = (_framing.DARWIN, _framing.FREEBSD, _framing.OPENBSD, _framing.NETBSD)
 
 
 def kind_of(read: bytes) -> tuple[int, int, int, int]:
@@ -165,10 +167,7 @@ def label(read: bytes) -> str:
 
 def write_af_header_seeds(packets: list[bytes]) -> None:
     """The same packets as a BSD/macOS TUN fd would carry them, for each numbering."""
-    from trio_tun import _framing
-
-    numberings = (_framing.DARWIN, _framing.FREEBSD, _framing.OPENBSD, _framing.NETBSD)
-    for index, families in enumerate(numberings):
+    for index, families in enumerate(AF_NUMBERINGS):
         framing = _framing.AfFraming(families)
         for packet in packets[index::4][:3]:
             frame = framing.encode(packet)
@@ -181,13 +180,10 @@ def write_af_header_seeds(packets: list[bytes]) -> None:
 def write_af_header_mismatches(packets: list[bytes]) -> None:
     """Frames a reader must refuse: the family contradicts the version nibble, or is
     neither of the numbering's two (such as another system's AF_INET6)."""
-    from trio_tun import _framing
-
     v4 = next(p for p in packets if p[0] >> 4 == 4)
     v6 = next(p for p in packets if p[0] >> 4 == 6)
-    numberings = (_framing.DARWIN, _framing.FREEBSD, _framing.OPENBSD, _framing.NETBSD)
-    for index, families in enumerate(numberings):
-        other = numberings[(index + 1) % len(numberings)].inet6
+    for index, families in enumerate(AF_NUMBERINGS):
+        other = AF_NUMBERINGS[(index + 1) % len(AF_NUMBERINGS)].inet6
         other = other if other != families.inet6 else 0xFFFF
         for tag, family, packet in (
             ("inet-v6", families.inet, v6),
