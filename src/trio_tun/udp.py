@@ -390,6 +390,9 @@ class _UdpBase(Generic[_T]):
         self._receive_budget = YieldBudget()
         self._send_budget = YieldBudget()
         self._pending: deque[_T] = deque()
+        # Payload bytes in _pending, known per message when it is read, so that
+        # taking the whole queue (the usual case) needs no pass over the datagrams.
+        self._pending_bytes = 0
         self._buffer = bytearray(RECV_BUFFER * RECV_MESSAGES)
         self._view = memoryview(self._buffer)
         self._destinations: dict[tuple[str, int], _Destination] = {}
@@ -544,22 +547,27 @@ class _UdpBase(Generic[_T]):
             else:
                 gso_size = 0
             start = i * RECV_BUFFER
+            payload = view[start : start + nbytes]
+            self._pending_bytes += len(payload)
             if 0 < gso_size < nbytes:
                 counters.gro_reads += 1
-                self._store_many(split_gro(view[start : start + nbytes], gso_size), address)
+                self._store_many(split_gro(payload, gso_size), address)
             else:
-                self._store(bytes(view[start : start + nbytes]), address)
+                self._store(bytes(payload), address)
 
     def _take(self, count: int | None) -> list[_T]:
         pending = self._pending
         if count is None or count >= len(pending):
             out = list(pending)
             pending.clear()
+            size, self._pending_bytes = self._pending_bytes, 0
         else:
             out = [pending.popleft() for _ in range(count)]
+            size = self._size(out)
+            self._pending_bytes -= size
         counters = self._counters
         counters.rx_datagrams += len(out)
-        counters.rx_bytes += self._size(out)
+        counters.rx_bytes += size
         return out
 
     @staticmethod
@@ -658,10 +666,13 @@ class _UdpBase(Generic[_T]):
             for buffers, gso_size, _destination in chunk[:sent]:
                 segments = len(buffers)
                 counters.tx_datagrams += segments
-                counters.tx_bytes += sum(map(len, buffers))
                 if gso_size and segments > 1:
+                    # A run is all gso_size but its last: no pass over it needed.
+                    counters.tx_bytes += gso_size * (segments - 1) + len(buffers[-1])
                     counters.gso_writes += 1
                     self._gso_proven = True
+                else:
+                    counters.tx_bytes += sum(map(len, buffers))
             i += sent
 
     # -- closing -------------------------------------------------------
@@ -682,6 +693,7 @@ class _UdpBase(Generic[_T]):
             sock.close()
             self._counters.rx_dropped += len(self._pending)
             self._pending.clear()
+            self._pending_bytes = 0
 
     async def aclose(self) -> None:
         """Close the stream; idempotent.  Always a checkpoint."""
