@@ -366,19 +366,30 @@ class _OneBatchSocket(_SlowSocket):
         return batch
 
 
-async def test_datagrams_no_tun_could_take_are_dropped_and_counted() -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [[b""], [b"too long"], [b"", b"too long"]],
+    ids=["empty", "too long", "both"],
+)
+async def test_datagrams_no_tun_could_take_are_dropped_and_counted(bad: list[bytes]) -> None:
+    """Each kind alone, too: a batch is checked for both limits, not just one of them."""
     app, dev = memory_tun_pair()
-    good = _packet(1)
-    sock = _OneBatchSocket([b"", good, bytes(70_000), _packet(2)])
+    # The limits themselves pass: a packet of exactly max_packet bytes.
+    largest = _packet(1) + bytes(dev.max_packet - len(_packet(1)))
+    overlong = largest + b"\x00"
+    bad = [overlong if item == b"too long" else item for item in bad]
+    batch = [bad[0], largest, *bad[1:], _packet(2)]
+    sock = _OneBatchSocket(batch)
     pump = TunnelPump([dev], [sock])
     async with anyio.create_task_group() as tg:
         tg.start_soon(pump.run)
         with anyio.fail_after(10):
             got = [await app.receive(), await app.receive()]
         tg.cancel_scope.cancel()
-    assert got == [good, _packet(2)]
+    assert got == [largest, _packet(2)]
     stats = pump.statistics()
-    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (4, 4, 2, 2)
+    n = len(batch)
+    assert (stats.udp_received, stats.accepted, stats.written, stats.dropped) == (n, n, 2, n - 2)
 
 
 class _ExclusiveSocket(_SlowSocket):

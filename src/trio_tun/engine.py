@@ -718,6 +718,14 @@ class _PumpLoop:
     delivering: bool = False
 
 
+def _deliverable(packets: Sequence[Packet], limit: int) -> Sequence[Packet]:
+    """*packets* without those no TUN device takes (empty, or over *limit* bytes)."""
+    # min/max over map(len) run in C; the per-packet Python filter only when needed.
+    if not packets or (min(map(len, packets)) > 0 and max(map(len, packets)) <= limit):
+        return packets
+    return [p for p in packets if 0 < len(p) <= limit]
+
+
 class TunnelPump:
     """A VPN's data path: TUN queues <-> handlers <-> UDP sockets, run to completion.
 
@@ -873,8 +881,7 @@ class TunnelPump:
                 out = await self._apply(self._inbound, batch)
                 # A datagram no TUN device could take (empty, or larger than a
                 # packet) is dropped and counted, never the end of the pump.
-                limit = tun.max_packet
-                good = [p for p in out if 0 < len(p) <= limit]
+                good = _deliverable(out, tun.max_packet)
                 if len(good) != len(out):
                     self._accepted += len(out) - len(good)
                     self._dropped += len(out) - len(good)
