@@ -836,11 +836,13 @@ class TunnelPump:
 
     async def _outward(self, loop: _PumpLoop, tun: QueueStream, index: int) -> None:
         sock, turn, send = self._sockets[index], self._turns[index], self._senders[index]
+        outbound = self._outbound
         with loop.scope:
             while True:
                 batch = await tun.receive_batch()
                 self._tun_received += len(batch)
-                out = await self._apply(self._outbound, batch)
+                # Without a transform the batch goes out as it came: no coroutine for it.
+                out = batch if outbound is None else await self._apply(outbound, batch)
                 if not out:
                     continue
                 if not turn.try_take():
@@ -874,11 +876,12 @@ class TunnelPump:
             turn.release()
 
     async def _inward(self, loop: _PumpLoop, sock: DatagramSocket, tun: QueueStream) -> None:
+        inbound = self._inbound
         with loop.scope:
             while True:
                 batch = await sock.receive_batch()
                 self._udp_received += len(batch)
-                out = await self._apply(self._inbound, batch)
+                out = batch if inbound is None else await self._apply(inbound, batch)
                 # A datagram no TUN device could take (empty, or larger than a
                 # packet) is dropped and counted, never the end of the pump.
                 good = _deliverable(out, tun.max_packet)
@@ -891,9 +894,7 @@ class TunnelPump:
                     )
 
     @staticmethod
-    async def _apply(transform: Transform | None, batch: list[bytes]) -> Sequence[Packet]:
-        if transform is None:
-            return batch
+    async def _apply(transform: Transform, batch: list[bytes]) -> Sequence[Packet]:
         out = transform(batch)
         if inspect.isawaitable(out):
             out = await out
