@@ -48,6 +48,10 @@ class FakeQueue:
         return self.inbox.pop(0)
 
     async def send_batch(self, batch: Iterable[bytes]) -> None:
+        batch = list(batch)
+        # As the real stream: sizes are checked before anything is written.
+        if any(not 0 < len(packet) <= self.max_packet for packet in batch):
+            raise ValueError("a packet is empty or larger than max_packet")
         self.active += 1
         self.most_active = max(self.most_active, self.active)
         try:

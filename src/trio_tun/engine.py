@@ -28,6 +28,7 @@ import inspect
 import math
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, Final, Protocol, cast, runtime_checkable
 
 import anyio
@@ -57,7 +58,9 @@ class QueueStream(Protocol):
 
     async def receive_batch(self, max_packets: int | None = None) -> list[bytes]: ...
 
-    async def send_batch(self, packets: Iterable[Packet]) -> None: ...
+    async def send_batch(self, packets: Iterable[Packet]) -> None:
+        """Write *packets*; ``ValueError``, with nothing written, if one is empty or over
+        :attr:`max_packet` bytes (as :meth:`~trio_tun.PacketStream.send_batch` does)."""
 
     @property
     def counters(self) -> Statistics: ...
@@ -718,12 +721,22 @@ class _PumpLoop:
     delivering: bool = False
 
 
-def _deliverable(packets: Sequence[Packet], limit: int) -> Sequence[Packet]:
-    """*packets* without those no TUN device takes (empty, or over *limit* bytes)."""
-    # min/max over map(len) run in C; the per-packet Python filter only when needed.
-    if not packets or (min(map(len, packets)) > 0 and max(map(len, packets)) <= limit):
-        return packets
-    return [p for p in packets if 0 < len(p) <= limit]
+async def _send_to_tun(tun: QueueStream, packets: Sequence[Packet]) -> None:
+    """Write *packets*, leaving out any that no TUN device takes (empty, or too long).
+
+    Those are dropped (the caller counts what was not written), never the end
+    of the pump.  The stream checks the sizes before writing anything, so the
+    common case costs no pass of our own over the batch.
+    """
+    try:
+        await tun.send_batch(packets)
+    except ValueError:
+        limit = tun.max_packet
+        good = [p for p in packets if 0 < len(p) <= limit]
+        if len(good) == len(packets):
+            raise  # not about sizes: not ours to swallow
+        if good:
+            await tun.send_batch(good)
 
 
 class TunnelPump:
@@ -877,21 +890,14 @@ class TunnelPump:
 
     async def _inward(self, loop: _PumpLoop, sock: DatagramSocket, tun: QueueStream) -> None:
         inbound = self._inbound
+        send = partial(_send_to_tun, tun)
         with loop.scope:
             while True:
                 batch = await sock.receive_batch()
                 self._udp_received += len(batch)
                 out = batch if inbound is None else await self._apply(inbound, batch)
-                # A datagram no TUN device could take (empty, or larger than a
-                # packet) is dropped and counted, never the end of the pump.
-                good = _deliverable(out, tun.max_packet)
-                if len(good) != len(out):
-                    self._accepted += len(out) - len(good)
-                    self._dropped += len(out) - len(good)
-                if good:
-                    await self._deliver_in(
-                        loop, tun.send_batch, good, lambda: tun.counters.tx_packets
-                    )
+                if out:
+                    await self._deliver_in(loop, send, out, lambda: tun.counters.tx_packets)
 
     @staticmethod
     async def _apply(transform: Transform, batch: list[bytes]) -> Sequence[Packet]:
