@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from trio_tun import _ports
-from trio_tun.offload import MalformedPacket, gro, udp
+from trio_tun.offload import MalformedPacket, batch, gro, udp
 from trio_tun.offload import reference as py
 from trio_tun.offload.virtio import VIRTIO_NET_HDR_LEN, VirtioNetHdr
 
@@ -525,6 +525,10 @@ def _check_gso_runs(body: bytes, kind: int) -> None:
     given: Sequence[Any] = tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
     got = outcome(_accel.gso_runs, given, max_segments, max_bytes)
     assert got == ref, (ref, got)
+    # batch_sizes walks the same kind of list (shrinking datagram included).
+    given = tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
+    sizes_ref = outcome(batch.batch_sizes, datagrams())
+    assert outcome(_accel.batch_sizes, given) == sizes_ref, sizes_ref
     if ref[0] == "ok" and not mode & 1:
         runs: list[tuple[int, list[Any]]] = ref[1]
         assert [bytes(d) for _, run in runs for d in run] == sizes

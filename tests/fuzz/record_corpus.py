@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import trio_tun  # noqa: E402
-from fuzz.harnesses import CORPUS, VNET, make_records  # noqa: E402
+from fuzz.harnesses import CORPUS, NEWER_OPS, VNET, make_records  # noqa: E402
 from trio_tun import TunStream, _framing  # noqa: E402
 from trio_tun.offload import reference as py  # noqa: E402
 from trio_tun.platform.linux import netns as _netns  # noqa: E402
@@ -165,6 +165,28 @@ def label(read: bytes) -> str:
     return f"v{version}-{names.get(gso_type, f'gso{gso_type}')}{csum}-{len(read)}"
 
 
+def write_gso_runs_seeds() -> None:
+    """Datagram lists for the speedups harness's gso_runs (and batch_sizes) check.
+
+    Synthetic, not recorded: a tunnel's typical batch (equal segments, a short
+    last one), one with a datagram whose len() empties the list, and one
+    with an empty datagram in a tuple; one seed per buffer kind.
+    """
+    op_gso_runs = 1
+    lists = [
+        # (buffer kind, mode, datagram sizes)
+        (0, 0, [1348] * 20 + [500]),
+        (1, 1 | 100 << 1, [1348] * 6 + [700, 1348, 1348]),  # the len()-emptier says 100
+        (2, 2, [1348, 1348, 0, 64, 64, 9000, 1]),
+    ]
+    for kind, mode, sizes in lists:
+        selector = NEWER_OPS + kind * 3 + op_gso_runs
+        # max_segments 64 (stored + 2), max_bytes 65507 (stored - 8).
+        head = bytes([selector, 66]) + (65507 + 8).to_bytes(2, "big") + bytes([mode])
+        datagrams = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+        write("speedups", f"gso-runs-kind{kind}-mode{mode}", head + make_records(datagrams))
+
+
 def write_af_header_seeds(packets: list[bytes]) -> None:
     """The same packets as a BSD/macOS TUN fd would carry them, for each numbering."""
     for index, families in enumerate(AF_NUMBERINGS):
@@ -232,6 +254,7 @@ def main() -> int:
         write("gro_coalesce", "acks", bytes([0]) + make_records(acks))
         write("speedups", "checksum", bytes([4]) + struct.pack("!IB", 0, 0) + acks[0])
     write_af_header_seeds([py.split_with_header(r)[0] for r in small if len(r) < 2000])
+    write_gso_runs_seeds()
     total = sum(f.stat().st_size for f in Path(CORPUS).rglob("*") if f.is_file())
     count = sum(1 for f in Path(CORPUS).rglob("*") if f.is_file())
     print(f"wrote {count} corpus files, {total} bytes, under {CORPUS}")

@@ -39,6 +39,7 @@ PYTHON = types.SimpleNamespace(
     coalesce=py.coalesce,
     parse=gro.parse,
     build=gro.build,
+    batch_sizes=py.batch_sizes,
 )
 SPEEDUPS = (
     None
@@ -54,6 +55,7 @@ SPEEDUPS = (
         coalesce=_accel.coalesce,
         parse=_speedups.gro_parse,
         build=_speedups.gro_build,
+        batch_sizes=_accel.batch_sizes,
     )
 )
 

@@ -376,6 +376,36 @@ def gso_runs_calls() -> list[Call]:
     ]
 
 
+class _Huge:
+    """An item that claims the largest length there is (the total overflows)."""
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+
+def batch_sizes_calls() -> list[Call]:
+    sizes = [1200] * 70 + [700, 0, 70000, 5]
+    datagrams = [b"d" * n for n in sizes]
+    mixed = [
+        (b"e" * n, bytearray(b"f" * n), memoryview(b"g" * n))[i % 3] for i, n in enumerate(sizes)
+    ]
+    bs = _speedups.batch_sizes
+    return [
+        lambda: bs(datagrams),
+        lambda: bs(tuple(mixed)),
+        lambda: bs(iter(datagrams)),
+        lambda: bs(d for d in mixed),
+        lambda: bs([]),
+        lambda: bs(_shrinking_list()),
+        lambda: bs([_Huge()]),
+        # invalid
+        lambda: bs([_Huge(), b"x"]),
+        lambda: bs(5),
+        lambda: bs([b"x", object(), b"y"]),
+        lambda: bs([b"x", _Raises()]),
+    ]
+
+
 def frame_loop_calls(name: str) -> list[Call]:
     """read_frames or write_frames over an AF_UNIX datagram pair: the entry under
     test moves the frames, plain socket calls move them the other way, so each
@@ -605,6 +635,7 @@ def entry_points(udp: bool) -> dict[str, list[Call]]:
         points["recvmmsg"] = mmsg_calls("recvmmsg", udp)
     points["split_gro"] = split_gro_calls()
     points["gso_runs"] = gso_runs_calls()
+    points["batch_sizes"] = batch_sizes_calls()
     if hasattr(_speedups, "read_frames"):
         points["write_frames"] = frame_loop_calls("write_frames")
         points["read_frames"] = frame_loop_calls("read_frames")

@@ -44,6 +44,7 @@ __all__ = [
     "GroTable",
     "MalformedPacket",
     "VirtioNetHdr",
+    "batch_sizes",
     "checksum",
     "coalesce",
     "finish_checksum",
@@ -62,6 +63,7 @@ __all__ = [
 # The reference implementations first, so the names are typed by them ...
 from .reference import (
     GroTable,
+    batch_sizes,
     checksum,
     coalesce,
     gso_runs,
@@ -91,6 +93,7 @@ if _accel is not None:
     split_with_header = _accel.split_with_header
     split_gro = _accel.split_gro
     gso_runs = _accel.gso_runs
+    batch_sizes = _accel.batch_sizes
 
 #: ``"speedups"`` when the compiled hot paths are in use, else ``"python"``.
 implementation: Final[str] = "python" if _accel is None else "speedups"

@@ -13,6 +13,7 @@ from .virtio import VirtioNetHdr
 
 __all__ = [
     "GroTable",
+    "batch_sizes",
     "checksum",
     "coalesce",
     "gso_runs",
@@ -33,6 +34,7 @@ split_fields = _speedups.split
 # without a Python frame in between.
 split_with_header = _speedups.split_with_header
 coalesce = _speedups.coalesce
+batch_sizes = _speedups.batch_sizes
 
 
 def split_gro(buffer: _Buffer, gso_size: int) -> list[bytes]:

@@ -2283,6 +2283,51 @@ py_split_gro(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     return list;
 }
 
+/* batch_sizes(items, /) -> (smallest, largest, total): see offload.batch. */
+static PyObject *
+py_batch_sizes(PyObject *Py_UNUSED(self), PyObject *items)
+{
+    PyObject *seq = PySequence_Fast(items, "batch_sizes() needs an iterable of sized items");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t smallest = 0, largest = 0, total = 0;
+    /* len() of an unusual item may run Python code that changes the caller's
+     * list (seq is that list itself): its size is read again on every step,
+     * and the item is held while it is measured. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t n;
+        if (PyBytes_CheckExact(item)) {
+            n = PyBytes_GET_SIZE(item);
+        }
+        else {
+            Py_INCREF(item);
+            n = PyObject_Length(item);
+            Py_DECREF(item);
+            if (n < 0) {
+                Py_DECREF(seq);
+                return NULL;
+            }
+        }
+        if (n > PY_SSIZE_T_MAX - total) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_OverflowError,
+                            "the batch's total size does not fit in a Py_ssize_t");
+            return NULL;
+        }
+        if (i == 0 || n < smallest) {
+            smallest = n;
+        }
+        if (n > largest) {
+            largest = n;
+        }
+        total += n;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(nnn)", smallest, largest, total);
+}
+
 static int
 gso_push_run(PyObject *runs, Py_ssize_t size, PyObject *run)
 {
@@ -2675,6 +2720,14 @@ static PyMethodDef methods[] = {
      "A run is datagrams of one size, the last perhaps shorter, at most\n"
      "max_segments of them and max_bytes in all; an empty or oversized datagram\n"
      "is a run of its own.  Raises ValueError if a limit is less than 1."},
+    {"batch_sizes", (PyCFunction)py_batch_sizes, METH_O,
+     "batch_sizes(items, /)\n--\n\n"
+     "(smallest, largest, total) of the items' lengths in one pass; (0, 0, 0)\n"
+     "for none.\n\n"
+     "What a batch call checks before it writes (an empty or oversized packet)\n"
+     "and counts after (bytes), without an int object per item.  Raises\n"
+     "TypeError for an item without a length, OverflowError if the total does\n"
+     "not fit in a Py_ssize_t."},
 #if defined(__unix__) || defined(__APPLE__)
     {"read_frames", (PyCFunction)(void (*)(void))py_read_frames, METH_FASTCALL,
      "read_frames(fd, max_frames, size, /)\n--\n\n"

@@ -1,5 +1,5 @@
 # Types of the optional C extension built from _speedups.c.
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from typing import Any
 
 from trio_tun.offload.gro import Parsed
@@ -62,3 +62,4 @@ def split_gro(buffer: _Buffer, gso_size: int, /) -> list[bytes]: ...
 def gso_runs(
     datagrams: Sequence[_Buffer], max_segments: int, max_bytes: int, /
 ) -> list[tuple[int, list[_Buffer]]]: ...
+def batch_sizes(items: Iterable[Sized], /) -> tuple[int, int, int]: ...

@@ -6,6 +6,7 @@ the compiled speedups left out, so tests (and the curious) can compare.
 
 from __future__ import annotations
 
+from .batch import batch_sizes
 from .checksum import checksum, ones_complement_sum, pseudo_header_sum
 from .gro import GroTable, coalesce
 from .gso import finish_checksum, split, split_fields, split_with_header
@@ -13,6 +14,7 @@ from .udp import gso_runs, split_gro
 
 __all__ = [
     "GroTable",
+    "batch_sizes",
     "checksum",
     "coalesce",
     "finish_checksum",
