@@ -23,6 +23,7 @@ from trio_tun.offload.udp import UDP_GRO, UDP_SEGMENT
 from trio_tun.testing import NetNamespace, fd_count, link_namespaces
 from trio_tun.udp import (
     COMPILED_SYSCALLS,
+    MAX_DATAGRAM,
     PYTHON_SYSCALLS,
     Message,
     Syscalls,
@@ -200,6 +201,32 @@ async def test_mixed_sizes_arrive_exactly(
         rxs = rx.statistics()
         assert rxs.rx_datagrams == len(datagrams)
         assert rxs.rx_bytes == sum(sizes)
+
+
+@pytest.mark.parametrize("where", [0, 1, 2], ids=["first", "middle", "last"])
+async def test_oversized_datagram_refuses_the_whole_batch(
+    pair: tuple[NetNamespace, NetNamespace], where: int
+) -> None:
+    """One datagram over the limit anywhere in the batch: ValueError naming it, nothing sent."""
+    a, b = pair
+    batch = [b"x" * 100, b"y" * 200, b"z" * 300]
+    batch[where] = bytes(MAX_DATAGRAM + 1)
+    async with (
+        open_udp(V4[0], 5000, remote_host=V4[1], remote_port=5000, netns=a.fileno()) as tx,
+        open_udp(V4[1], 5000, remote_host=V4[0], remote_port=5000, netns=b.fileno()) as rx,
+        open_udp(V4[0], 5002, netns=a.fileno()) as unconnected,
+    ):
+        with pytest.raises(ValueError, match=f"datagram of {MAX_DATAGRAM + 1} bytes"):
+            await tx.send_batch(batch)
+        with pytest.raises(ValueError, match=f"datagram of {MAX_DATAGRAM + 1} bytes"):
+            await unconnected.send_batch(batch, (V4[1], 5000))
+        # What follows arrives first: nothing of the refused batches went out.
+        await tx.send_batch([b"next" * 100, b"after"])
+        with anyio.fail_after(10):
+            got = [await rx.receive(), await rx.receive()]
+        assert got == [b"next" * 100, b"after"]
+        assert tx.statistics().tx_datagrams == 2
+        assert unconnected.statistics().tx_datagrams == 0
 
 
 async def test_socket_attributes(pair: tuple[NetNamespace, NetNamespace]) -> None:

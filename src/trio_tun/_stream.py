@@ -57,6 +57,7 @@ from ._framing import Buffer, Framing, PlainFraming, VirtioFraming
 from ._ports import REFUSED, WOULD_BLOCK, FdPort, Port
 from ._stats import Statistics
 from ._wait import Backend, YieldBudget, current_backend
+from .offload import batch_sizes
 
 if TYPE_CHECKING:
     from .engine import OffloadEngine
@@ -307,7 +308,7 @@ class PacketStream(UnreliableObjectStream[bytes]):
         if frames:
             counters = self._counters
             counters.reads += len(frames)
-            counters.read_bytes += sum(map(len, frames))
+            counters.read_bytes += batch_sizes(frames)[2]
             self._pending.extend(frames)
 
     def _fill(self, wanted: int) -> None:
@@ -339,7 +340,7 @@ class PacketStream(UnreliableObjectStream[bytes]):
             out = [pending.popleft() for _ in range(count)]
         counters = self._counters
         counters.rx_packets += len(out)
-        counters.rx_bytes += sum(map(len, out))
+        counters.rx_bytes += batch_sizes(out)[2]
         return out
 
     async def receive(self) -> bytes:
@@ -550,8 +551,8 @@ class PacketStream(UnreliableObjectStream[bytes]):
         if batch:
             # One pass in C over the sizes; the per-packet check (with its
             # message) only when something is off.
-            sizes = list(map(len, batch))
-            if min(sizes) == 0 or max(sizes) > self._max_packet:
+            smallest, largest, _total = batch_sizes(batch)
+            if smallest == 0 or largest > self._max_packet:
                 for packet in batch:
                     self._check_packet(packet)
         with self._send_guard:

@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._errors import ClosedResourceError
 from ._lifetime import ScopedLifetime
 from ._stats import Statistics
+from .offload import batch_sizes
 
 #: Default grace period for writers to flush on shutdown, in seconds.
 DEFAULT_GRACE: Final = 2.0
@@ -402,7 +403,8 @@ class OffloadEngine(ScopedLifetime):
         # Bad handler output is the handler's bug, not the engine's end:
         # dropped and counted like a packet the kernel refuses.
         limit = self.max_packet
-        if packets and (min(map(len, packets)) == 0 or max(map(len, packets)) > limit):
+        smallest, largest, _total = batch_sizes(packets)
+        if packets and (smallest == 0 or largest > limit):
             good = [p for p in packets if 0 < len(p) <= limit]
             self._refuse(packets[: len(packets) - len(good)])
             return good
@@ -502,8 +504,8 @@ class OffloadEngine(ScopedLifetime):
             await anyio.lowlevel.checkpoint()
             return
         limit = self.max_packet
-        # min/max over map(len) run in C: this is per packet, on the hot path.
-        shortest, longest = min(map(len, batch)), max(map(len, batch))
+        # One pass in C: this is per packet, on the hot path.
+        shortest, longest, _total = batch_sizes(batch)
         if shortest == 0 or longest > limit:
             bad = shortest if shortest == 0 else longest
             raise ValueError(f"packet of {bad} bytes: packets must be 1..{limit} bytes long")
