@@ -28,7 +28,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import anyio.to_thread
@@ -280,12 +280,13 @@ class PacketStream(UnreliableObjectStream[bytes]):
             await self._port.wait_writable()
             self._send_budget.waited()
 
-    async def _entry_checkpoint(self, receiving: bool) -> None:
+    def _entry_checkpoint(self, receiving: bool) -> Awaitable[None]:
+        # Not a coroutine: the caller awaits the backend's checkpoint directly.
         if receiving:
             budget, backend = self._receive_budget, self._receive_backend
         else:
             budget, backend = self._send_budget, self._send_backend
-        await budget.checkpoint(backend or self._get_backend())
+        return budget.checkpoint(backend or self._get_backend())
 
     # -- reading -------------------------------------------------------
 

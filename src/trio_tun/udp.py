@@ -36,7 +36,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import ModuleType
 from typing import Any, ClassVar, Final, Generic, Literal, TypeVar, overload
@@ -485,9 +485,10 @@ class _UdpBase(Generic[_T]):
         else:
             self._send_budget.waited()
 
-    async def _entry_checkpoint(self, receiving: bool) -> None:
+    def _entry_checkpoint(self, receiving: bool) -> Awaitable[None]:
+        # Not a coroutine: the caller awaits the backend's checkpoint directly.
         budget = self._receive_budget if receiving else self._send_budget
-        await budget.checkpoint(self._get_backend())
+        return budget.checkpoint(self._get_backend())
 
     def _resolve(self, address: tuple[str, int]) -> _Destination:
         cache = self._destinations
