@@ -113,6 +113,7 @@ def test_compiled_functions_carry_signatures_and_descriptions() -> None:
         "coalesce": ["packets", "uso", "max_size", "allow_short_last"],
         "split_gro": ["buffer", "gso_size"],
         "gso_runs": ["datagrams", "max_segments", "max_bytes"],
+        "batch_sizes": ["items"],
         "gro_parse": ["packet"],
         "gro_build": ["first", "ihl", "hlen", "gso_size", "psh", "payloads"],
     }
