@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz.harnesses import _Shrinking  # the fuzzers' list-emptying datagram
 from trio_tun.offload import reference
 
 from .conftest import PYTHON, SPEEDUPS, needs_speedups
@@ -81,22 +82,11 @@ def test_a_total_beyond_ssize_t_is_an_overflow_error(impl: types.SimpleNamespace
         impl.batch_sizes([_Huge(), b"x"])
 
 
-class _Shrinker:
-    """An item whose len() empties the list that holds it."""
-
-    def __init__(self, victim: list[Any]) -> None:
-        self.victim = victim
-
-    def __len__(self) -> int:
-        self.victim.clear()
-        return 7
-
-
 @needs_speedups
 def test_len_that_changes_the_list_is_survived() -> None:
     assert SPEEDUPS is not None
     batch: list[Any] = [b"ab"]
-    batch.append(_Shrinker(batch))
+    batch.append(_Shrinking(batch, 7))
     batch.extend(bytes(n) for n in range(1, 50))
     # The compiled loop re-reads the list's size: it stops where the list now
     # ends, having measured what it saw, and frees nothing it still uses.
