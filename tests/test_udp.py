@@ -189,8 +189,9 @@ async def test_mixed_sizes_arrive_exactly(
             for i in range(10 * len(datagrams)):
                 if len(got) >= len(datagrams):
                     break
-                # Whole queues and partial takes: both count bytes.
+                # Whole queues and partial takes: both count bytes, at once.
                 got.extend(await rx.receive_batch(None if i % 2 else 5))
+                assert rx.statistics().rx_bytes == sum(map(len, got))
         stats = tx.statistics()
         assert got == datagrams, (stats, rx.statistics())
         assert stats.tx_datagrams == len(datagrams)
@@ -280,10 +281,17 @@ async def test_unconnected_to_several_destinations(
             for stream, port in ((r0, ports[0]), (r1, ports[1])):
                 expected = [data for data, (_, p) in items if p == port]
                 got: list[tuple[bytes, tuple[str, int]]] = []
+                # r1 takes a few at a time: partial takes count bytes too.
+                limit = None if stream is r0 else 4
                 while len(got) < len(expected):
-                    got.extend(await stream.receive_batch())
+                    got.extend(await stream.receive_batch(limit))
+                    # Right after each take, not only once all is drained.
+                    assert stream.statistics().rx_bytes == sum(len(data) for data, _ in got)
                 assert [data for data, _ in got] == expected
                 assert {sender for _, sender in got} == {(V4[0], 6000)}
+                received = stream.statistics()
+                assert received.rx_datagrams == len(expected)
+                assert received.rx_bytes == sum(map(len, expected))
             expected = [data for data, (_, p) in items if p == ports[2]]
             got2: list[bytes] = []
             while len(got2) < len(expected):
