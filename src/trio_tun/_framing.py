@@ -26,7 +26,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
 
 import attrs
@@ -36,6 +36,16 @@ from .offload.errors import MalformedPacket
 from .offload.virtio import GSO_NONE, VIRTIO_NET_HDR_LEN, ZERO_HDR
 
 Buffer = bytes | bytearray | memoryview
+
+
+def fitting(packets: Iterable[Buffer], limit: int) -> list[Buffer]:
+    """The packets a device with *limit*-byte packets takes: 1 to *limit* bytes, in order.
+
+    For callers that drop (and count) the rest, where
+    :meth:`~trio_tun.PacketStream.send_batch` would refuse the whole batch.
+    """
+    return [p for p in packets if 0 < len(p) <= limit]
+
 
 #: Bytes in the AF header.
 AF_HEADER_LEN: Final = 4

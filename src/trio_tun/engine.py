@@ -37,6 +37,7 @@ import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ClosedResourceError
+from ._framing import fitting
 from ._lifetime import ScopedLifetime
 from ._stats import Statistics
 from .offload import batch_sizes
@@ -405,7 +406,7 @@ class OffloadEngine(ScopedLifetime):
         limit = self.max_packet
         smallest, largest, _total = batch_sizes(packets)
         if packets and (smallest == 0 or largest > limit):
-            good = [p for p in packets if 0 < len(p) <= limit]
+            good = fitting(packets, limit)
             self._refuse(packets[: len(packets) - len(good)])
             return good
         return packets
@@ -733,8 +734,7 @@ async def _send_to_tun(tun: QueueStream, packets: Sequence[Packet]) -> None:
     try:
         await tun.send_batch(packets)
     except ValueError:
-        limit = tun.max_packet
-        good = [p for p in packets if 0 < len(p) <= limit]
+        good = fitting(packets, tun.max_packet)
         if len(good) == len(packets):
             raise  # not about sizes: not ours to swallow
         if good:

@@ -35,7 +35,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from ._framing import Buffer
+from ._framing import Buffer, fitting
 from ._stream import PacketStream
 from ._wait import Stopped, StopSignal, blocking_backend
 
@@ -219,8 +219,7 @@ class ThreadedForwarder:
                 out = batch if transform is None else list(transform(batch))
                 if transform is not None:
                     # What no device could take is the transform's bug: counted.
-                    limit = dst.max_packet
-                    good = [p for p in out if 0 < len(p) <= limit]
+                    good = fitting(out, dst.max_packet)
                     lane.accepted += len(out) - len(good)
                     lane.dropped += len(out) - len(good)
                     out = good
