@@ -520,15 +520,16 @@ def _check_gso_runs(body: bytes, kind: int) -> None:
             items.insert(mode % (len(items) + 1), _Shrinking(items, mode >> 1))
         return items
 
+    def given() -> Sequence[Any]:
+        # The compiled ones take a list as it is and make one of anything else.
+        return tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
+
     ref = outcome(udp.gso_runs, datagrams(), max_segments, max_bytes)
-    # The compiled one takes a list as it is and makes one of anything else.
-    given: Sequence[Any] = tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
-    got = outcome(_accel.gso_runs, given, max_segments, max_bytes)
+    got = outcome(_accel.gso_runs, given(), max_segments, max_bytes)
     assert got == ref, (ref, got)
     # batch_sizes walks the same kind of list (shrinking datagram included).
-    given = tuple(datagrams()) if mode & 2 and not mode & 1 else datagrams()
     sizes_ref = outcome(batch.batch_sizes, datagrams())
-    assert outcome(_accel.batch_sizes, given) == sizes_ref, sizes_ref
+    assert outcome(_accel.batch_sizes, given()) == sizes_ref, sizes_ref
     if ref[0] == "ok" and not mode & 1:
         runs: list[tuple[int, list[Any]]] = ref[1]
         assert [bytes(d) for _, run in runs for d in run] == sizes
