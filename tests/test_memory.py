@@ -31,6 +31,39 @@ async def test_full_queue_drops_and_counts() -> None:
     assert await b.receive_batch(10) == [b"1", b"2"]
 
 
+async def test_default_batch_stops_after_its_byte_budget() -> None:
+    # 32 KiB packets: the budget (not the 64-read cap) ends each batch, with
+    # the read that reaches it exactly; nothing is lost or reordered.
+    from trio_tun._stream import DEFAULT_BATCH, DEFAULT_BATCH_BYTES
+
+    size = 32 * 1024
+    per_batch, rest = divmod(DEFAULT_BATCH_BYTES, size)
+    assert rest == 0 and per_batch < DEFAULT_BATCH
+    a, b = memory_tun_pair()
+    sent = [bytes([0x45, i]) + bytes(size - 2) for i in range(2 * per_batch + 2)]
+    await a.send_batch(sent)
+    batches: list[list[bytes]] = []
+    with anyio.fail_after(10):
+        while sum(map(len, batches)) < len(sent):
+            batches.append(await b.receive_batch())
+    assert [len(batch) for batch in batches] == [per_batch, per_batch, 2]
+    assert [packet for batch in batches for packet in batch] == sent
+    assert b.statistics().reads == len(sent)
+
+
+async def test_default_batch_takes_up_to_64_small_reads() -> None:
+    from trio_tun._stream import DEFAULT_BATCH
+
+    a, b = memory_tun_pair()
+    sent = [bytes([0x45, i]) + bytes(1398) for i in range(DEFAULT_BATCH + 5)]
+    await a.send_batch(sent)
+    with anyio.fail_after(10):
+        first = await b.receive_batch()
+        second = await b.receive_batch() if len(first) < len(sent) else []
+    assert (len(first), len(second)) == (DEFAULT_BATCH, 5)
+    assert first + second == sent
+
+
 async def test_peer_close_ends_iteration() -> None:
     a, b = memory_tun_pair()
     await a.send(b"last")
