@@ -13,6 +13,7 @@ import anyio.to_thread
 from ..._config import NO_OFFLOAD, TCP_OFFLOAD, Layer, OffloadFlags, TunConfig, validate_name
 from ..._errors import DeviceBusyError, OffloadUnavailableError, TunPermissionError
 from ..._framing import Framing, PlainFraming, VirtioFraming
+from ..._malloc import adapt_malloc
 from ..._ports import FdPort, Port
 from .. import Device, FdSpec, plain_fd_device
 from . import netns, tun
@@ -49,6 +50,9 @@ def _iff_flags(config: TunConfig, vnet_hdr: bool) -> int:
 
 def _framing(vnet_hdr: bool, offload: OffloadFlags) -> Framing:
     if vnet_hdr:
+        # Super-packets are split and coalesced: batches of large, short-lived
+        # buffers that glibc would otherwise hand back to the kernel each time.
+        adapt_malloc()
         return VirtioFraming(coalescing=offload.enabled, uso=offload.uso)
     return PlainFraming()
 
