@@ -96,7 +96,7 @@ class ThreadedForwarder:
     For a two-way forwarder between devices A and B, the lanes are ``(a, b)``
     and ``(b, a)`` (and, with several queues, one pair per queue).  Each lane
     reads batches from its source (super-packets split when offload is on, up
-    to 64 reads at a time), passes them through *transform* (default:
+    to 64 reads or 512 KiB at a time), passes them through *transform* (default:
     unchanged) and writes the result to its destination (coalesced when
     offload is on).  A stream must belong to one lane and must not be used by
     anything else while :meth:`run` runs (``BusyResourceError`` otherwise).
