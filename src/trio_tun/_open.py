@@ -160,7 +160,11 @@ def open_tun(
             here.  Needs ``CAP_SYS_ADMIN`` too.
         offload: ``"auto"`` (use virtio-net offload when the kernel has it),
             ``True`` (require it) or ``False`` (off; also clears a persistent
-            device's offload mask).
+            device's offload mask).  With offload on, glibc's malloc is
+            hinted once per process to keep up to 8 MiB of freed memory
+            instead of returning each batch's to the kernel (see "Memory
+            between batches" in the performance docs; a threshold set with
+            ``MALLOC_TRIM_THRESHOLD_`` or ``mallopt`` takes precedence).
         queues: Number of queues (``IFF_MULTI_QUEUE`` when more than one).
         wintun_dll: Windows only: path of ``wintun.dll`` (default: next to the
             application, then the DLL search path).  Ignored elsewhere.

@@ -1038,7 +1038,9 @@ def open_udp(
             One process can hold endpoints in several namespaces.
         gso: Segment sends with ``UDP_SEGMENT``: ``"auto"`` when the kernel
             offers it, ``True`` to insist (``OSError`` otherwise), ``False`` never.
-        gro: Coalesce receives with ``UDP_GRO``, likewise.
+        gro: Coalesce receives with ``UDP_GRO``, likewise.  When it is on,
+            glibc's malloc gets the same once-per-process hint as a device
+            with offload (see :func:`trio_tun.open_tun`).
 
     Raises:
         ValueError: inconsistent arguments (a port out of range, a remote
