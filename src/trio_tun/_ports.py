@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -83,6 +84,106 @@ def _frame_loops() -> tuple[
 
 
 _read_frames, _write_frames = _frame_loops()
+
+# -- the frame pump of a forwarding thread ---------------------------------------------
+
+#: Fields of a pump's state buffer (an ``array('Q')`` of ``PUMP_FIELDS``), the
+#: same in ``_speedups.pump_frames``: a stop flag the owner sets from any thread,
+#: then live counters.
+PUMP_STOP: Final = 0
+PUMP_READS: Final = 1
+PUMP_READ_BYTES: Final = 2
+PUMP_WRITES: Final = 3
+PUMP_WRITE_BYTES: Final = 4
+PUMP_DROPPED: Final = 5
+PUMP_FIELDS: Final = 6
+
+# poll()'s event bits (Linux, the BSDs and macOS agree).
+_POLLIN: Final = 0x001
+_POLLOUT: Final = 0x004
+
+
+if sys.platform != "win32":
+
+    def _ready(fd: int, events: int, stop_fd: int) -> bool:
+        """Block until *fd* is ready (True) or *stop_fd* is readable (False)."""
+        import select
+
+        poller = select.poll()
+        poller.register(fd, events)
+        poller.register(stop_fd, _POLLIN)
+        return not any(ready_fd == stop_fd for ready_fd, _ in poller.poll())
+
+else:  # pragma: no cover - Windows has no fds to pump (wintun rings)
+
+    def _ready(fd: int, events: int, stop_fd: int) -> bool:
+        raise NotImplementedError("the frame pump needs poll(), which Windows lacks")
+
+
+def _pump_frames_py(
+    src_fd: int,
+    dst_fd: int,
+    size: int,
+    limit: int,
+    stop_read_fd: int,
+    stop_write_fd: int,
+    state: array[int],
+) -> tuple[int, bool]:
+    """The pure-Python twin of ``_speedups.pump_frames`` (same results, GIL held between calls)."""
+    held: bytes | None = None
+    while True:
+        if held is None:
+            if state[PUMP_STOP]:
+                return 0, False
+            try:
+                frame = os.read(src_fd, size)
+            except BlockingIOError:
+                if not _ready(src_fd, _POLLIN, stop_read_fd):
+                    return 0, False
+                continue
+            except OSError as exc:
+                return exc.errno or errno.EIO, False
+            if not frame:
+                return FRAMES_EOF, False
+            state[PUMP_READS] += 1
+            state[PUMP_READ_BYTES] += len(frame)
+            if len(frame) > limit:
+                state[PUMP_DROPPED] += 1
+                continue
+            held = frame
+        try:
+            n = os.write(dst_fd, held)
+        except BlockingIOError:
+            if _ready(dst_fd, _POLLOUT, stop_write_fd):
+                continue
+            state[PUMP_DROPPED] += 1
+            return 0, True
+        except OSError as exc:
+            state[PUMP_DROPPED] += 1
+            return exc.errno or errno.EIO, True
+        held = None
+        state[PUMP_WRITES] += 1
+        state[PUMP_WRITE_BYTES] += n
+
+
+def _frame_pump() -> Callable[..., tuple[int, bool]]:
+    if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
+        return _pump_frames_py
+    try:
+        from .offload import _speedups
+    except ImportError:  # built without the extension
+        return _pump_frames_py
+    return getattr(_speedups, "pump_frames", _pump_frames_py)
+
+
+#: ``pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state)
+#: -> (status, writing)``: frames from one fd to another until stopped or failed.
+#: Frames longer than *limit* are dropped and counted.  ``(0, False)``: stopped
+#: between frames; ``(0, True)``: stopped while a frame waited for room (that
+#: frame dropped); ``(errno, False)``: a read failed (``FRAMES_EOF``: it
+#: returned 0), nothing lost; ``(errno, True)``: a write failed, that frame
+#: dropped.  The compiled pump runs the whole loop without the GIL.
+pump_frames = _frame_pump()
 
 
 class Port(Protocol):

@@ -1,4 +1,5 @@
 # Types of the optional C extension built from _speedups.c.
+from array import array
 from collections.abc import Iterable, Sequence, Sized
 from typing import Any
 
@@ -58,6 +59,16 @@ def recvmmsg(
 ) -> list[tuple[int, list[tuple[int, int, bytes]], int, Any]]: ...
 def read_frames(fd: int, max_frames: int, size: int, /) -> tuple[list[bytes], int]: ...
 def write_frames(fd: int, frames: Sequence[_Buffer], start: int, /) -> tuple[int, int, int]: ...
+def pump_frames(
+    src_fd: int,
+    dst_fd: int,
+    size: int,
+    limit: int,
+    stop_read_fd: int,
+    stop_write_fd: int,
+    state: array[int],
+    /,
+) -> tuple[int, bool]: ...
 def split_gro(buffer: _Buffer, gso_size: int, /) -> list[bytes]: ...
 def gso_runs(
     datagrams: Sequence[_Buffer], max_segments: int, max_bytes: int, /
