@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, TypeVar
 
@@ -35,7 +37,20 @@ import anyio
 import anyio.to_thread
 import attrs
 
+from ._errors import DROP_ERRNOS
 from ._framing import Buffer, fitting
+from ._ports import (
+    FRAMES_EOF,
+    PUMP_DROPPED,
+    PUMP_FIELDS,
+    PUMP_READ_BYTES,
+    PUMP_READS,
+    PUMP_STOP,
+    PUMP_WRITE_BYTES,
+    PUMP_WRITES,
+    FdPort,
+    pump_frames,
+)
 from ._stream import PacketStream
 from ._wait import Stopped, StopSignal, blocking_backend
 
@@ -88,6 +103,20 @@ class _Lane:
     accepted: int = 0
     written: int = 0
     dropped: int = 0
+    #: Raw lanes: the frame pump's stop flag and live counters (``_ports.PUMP_*``),
+    #: shared with the thread that runs it.
+    pump: array[int] = attrs.field(factory=lambda: array("Q", bytes(8 * PUMP_FIELDS)))
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(received, accepted, written, dropped), the pump's frames included."""
+        pump = self.pump
+        frames = pump[PUMP_READS]
+        return (
+            self.received + frames,
+            self.accepted + frames,
+            self.written + pump[PUMP_WRITES],
+            self.dropped + pump[PUMP_DROPPED],
+        )
 
 
 class ThreadedForwarder:
@@ -107,6 +136,12 @@ class ThreadedForwarder:
         transform: Called in the lane's thread with each batch; it must not
             touch the event loop.  It holds the GIL while it runs, so keep it
             short or use the engine instead.
+        raw: Pass frames through unparsed (``receive_raw``/``send_raw``
+            semantics): each read is written as it came, virtio header and
+            super-packet included, by a compiled loop that holds no GIL
+            between frames.  For passthrough between devices of the same
+            framing (both with offload, or both without); no *transform*.
+            A frame longer than the destination takes is dropped and counted.
         grace: Seconds a lane may take, after cancellation, to finish writing
             the batch it has in hand.
     """
@@ -116,6 +151,7 @@ class ThreadedForwarder:
         lanes: Sequence[tuple[PacketStream, PacketStream]],
         *,
         transform: Transform | None = None,
+        raw: bool = False,
         grace: float = DEFAULT_GRACE,
     ) -> None:
         if not lanes:
@@ -128,6 +164,11 @@ class ThreadedForwarder:
         for stream in streams:
             if stream.fileno() < 0:
                 raise ValueError(f"{stream!r} has no file descriptor: it can't run in a thread")
+        if raw:
+            if transform is not None:
+                raise ValueError("a raw forwarder passes frames unchanged: it takes no transform")
+            for src, dst in lanes:
+                _check_raw_lane(src, dst)
         sources = [src for src, _ in lanes]
         destinations = [dst for _, dst in lanes]
         if len(set(map(id, sources))) != len(sources) or len(set(map(id, destinations))) != len(
@@ -136,16 +177,18 @@ class ThreadedForwarder:
             raise ValueError("a stream can be the source (or destination) of one lane only")
         self._lanes = [_Lane(src, dst) for src, dst in lanes]
         self._transform = transform
+        self._raw = raw
         self._grace = grace
         self._running = False
 
     def statistics(self) -> ForwarderStatistics:
         """A snapshot of the counters, summed over the lanes."""
-        accepted = sum(lane.accepted for lane in self._lanes)
-        written = sum(lane.written for lane in self._lanes)
-        dropped = sum(lane.dropped for lane in self._lanes)
+        # Column sums over the lanes: (received, accepted, written, dropped).
+        received, accepted, written, dropped = (
+            sum(column) for column in zip(*(lane.counts() for lane in self._lanes), strict=True)
+        )
         return ForwarderStatistics(
-            received=sum(lane.received for lane in self._lanes),
+            received=received,
             accepted=accepted,
             written=written,
             dropped=dropped,
@@ -162,6 +205,7 @@ class ThreadedForwarder:
                 lane.done = anyio.Event()
                 lane.stop = StopSignal()
                 lane.stopping = False
+                lane.pump[PUMP_STOP] = 0
             async with anyio.create_task_group() as task_group:
                 for lane in self._lanes:
                     task_group.start_soon(self._run_lane, lane)
@@ -181,6 +225,7 @@ class ThreadedForwarder:
         signals = [lane.stop for lane in self._lanes if lane.stop is not None]
         for lane in self._lanes:
             lane.stopping = True
+            lane.pump[PUMP_STOP] = 1
         for signal in signals:
             signal.stop_reading()
         # The threads finish the batch in hand; past the grace period they are
@@ -202,6 +247,9 @@ class ThreadedForwarder:
 
     def _lane_loop(self, lane: _Lane) -> None:
         assert lane.stop is not None
+        if self._raw:
+            self._pump_lane(lane, lane.stop)
+            return
         backend = blocking_backend(lane.stop)
         src, dst = lane.src, lane.dst
         transform = self._transform
@@ -238,3 +286,74 @@ class ThreadedForwarder:
         finally:
             src._use_backend(None, receiving=True)
             dst._use_backend(None, receiving=False)
+
+    def _pump_lane(self, lane: _Lane, stop: StopSignal) -> None:
+        src, dst = lane.src, lane.dst
+        src_port, dst_port = src._port, dst._port
+        assert isinstance(src_port, FdPort) and isinstance(dst_port, FdPort)
+        size, limit = len(src._read_buffer), len(dst._read_buffer)
+        pump = lane.pump
+        # Held for the whole run: another task's receive() or send() on these
+        # directions is a BusyResourceError, as with any other user.
+        with src._receive_guard, dst._send_guard:
+            while True:
+                before = pump.tolist()
+                try:
+                    status, writing = pump_frames(
+                        src_port._open_fd(),
+                        dst_port._open_fd(),
+                        size,
+                        limit,
+                        stop.reading_r,
+                        stop.writing_r,
+                        pump,
+                    )
+                finally:
+                    _count_pumped(src, dst, before, pump)
+                if status == 0:
+                    return
+                if writing and status in DROP_ERRNOS:
+                    # Refused like send_raw's frames (not IP, device down): counted.
+                    dst_port.refused_errno = status
+                    continue
+                if status == FRAMES_EOF:
+                    raise anyio.EndOfStream
+                port, doing = (dst_port, "writing") if writing else (src_port, "reading")
+                raise port._error(OSError(status, os.strerror(status)), doing)
+
+
+def _check_raw_lane(src: PacketStream, dst: PacketStream) -> None:
+    if not (isinstance(src._port, FdPort) and isinstance(dst._port, FdPort)):
+        raise ValueError("a raw forwarder needs streams with file descriptors")
+    if (
+        type(src._framing) is not type(dst._framing)
+        or src._framing.header_len != dst._framing.header_len
+        or src._packet_info != dst._packet_info
+        or src._layer is not dst._layer
+    ):
+        raise ValueError(
+            f"a raw lane passes frames unchanged, so {src!r} and {dst!r} need the same "
+            "framing (both with offload or both without, the same packet_info, TUN to TUN "
+            "or TAP to TAP)"
+        )
+
+
+def _count_pumped(
+    src: PacketStream, dst: PacketStream, before: list[int], pump: array[int]
+) -> None:
+    """Add what the pump moved since *before* to the streams' own counters."""
+    reads = pump[PUMP_READS] - before[PUMP_READS]
+    read_bytes = pump[PUMP_READ_BYTES] - before[PUMP_READ_BYTES]
+    writes = pump[PUMP_WRITES] - before[PUMP_WRITES]
+    write_bytes = pump[PUMP_WRITE_BYTES] - before[PUMP_WRITE_BYTES]
+    # As receive_raw and send_raw count a frame: header included.
+    rx, tx = src._counters, dst._counters
+    rx.reads += reads
+    rx.read_bytes += read_bytes
+    rx.rx_packets += reads
+    rx.rx_bytes += read_bytes
+    tx.writes += writes
+    tx.write_bytes += write_bytes
+    tx.tx_packets += writes
+    tx.tx_bytes += write_bytes
+    tx.tx_dropped += pump[PUMP_DROPPED] - before[PUMP_DROPPED]
