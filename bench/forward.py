@@ -125,6 +125,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("threads-nooffload", "pytun", 1.5),
     ("threads-nooffload", "c-plain", 0.8),
     ("threads-offload", "c-offload", 0.8),
+    ("threads-raw", "c-offload", 0.9),
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
@@ -204,6 +205,14 @@ MODES: dict[str, Mode] = {
             True,
             "threads",
             implementation="speedups",
+        ),
+        Mode(
+            "threads-raw",
+            "trio-tun ThreadedForwarder(raw=True): one thread per direction, virtio frames "
+            "passed through by the compiled pump (no GIL held between frames)",
+            "trio",
+            True,
+            "threads-raw",
         ),
         Mode(
             "trio-perpacket",

@@ -10,6 +10,8 @@ Modes:
          inside the stream, but no batching), for the with/without comparison.
   threads  ``ThreadedForwarder``: each direction's receive_batch/send_batch
          loop in its own OS thread (the GIL released in the system calls).
+  threads-raw  ``ThreadedForwarder(raw=True)``: each direction's frames passed
+         through by the compiled pump in its own OS thread.
 
 The offload implementation (compiled speedups or pure Python) is chosen at
 import time by ``TRIO_TUN_PURE_PYTHON``; the harness sets it per mode.
@@ -35,7 +37,9 @@ from trio_tun.threaded import ThreadedForwarder
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=["raw", "batch", "packet", "threads"], required=True)
+    parser.add_argument(
+        "--mode", choices=["raw", "batch", "packet", "threads", "threads-raw"], required=True
+    )
     parser.add_argument("--offload", action="store_true", help="IFF_VNET_HDR + TSO mask")
     parser.add_argument(
         "--batch", type=int, default=None, help="max_packets for receive_batch (library default)"
@@ -92,8 +96,11 @@ async def _forward(
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                if mode == "threads":
-                    nursery.start_soon(ThreadedForwarder([(a, b), (b, a)], grace=1.0).run)
+                if mode in ("threads", "threads-raw"):
+                    forwarder = ThreadedForwarder(
+                        [(a, b), (b, a)], grace=1.0, raw=mode == "threads-raw"
+                    )
+                    nursery.start_soon(forwarder.run)
                 else:
                     for src, dst in ((a, b), (b, a)):
                         if mode == "raw":
