@@ -619,6 +619,68 @@ def _raw_sockaddr(sock: socket.socket) -> bytes:
     )
 
 
+def pump_calls() -> list[Call]:
+    """pump_frames between two SOCK_SEQPACKET pairs.  The stop-read pipe holds a
+    byte from the start, so every call forwards what is queued and returns as
+    soon as the source runs dry; the test side drains the destination."""
+    import array
+
+    src, src_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dst, dst_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    eof, eof_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gone, gone_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    eof_peer.close()  # reads 0: the end of the stream
+    gone_peer.close()  # writes fail: EPIPE
+    for s in (src, src_peer, dst, dst_peer, eof, gone):
+        s.setblocking(False)
+    _KEEP.extend([src, src_peer, dst, dst_peer, eof, gone])
+    stop_r, stop_w = os.pipe()
+    idle_r, _idle_w = os.pipe()
+    os.write(stop_w, b"s")
+    pump = _speedups.pump_frames
+    state = array.array("Q", bytes(48))
+    stopped = array.array("Q", [1, 0, 0, 0, 0, 0])
+
+    def drain() -> None:
+        try:
+            while True:
+                dst_peer.recv(70_000)
+        except BlockingIOError:
+            pass
+
+    def forward(frames: list[bytes], limit: int) -> Call:
+        def call() -> object:
+            for frame in frames:
+                src_peer.send(frame)
+            try:
+                return pump(src.fileno(), dst.fileno(), 4096, limit, stop_r, idle_r, state)
+            finally:
+                drain()
+
+        return call
+
+    def to_gone() -> object:
+        src_peer.send(b"x" * 10)
+        return pump(src.fileno(), gone.fileno(), 4096, 4096, stop_r, idle_r, state)
+
+    return [
+        forward([b"a" * 100, b"b" * 1500, b"c"], 4096),
+        forward([b"d" * 3000, b"e" * 10], 1000),  # the long one dropped
+        forward([], 10),
+        to_gone,
+        lambda: pump(eof.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, state),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, idle_r, idle_r, stopped),
+        # invalid
+        lambda: pump(-1, dst.fileno(), 4096, 4096, stop_r, idle_r, state),
+        lambda: pump(src.fileno(), dst.fileno(), 0, 4096, stop_r, idle_r, state),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 0, stop_r, idle_r, state),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, bytes(48)),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, bytearray(8)),
+        lambda: pump(src.fileno(), dst.fileno(), "x", 4096, stop_r, idle_r, state),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r),
+    ]
+
+
 def entry_points(udp: bool) -> dict[str, list[Call]]:
     points = {
         "ones_complement_sum": checksum_calls("ones_complement_sum"),
@@ -639,6 +701,8 @@ def entry_points(udp: bool) -> dict[str, list[Call]]:
     if hasattr(_speedups, "read_frames"):
         points["write_frames"] = frame_loop_calls("write_frames")
         points["read_frames"] = frame_loop_calls("read_frames")
+    if hasattr(_speedups, "pump_frames"):
+        points["pump_frames"] = pump_calls()
     return points
 
 
