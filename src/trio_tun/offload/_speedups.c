@@ -2450,14 +2450,11 @@ fail:
 
 #define FRAMES_EOF (-1)
 
+/* An int argument that names a file descriptor. */
 static int
-frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
+fd_arg(PyObject *obj, int *fd)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
-        return -1;
-    }
-    long v = PyLong_AsLong(args[0]);
+    long v = PyLong_AsLong(obj);
     if (v == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -2467,6 +2464,16 @@ frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
     }
     *fd = (int)v;
     return 0;
+}
+
+static int
+frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 3 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    return fd_arg(args[0], fd);
 }
 
 /* Frames moved per trip without the GIL: the GIL is released once per chunk,
@@ -2714,15 +2721,9 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
     }
     const int fd_args[4] = {0, 1, 4, 5};
     for (int k = 0; k < 4; k++) {
-        long v = PyLong_AsLong(args[fd_args[k]]);
-        if (v == -1 && PyErr_Occurred()) {
+        if (fd_arg(args[fd_args[k]], &fds[k]) < 0) {
             return NULL;
         }
-        if (v < 0 || v > INT_MAX) {
-            PyErr_SetString(PyExc_ValueError, "fd out of range");
-            return NULL;
-        }
-        fds[k] = (int)v;
     }
     size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
     if (size == -1 && PyErr_Occurred()) {
