@@ -75,15 +75,21 @@ def drive(coroutine: Coroutine[Any, Any, _T]) -> _T:
 
 @attrs.frozen
 class ForwarderStatistics:
-    """Counters of a :class:`ThreadedForwarder`, summed over its lanes."""
+    """Counters of a :class:`ThreadedForwarder`, summed over its lanes.
+
+    A raw forwarder (``raw=True``) counts frames: one per read, a whole
+    super-packet with its virtio header when offload is on.
+    """
 
     #: Packets the lanes read.
     received: int
-    #: Packets the lanes set out to write (what *transform* returned).
+    #: Packets the lanes set out to write (what *transform* returned; for raw
+    #: lanes every frame read).
     accepted: int
     #: Of those, packets the kernel took.
     written: int
-    #: Of those, packets refused, or not written when the grace period ran out.
+    #: Of those, packets refused, too long for the destination (raw lanes), or
+    #: not written when the grace period ran out.
     dropped: int
     #: Accepted packets not yet written nor dropped (0 once ``run`` returned).
     in_flight: int
