@@ -206,7 +206,8 @@ async def test_a_raw_lane_that_never_waits_still_stops_at_once() -> None:
     fds = fd_count()
     zero = from_fd(os.open("/dev/zero", os.O_RDONLY))
     null = from_fd(os.open("/dev/null", os.O_WRONLY))
-    forwarder = ThreadedForwarder([(zero, null)], raw=True, grace=0.5)
+    # A grace period far longer than any stop should take on a loaded machine.
+    forwarder = ThreadedForwarder([(zero, null)], raw=True, grace=30.0)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forwarder.run)
@@ -220,8 +221,8 @@ async def test_a_raw_lane_that_never_waits_still_stops_at_once() -> None:
     stats = forwarder.statistics()
     assert stats.written >= 1000
     assert stats.received == stats.written and stats.dropped == 0, stats
-    # Stopped by the flag, not by the grace period running out.
-    assert elapsed < 0.5, elapsed
+    # Stopped by the flag, long before the grace period could run out.
+    assert elapsed < 10, elapsed
     assert zero.statistics().read_bytes == null.statistics().write_bytes == 65535 * stats.written
     zero.close()
     null.close()
