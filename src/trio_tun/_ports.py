@@ -28,7 +28,7 @@ import sniffio
 import trio
 
 from ._errors import DROP_ERRNOS, ClosedResourceError, io_error
-from ._wait import Backend, current_backend
+from ._wait import POLLIN, POLLOUT, Backend, Stopped, current_backend, poll_until
 
 Buffer = bytes | bytearray | memoryview
 
@@ -98,27 +98,6 @@ PUMP_WRITE_BYTES: Final = 4
 PUMP_DROPPED: Final = 5
 PUMP_FIELDS: Final = 6
 
-# poll()'s event bits (Linux, the BSDs and macOS agree).
-_POLLIN: Final = 0x001
-_POLLOUT: Final = 0x004
-
-
-if sys.platform != "win32":
-
-    def _ready(fd: int, events: int, stop_fd: int) -> bool:
-        """Block until *fd* is ready (True) or *stop_fd* is readable (False)."""
-        import select
-
-        poller = select.poll()
-        poller.register(fd, events)
-        poller.register(stop_fd, _POLLIN)
-        return not any(ready_fd == stop_fd for ready_fd, _ in poller.poll())
-
-else:  # pragma: no cover - Windows has no fds to pump (wintun rings)
-
-    def _ready(fd: int, events: int, stop_fd: int) -> bool:
-        raise NotImplementedError("the frame pump needs poll(), which Windows lacks")
-
 
 def _pump_frames_py(
     src_fd: int,
@@ -138,7 +117,9 @@ def _pump_frames_py(
             try:
                 frame = os.read(src_fd, size)
             except BlockingIOError:
-                if not _ready(src_fd, _POLLIN, stop_read_fd):
+                try:
+                    poll_until(src_fd, POLLIN, stop_read_fd)
+                except Stopped:
                     return 0, False
                 continue
             except OSError as exc:
@@ -154,10 +135,12 @@ def _pump_frames_py(
         try:
             n = os.write(dst_fd, held)
         except BlockingIOError:
-            if _ready(dst_fd, _POLLOUT, stop_write_fd):
-                continue
-            state[PUMP_DROPPED] += 1
-            return 0, True
+            try:
+                poll_until(dst_fd, POLLOUT, stop_write_fd)
+            except Stopped:
+                state[PUMP_DROPPED] += 1
+                return 0, True
+            continue
         except OSError as exc:
             state[PUMP_DROPPED] += 1
             return exc.errno or errno.EIO, True

@@ -102,8 +102,8 @@ class YieldBudget:
 
 
 # poll()'s event bits (Linux, the BSDs and macOS agree).
-_POLLIN: Final = 0x001
-_POLLOUT: Final = 0x004
+POLLIN: Final = 0x001
+POLLOUT: Final = 0x004
 
 
 class Stopped(Exception):
@@ -137,10 +137,10 @@ class StopSignal:
 
 if sys.platform != "win32":
 
-    def _poll_until(fd: int, events: int, stop_fd: int) -> None:
+    def poll_until(fd: int, events: int, stop_fd: int) -> None:
         poller = select.poll()
         poller.register(fd, events)
-        poller.register(stop_fd, _POLLIN)
+        poller.register(stop_fd, POLLIN)
         # Blocks with the GIL released; returns when the fd is ready (or errs,
         # which the next read or write reports) or the stop pipe has a byte.
         ready = poller.poll()
@@ -149,7 +149,7 @@ if sys.platform != "win32":
 
 else:  # pragma: no cover - Windows streams have no fd to poll (wintun rings)
 
-    def _poll_until(fd: int, events: int, stop_fd: int) -> None:
+    def poll_until(fd: int, events: int, stop_fd: int) -> None:
         raise NotImplementedError("blocking waits need poll(), which Windows lacks")
 
 
@@ -164,10 +164,10 @@ def blocking_backend(stop: StopSignal) -> Backend:
     """
 
     async def wait_readable(fd: int) -> None:
-        _poll_until(fd, _POLLIN, stop.reading_r)
+        poll_until(fd, POLLIN, stop.reading_r)
 
     async def wait_writable(fd: int) -> None:
-        _poll_until(fd, _POLLOUT, stop.writing_r)
+        poll_until(fd, POLLOUT, stop.writing_r)
 
     async def nothing() -> None:
         return None
