@@ -2664,8 +2664,9 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
 /* A frame pump for a forwarding thread: read a frame from one fd, write it to
  * another, for as long as nothing needs Python.  The whole loop runs without
  * the GIL, so a thread pumping the other direction, or the event loop, runs
- * meanwhile; a Python-level loop paid a GIL hand-over per frame, which cost a
- * two-thread raw forwarder a third of its throughput.
+ * meanwhile.  Two threads driving the streams' receive_raw/send_raw waited for
+ * the GIL after most system calls: 6.9-7.4 Gbit/s with four flows where this
+ * pump moves 13.7 (bench/forward.py, interleaved runs).
  *
  * The caller's state buffer (PUMP_FIELDS native uint64s, 8-byte aligned) is
  * shared with other threads while the pump runs: its stop field is read before
