@@ -32,6 +32,7 @@ from trio_tun._ports import (
     FRAMES_EOF,
     PUMP_DROPPED,
     PUMP_FIELDS,
+    PUMP_POOL,
     PUMP_READ_BYTES,
     PUMP_READS,
     PUMP_STOP,
@@ -153,8 +154,16 @@ class Rig:
         return r, w
 
     def start(
-        self, pump: Pump, limit: int = SIZE, size: int = SIZE, src: int | None = None
+        self,
+        pump: Pump,
+        limit: int = SIZE,
+        size: int = SIZE,
+        src: int | None = None,
+        *,
+        batch: int = 1,
     ) -> PumpThread:
+        # batch == 1 is left out: the call of the 7-argument signature.
+        extra = () if batch == 1 else (batch,)
         run = PumpThread(
             lambda: pump(
                 self.src.fileno() if src is None else src,
@@ -164,6 +173,7 @@ class Rig:
                 self.stop_read_r,
                 self.stop_write_r,
                 self.state,
+                *extra,
             )
         )
         self.runs.append(run)
@@ -484,6 +494,241 @@ def test_counters_continue_from_the_state(pump: Pump) -> None:
     }
 
 
+# -- batches: up to ``batch`` frames are read before they are written ----------------
+
+
+def reads_reach(state: array[int], count: int) -> bool:
+    """Wait (bounded) until the pump has read at least *count* frames."""
+    end = time.monotonic() + DEADLINE
+    for _ in range(MAX_ROUNDS):
+        if state[PUMP_READS] >= count:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
+    return False
+
+
+def source_left(rig: Rig, size: int = SIZE) -> list[bytes]:
+    """Every frame still unread in the source, in order."""
+    left = []
+    for _ in range(MAX_ROUNDS):
+        try:
+            left.append(rig.src.recv(size))
+        except BlockingIOError:
+            return left
+    raise AssertionError("the source never ran dry")
+
+
+#: Linux refuses (EMSGSIZE) a SEQPACKET frame longer than the sender's whole
+#: send buffer (less 32 bytes): SO_SNDBUF 4096 counts as 8192, whatever is queued.
+SMALL_SNDBUF = 4096
+TOO_BIG = b"B" * 20_000
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+@settings(max_examples=30, deadline=None)
+@given(
+    frames=st.lists(st.binary(min_size=1, max_size=3000), max_size=30),
+    limit=st.integers(1, 3100),
+    batch=st.integers(1, 64),
+)
+def test_batched_frames_within_the_limit_cross_in_order(
+    pump: Pump, frames: list[bytes], limit: int, batch: int
+) -> None:
+    kept = [f for f in frames if len(f) <= limit]
+    with make_rig() as rig:
+        rig.src_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        for frame in frames:
+            assert rig.src_peer.send(frame) == len(frame)
+        run = rig.start(pump, limit, batch=batch)
+        assert rig.wait_until(idle_after(rig, len(frames)))
+        rig.stop_reading()
+        assert run.join() == (0, False)
+        rig.drain()
+        assert rig.received == kept
+        assert counters(rig.state) == {
+            "reads": len(frames),
+            "read_bytes": sum(map(len, frames)),
+            "writes": len(kept),
+            "write_bytes": sum(map(len, kept)),
+            "dropped": len(frames) - len(kept),
+        }
+        assert rig.state[PUMP_STOP] == 0
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+def test_a_failed_write_in_a_batch_drops_that_frame_only(pump: Pump) -> None:
+    a, c, d = b"A" * 10, b"C" * 20, b"D" * 30
+    frames = [a, TOO_BIG, c, d]
+    total = sum(map(len, frames))
+    # All four are in the source before the pump starts: one batch of four.
+    with make_rig() as rig:
+        rig.dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SNDBUF)
+        for frame in frames:
+            rig.src_peer.send(frame)
+        run = rig.start(pump, batch=64)
+        assert rig.wait_until(lambda: not run.thread.is_alive())
+        assert run.join() == (errno.EMSGSIZE, True)
+        rig.drain()
+        assert rig.received == [a, c, d]
+        assert counters(rig.state) == {
+            "reads": 4,
+            "read_bytes": total,
+            "writes": 3,
+            "write_bytes": 60,
+            "dropped": 1,
+        }
+        assert source_left(rig) == []
+    # One frame at a time: the pump returns right after the refused frame.
+    with make_rig() as rig:
+        rig.dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SNDBUF)
+        for frame in frames:
+            rig.src_peer.send(frame)
+        run = rig.start(pump, batch=1)
+        assert rig.wait_until(lambda: not run.thread.is_alive())
+        assert run.join() == (errno.EMSGSIZE, True)
+        rig.drain()
+        assert rig.received == [a]
+        assert counters(rig.state) == {
+            "reads": 2,
+            "read_bytes": len(a) + len(TOO_BIG),
+            "writes": 1,
+            "write_bytes": len(a),
+            "dropped": 1,
+        }
+        assert source_left(rig) == [c, d]
+    # Two refusals in one batch (EMSGSIZE, then EPIPE): the first is reported.
+    with make_rig() as rig:
+        rig.dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_SNDBUF)
+        rig.dst_peer.close()
+        for frame in (TOO_BIG, a):
+            rig.src_peer.send(frame)
+        assert rig.start(pump, batch=64).join() == (errno.EMSGSIZE, True)
+        assert counters(rig.state) == {
+            "reads": 2,
+            "read_bytes": len(TOO_BIG) + len(a),
+            "writes": 0,
+            "write_bytes": 0,
+            "dropped": 2,
+        }
+        # The second refusal was a different one indeed.
+        with pytest.raises(BrokenPipeError):
+            rig.dst.send(a)
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+def test_end_of_stream_after_a_batch_in_hand(pump: Pump, rig: Rig) -> None:
+    frames = [b"first", b"second" * 100, b"third"]
+    for frame in frames:
+        rig.src_peer.send(frame)
+    rig.src_peer.close()
+    assert rig.start(pump, batch=64).join() == (FRAMES_EOF, False)
+    rig.drain()
+    assert rig.received == frames
+    total = sum(map(len, frames))
+    assert counters(rig.state) == {
+        "reads": 3,
+        "read_bytes": total,
+        "writes": 3,
+        "write_bytes": total,
+        "dropped": 0,
+    }
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+def test_stop_flag_with_a_batch_in_hand_writes_it(pump: Pump, rig: Rig) -> None:
+    filler = b"\0" * 1000
+    filled = fill(rig.dst, filler)
+    assert filled > 0
+    frames = [b"held-%d" % i for i in range(5)]
+    for frame in frames:
+        rig.src_peer.send(frame)
+    run = rig.start(pump, batch=64)
+    assert reads_reach(rig.state, 5)
+    run.settle_in_poll()
+    total = sum(map(len, frames))
+    assert counters(rig.state) == {
+        "reads": 5,
+        "read_bytes": total,
+        "writes": 0,
+        "write_bytes": 0,
+        "dropped": 0,
+    }
+    rig.state[PUMP_STOP] = 1
+    assert rig.wait_until(lambda: not run.thread.is_alive())
+    assert run.join() == (0, False)
+    rig.drain()
+    assert rig.received == [filler] * filled + frames
+    assert counters(rig.state) == {
+        "reads": 5,
+        "read_bytes": total,
+        "writes": 5,
+        "write_bytes": total,
+        "dropped": 0,
+    }
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+def test_stop_writing_drops_the_whole_batch_in_hand(pump: Pump, rig: Rig) -> None:
+    filler = b"\0" * 1000
+    filled = fill(rig.dst, filler)
+    assert filled > 0
+    frames = [b"held-%d" % i for i in range(5)]
+    for frame in frames:
+        rig.src_peer.send(frame)
+    run = rig.start(pump, batch=64)
+    assert reads_reach(rig.state, 5)
+    run.settle_in_poll()
+    rig.stop_writing()
+    assert run.join() == (0, True)
+    assert counters(rig.state) == {
+        "reads": 5,
+        "read_bytes": sum(map(len, frames)),
+        "writes": 0,
+        "write_bytes": 0,
+        "dropped": 5,
+    }
+    rig.drain()
+    assert rig.received == [filler] * filled
+    assert source_left(rig) == []
+
+
+@pytest.mark.parametrize("pump", PUMPS)
+@pytest.mark.parametrize(("batch", "held"), [(64, 4), (1, 1)])
+def test_a_batch_reads_only_while_the_pool_has_room_for_a_read(
+    pump: Pump, rig: Rig, batch: int, held: int
+) -> None:
+    size, length = 100_000, 50_000
+    if batch > 1:
+        # After k frames the room is size + PUMP_POOL - k * length; a read
+        # needs size of it: three frames leave room for a fourth, four do not.
+        assert (held - 1) * length <= PUMP_POOL < held * length
+    frames = [bytes([65 + i]) * length for i in range(held + 2)]
+    rig.src_peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    for frame in frames:
+        assert rig.src_peer.send(frame) == length
+    filler = b"\0" * 1000
+    filled = fill(rig.dst, filler)
+    assert filled > 0
+    run = rig.start(pump, limit=size, size=size, batch=batch)
+    assert reads_reach(rig.state, held)
+    run.settle_in_poll()
+    assert rig.state[PUMP_READS] == held
+    rig.stop_writing()
+    assert run.join() == (0, True)
+    assert counters(rig.state) == {
+        "reads": held,
+        "read_bytes": held * length,
+        "writes": 0,
+        "write_bytes": 0,
+        "dropped": held,
+    }
+    rig.drain()
+    assert rig.received == [filler] * filled
+    assert source_left(rig, size) == frames[held:]
+
+
 @pytest.mark.skipif(not hasattr(_speedups, "pump_frames"), reason="speedups not built")
 def test_bad_arguments_are_refused(rig: Rig) -> None:
     # Should a bad argument be let through, the call must not block this
@@ -528,7 +773,10 @@ def test_bad_arguments_are_refused(rig: Rig) -> None:
     with pytest.raises(TypeError):
         _speedups.pump_frames(*good[:6])
     with pytest.raises(TypeError):
-        _speedups.pump_frames(*good, 0)
+        _speedups.pump_frames(*good, 1, 0)
+    for batch in (0, -1, 65):
+        with pytest.raises(ValueError):
+            _speedups.pump_frames(*good, batch)
     with pytest.raises(TypeError):
         call(a0="3")
     # The bounds themselves are accepted: the stop flag returns at once, the
@@ -536,6 +784,8 @@ def test_bad_arguments_are_refused(rig: Rig) -> None:
     rig.state[PUMP_STOP] = 1
     for size, limit in ((1, 1), (1 << 20, 1 << 30)):
         assert call(a2=size, a3=limit) == (0, False)
+        for batch in (1, 64):
+            assert _speedups.pump_frames(*good[:2], size, limit, *good[4:], batch) == (0, False)
     rig.state[PUMP_STOP] = 0
     assert call(a2=1 << 20, a3=1) == (FRAMES_EOF, False)
     assert counters(rig.state) == dict.fromkeys(counters(rig.state), 0)

@@ -99,6 +99,16 @@ PUMP_DROPPED: Final = 5
 PUMP_FIELDS: Final = 6
 
 
+#: Frames a pump reads before it writes them (``pump_frames``' *batch*); reads
+#: also stop once the pool has less than a read's *size* of room left, so
+#: super-packets come a few at a time.  Reading a run of packets and then
+#: writing them beats alternating without offload (2.73 against 2.46 Gbit/s,
+#: median of five interleaved pairs); with offload it makes no difference.
+PUMP_BATCH: Final = 64
+#: Room for a batch beyond its first frame, as in ``_speedups.c``.
+PUMP_POOL: Final = 192 * 1024
+
+
 def _pump_frames_py(
     src_fd: int,
     dst_fd: int,
@@ -107,46 +117,67 @@ def _pump_frames_py(
     stop_read_fd: int,
     stop_write_fd: int,
     state: array[int],
+    batch: int = 1,
 ) -> tuple[int, bool]:
     """The pure-Python twin of ``_speedups.pump_frames`` (same results, GIL held between calls)."""
-    held: bytes | None = None
+    room = size if batch == 1 else size + PUMP_POOL
     while True:
-        if held is None:
+        held: list[bytes] = []
+        used = 0
+        read_end: int | None = None
+        while len(held) < batch and room - used >= size:
             if state[PUMP_STOP]:
-                return 0, False
+                break
             try:
                 frame = os.read(src_fd, size)
             except BlockingIOError:
+                if held:
+                    break
                 try:
                     poll_until(src_fd, POLLIN, stop_read_fd)
                 except Stopped:
-                    return 0, False
+                    break
                 continue
             except OSError as exc:
-                return exc.errno or errno.EIO, False
+                read_end = exc.errno or errno.EIO
+                break
             if not frame:
-                return FRAMES_EOF, False
+                read_end = FRAMES_EOF
+                break
             state[PUMP_READS] += 1
             state[PUMP_READ_BYTES] += len(frame)
             if len(frame) > limit:
                 state[PUMP_DROPPED] += 1
                 continue
-            held = frame
-        try:
-            n = os.write(dst_fd, held)
-        except BlockingIOError:
-            try:
-                poll_until(dst_fd, POLLOUT, stop_write_fd)
-            except Stopped:
-                state[PUMP_DROPPED] += 1
-                return 0, True
-            continue
-        except OSError as exc:
-            state[PUMP_DROPPED] += 1
-            return exc.errno or errno.EIO, True
-        held = None
-        state[PUMP_WRITES] += 1
-        state[PUMP_WRITE_BYTES] += n
+            held.append(frame)
+            used += len(frame)
+        if not held and read_end is None:
+            return 0, False
+        write_error = 0
+        for i, frame in enumerate(held):
+            while True:
+                try:
+                    n = os.write(dst_fd, frame)
+                except BlockingIOError:
+                    try:
+                        poll_until(dst_fd, POLLOUT, stop_write_fd)
+                    except Stopped:
+                        # No room before the stop: what is in hand is given up.
+                        state[PUMP_DROPPED] += len(held) - i
+                        return 0, True
+                    continue
+                except OSError as exc:
+                    # Refused: this frame is given up, the others still go.
+                    state[PUMP_DROPPED] += 1
+                    write_error = write_error or exc.errno or errno.EIO
+                else:
+                    state[PUMP_WRITES] += 1
+                    state[PUMP_WRITE_BYTES] += n
+                break
+        if write_error:
+            return write_error, True
+        if read_end is not None:
+            return read_end, False
 
 
 def _frame_pump() -> Callable[..., tuple[int, bool]]:
@@ -159,13 +190,15 @@ def _frame_pump() -> Callable[..., tuple[int, bool]]:
     return getattr(_speedups, "pump_frames", _pump_frames_py)
 
 
-#: ``pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state)
-#: -> (status, writing)``: frames from one fd to another until stopped or failed.
-#: Frames longer than *limit* are dropped and counted.  ``(0, False)``: stopped
-#: between frames; ``(0, True)``: stopped while a frame waited for room (that
-#: frame dropped); ``(errno, False)``: a read failed (``FRAMES_EOF``: it
-#: returned 0), nothing lost; ``(errno, True)``: a write failed, that frame
-#: dropped.  The compiled pump runs the whole loop without the GIL.
+#: ``pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state,
+#: batch=1) -> (status, writing)``: frames from one fd to another until stopped
+#: or failed, up to *batch* read before they are written.  Frames longer than
+#: *limit* are dropped and counted.  ``(0, False)``: stopped between batches;
+#: ``(0, True)``: stopped while frames waited for room (those dropped);
+#: ``(errno, False)``: a read failed (``FRAMES_EOF``: it returned 0) and the
+#: frames read before it were written, nothing lost; ``(errno, True)``: a write
+#: failed, that frame dropped, the rest of its batch written.  The compiled
+#: pump runs the whole loop without the GIL.
 pump_frames = _frame_pump()
 
 

@@ -41,6 +41,7 @@ from ._errors import DROP_ERRNOS
 from ._framing import Buffer, fitting
 from ._ports import (
     FRAMES_EOF,
+    PUMP_BATCH,
     PUMP_DROPPED,
     PUMP_FIELDS,
     PUMP_READ_BYTES,
@@ -145,9 +146,12 @@ class ThreadedForwarder:
         raw: Pass frames through unparsed (``receive_raw``/``send_raw``
             semantics): each read is written as it came, virtio header and
             super-packet included, by a compiled loop that holds no GIL
-            between frames.  For passthrough between devices of the same
-            framing (both with offload, or both without); no *transform*.
-            A frame longer than the destination takes is dropped and counted.
+            between frames and reads a run of them (up to 64 packets, or a
+            few super-packets) before writing it.  For passthrough between
+            devices of the same framing (both with offload, or both
+            without); no *transform*.  A frame longer than the destination
+            takes is dropped and counted.  This is the fastest way to
+            forward, with or without offload.
         grace: Seconds a lane may take, after cancellation, to finish writing
             the batch it has in hand.
     """
@@ -313,6 +317,7 @@ class ThreadedForwarder:
                         stop.reading_r,
                         stop.writing_r,
                         pump,
+                        PUMP_BATCH,
                     )
                 finally:
                     _count_pumped(src, dst, before, pump)

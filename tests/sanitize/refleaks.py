@@ -648,26 +648,43 @@ def pump_calls() -> list[Call]:
         except BlockingIOError:
             pass
 
-    def forward(frames: list[bytes], limit: int) -> Call:
+    def forward(frames: list[bytes], limit: int, batch: int = 1) -> Call:
         def call() -> object:
             for frame in frames:
                 src_peer.send(frame)
             try:
-                return pump(src.fileno(), dst.fileno(), 4096, limit, stop_r, idle_r, state)
+                return pump(src.fileno(), dst.fileno(), 4096, limit, stop_r, idle_r, state, batch)
             finally:
                 drain()
 
         return call
 
-    def to_gone() -> object:
-        src_peer.send(b"x" * 10)
-        return pump(src.fileno(), gone.fileno(), 4096, 4096, stop_r, idle_r, state)
+    def to_gone(batch: int = 1) -> Call:
+        def call() -> object:
+            src_peer.send(b"x" * 10)
+            src_peer.send(b"y" * 20)
+            try:
+                return pump(src.fileno(), gone.fileno(), 4096, 4096, stop_r, idle_r, state, batch)
+            finally:
+                drain_src()
+
+        return call
+
+    def drain_src() -> None:
+        try:
+            while True:
+                src.recv(70_000)
+        except BlockingIOError:
+            pass
 
     return [
         forward([b"a" * 100, b"b" * 1500, b"c"], 4096),
         forward([b"d" * 3000, b"e" * 10], 1000),  # the long one dropped
         forward([], 10),
-        to_gone,
+        # a run of frames read before they are written, one of them dropped
+        forward([b"f" * 100, b"g" * 3000, b"h" * 1500, b"i"], 2000, 64),
+        to_gone(),
+        to_gone(64),
         lambda: pump(eof.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, state),
         lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, idle_r, idle_r, stopped),
         # invalid
@@ -678,6 +695,8 @@ def pump_calls() -> list[Call]:
         lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, bytearray(8)),
         lambda: pump(src.fileno(), dst.fileno(), "x", 4096, stop_r, idle_r, state),
         lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, state, 0),
+        lambda: pump(src.fileno(), dst.fileno(), 4096, 4096, stop_r, idle_r, state, 65),
     ]
 
 

@@ -2678,6 +2678,10 @@ py_write_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
 enum { PUMP_STOP, PUMP_READS, PUMP_READ_BYTES, PUMP_WRITES, PUMP_WRITE_BYTES, PUMP_DROPPED,
        PUMP_FIELDS };
 
+/* Room for a batch beyond its first frame: 64 packets of a 1500-byte MTU, or
+ * three more super-packets. */
+#define PUMP_POOL (192 * 1024)
+
 /* Wait until fd is ready for events or stop_fd is readable.  Returns 1 for
  * ready (or in error: the next system call on fd reports it), 0 for stop, or
  * -1 with errno (EINTR included) when poll itself failed. */
@@ -2697,27 +2701,31 @@ pump_store(uint64_t *state, int field, uint64_t value)
     __atomic_store_n(&state[field], value, __ATOMIC_RELAXED);
 }
 
-/* pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state, /)
- *     -> (status, writing)
+/* pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state,
+ *             batch=1, /) -> (status, writing)
  *
  * Moves frames of at most size bytes from src_fd to dst_fd (both
- * non-blocking), waiting with poll when one is not ready.  A frame longer
- * than limit is dropped and counted.  Returns when:
+ * non-blocking), waiting with poll when one is not ready.  Up to batch frames
+ * are read (until the source has no more) before they are written in order.
+ * A frame longer than limit is dropped and counted.  Returns when:
  *   - state[PUMP_STOP] is non-zero before a read, or stop_read_fd becomes
  *     readable while waiting to read: (0, False), no frame in hand;
- *   - a read fails: (errno, False), nothing lost (-1: the read returned 0);
- *   - a write fails other than with EAGAIN: (errno, True), that frame dropped;
- *   - stop_write_fd becomes readable while a frame waits for room: (0, True),
- *     that frame dropped.
+ *   - a read fails: (errno, False) once the frames read before it are
+ *     written, nothing lost (-1: the read returned 0);
+ *   - a write fails other than with EAGAIN: that frame is dropped, the rest
+ *     of the batch is still written, then (errno of the first failure, True);
+ *   - stop_write_fd becomes readable while frames wait for room: (0, True),
+ *     the frames still in hand dropped.
  * A failing poll returns its errno the same way.  An interrupted system call
- * is retried after the signal handlers ran (a handler's exception is raised). */
+ * is retried after the signal handlers ran (a handler's exception is raised,
+ * the frames in hand counted as dropped). */
 static PyObject *
 py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
     int fds[4];
-    Py_ssize_t size, limit;
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "pump_frames() takes 7 arguments (%zd given)", nargs);
+    Py_ssize_t size, limit, batch = 1;
+    if (nargs != 7 && nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "pump_frames() takes 7 or 8 arguments (%zd given)", nargs);
         return NULL;
     }
     const int fd_args[4] = {0, 1, 4, 5};
@@ -2734,8 +2742,18 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
     if (limit == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    if (nargs == 8) {
+        batch = PyNumber_AsSsize_t(args[7], PyExc_OverflowError);
+        if (batch == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
     if (size < 1 || size > (1 << 20) || limit < 1) {
         PyErr_SetString(PyExc_ValueError, "size must be 1..1 MiB and limit >= 1");
+        return NULL;
+    }
+    if (batch < 1 || batch > 64) {
+        PyErr_SetString(PyExc_ValueError, "batch must be 1..64 frames");
         return NULL;
     }
     Py_buffer view;
@@ -2750,8 +2768,15 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     uint64_t *state = view.buf;
-    char *buf = PyMem_Malloc((size_t)size);
-    if (buf == NULL) {
+    /* Frames are packed one after the other; a read needs room for size bytes,
+     * so a batch of super-packets stops at a few frames, of plain packets at
+     * batch frames. */
+    const Py_ssize_t pool_len = batch == 1 ? size : size + PUMP_POOL;
+    char *pool = PyMem_Malloc((size_t)pool_len);
+    ssize_t *lens = PyMem_Malloc((size_t)batch * 2 * sizeof(ssize_t));
+    if (pool == NULL || lens == NULL) {
+        PyMem_Free(pool);
+        PyMem_Free(lens);
         PyBuffer_Release(&view);
         return PyErr_NoMemory();
     }
@@ -2760,41 +2785,97 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
     uint64_t writes = state[PUMP_WRITES], write_bytes = state[PUMP_WRITE_BYTES];
     uint64_t dropped = state[PUMP_DROPPED];
     int status = 0, writing = 0;
-    /* The frame in hand across an EINTR return to Python (0: none). */
-    ssize_t held = 0;
+    /* Frames in hand (have), the next to write (next), across an EINTR return
+     * to Python too; the first write error of this batch; how the last read
+     * phase ended early (reported once its frames are written). */
+    Py_ssize_t have = 0, next = 0, used = 0;
+    ssize_t *offs = lens + batch;
+    int write_err = 0, read_end = 0, read_ended = 0;
     for (;;) {
         int interrupted = 0;
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
-            if (held == 0) {
+            while (next < have) {
+                ssize_t w = write(dst, pool + offs[next], (size_t)lens[next]);
+                if (w >= 0) {
+                    next++;
+                    pump_store(state, PUMP_WRITES, ++writes);
+                    pump_store(state, PUMP_WRITE_BYTES, write_bytes += (uint64_t)w);
+                    continue;
+                }
+                int err = errno;
+                if (err == EAGAIN || err == EWOULDBLOCK) {
+                    int r = pump_wait(dst, POLLOUT, stop_write);
+                    if (r > 0) {
+                        continue;
+                    }
+                    if (r == 0) {
+                        /* No room before the stop: what is in hand is given up. */
+                        dropped += (uint64_t)(have - next);
+                        pump_store(state, PUMP_DROPPED, dropped);
+                        next = have;
+                        status = 0;
+                        writing = 1;
+                        break;
+                    }
+                    err = errno;
+                }
+                if (err == EINTR) {
+                    interrupted = 1;
+                    break;
+                }
+                /* Refused: this frame is given up, the others still go. */
+                next++;
+                pump_store(state, PUMP_DROPPED, ++dropped);
+                if (write_err == 0) {
+                    write_err = err;
+                }
+            }
+            if (interrupted || writing) {
+                break;
+            }
+            have = next = used = 0;
+            if (write_err) {
+                status = write_err;
+                writing = 1;
+                break;
+            }
+            if (read_ended) {
+                status = read_end;
+                break;
+            }
+            while (have < batch && pool_len - used >= size) {
                 if (__atomic_load_n(&state[PUMP_STOP], __ATOMIC_ACQUIRE)) {
                     break;
                 }
-                ssize_t n = read(src, buf, (size_t)size);
+                ssize_t n = read(src, pool + used, (size_t)size);
                 if (n < 0) {
                     int err = errno;
                     if (err == EAGAIN || err == EWOULDBLOCK) {
+                        if (have > 0) {
+                            break;
+                        }
                         int r = pump_wait(src, POLLIN, stop_read);
+                        if (r > 0) {
+                            continue;
+                        }
                         if (r == 0) {
                             break;
                         }
-                        if (r < 0) {
-                            err = errno;
-                        }
-                        else {
-                            continue;
-                        }
+                        err = errno;
                     }
                     if (err == EINTR) {
                         interrupted = 1;
                     }
                     else {
-                        status = err;
+                        read_end = err;
+                        read_ended = 1;
                     }
                     break;
                 }
                 if (n == 0) {
-                    status = FRAMES_EOF;
+                    read_end = FRAMES_EOF;
+                    read_ended = 1;
                     break;
                 }
                 pump_store(state, PUMP_READS, ++reads);
@@ -2803,48 +2884,30 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
                     pump_store(state, PUMP_DROPPED, ++dropped);
                     continue;
                 }
-                held = n;
+                offs[have] = used;
+                lens[have++] = n;
+                used += n;
             }
-            ssize_t w = write(dst, buf, (size_t)held);
-            if (w >= 0) {
-                held = 0;
-                pump_store(state, PUMP_WRITES, ++writes);
-                pump_store(state, PUMP_WRITE_BYTES, write_bytes += (uint64_t)w);
-                continue;
-            }
-            int err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK) {
-                int r = pump_wait(dst, POLLOUT, stop_write);
-                if (r > 0) {
-                    continue;
-                }
-                err = r == 0 ? 0 : errno;
-            }
-            if (err == EINTR) {
-                interrupted = 1;
+            if (have == 0 && !read_ended) {
+                /* Stopped, or interrupted with nothing in hand. */
                 break;
             }
-            /* Refused, or no room before the stop: the frame is given up. */
-            held = 0;
-            pump_store(state, PUMP_DROPPED, ++dropped);
-            status = err;
-            writing = 1;
-            break;
         }
         Py_END_ALLOW_THREADS
         if (!interrupted) {
             break;
         }
         if (PyErr_CheckSignals() < 0) {
-            if (held) {
-                pump_store(state, PUMP_DROPPED, ++dropped);
-            }
-            PyMem_Free(buf);
+            dropped += (uint64_t)(have - next);
+            pump_store(state, PUMP_DROPPED, dropped);
+            PyMem_Free(pool);
+            PyMem_Free(lens);
             PyBuffer_Release(&view);
             return NULL;
         }
     }
-    PyMem_Free(buf);
+    PyMem_Free(pool);
+    PyMem_Free(lens);
     PyBuffer_Release(&view);
     return Py_BuildValue("(iO)", status, writing ? Py_True : Py_False);
 }
@@ -2931,7 +2994,7 @@ static PyMethodDef methods[] = {
      "write_frames(fd, frames, start, /)\n--\n\n"
      "Write frames[start:] one write() each; returns (next, status, nbytes)."},
     {"pump_frames", (PyCFunction)(void (*)(void))py_pump_frames, METH_FASTCALL,
-     "pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state, /)\n--\n\n"
+     "pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state, batch=1, /)\n--\n\n"
      "Move frames from src_fd to dst_fd without the GIL until stopped or failed;\n"
      "returns (status, writing).  state holds a stop flag and live counters."},
 #endif

@@ -67,6 +67,7 @@ def pump_frames(
     stop_read_fd: int,
     stop_write_fd: int,
     state: array[int],
+    batch: int = 1,
     /,
 ) -> tuple[int, bool]: ...
 def split_gro(buffer: _Buffer, gso_size: int, /) -> list[bytes]: ...
