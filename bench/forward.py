@@ -126,6 +126,8 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("threads-nooffload", "c-plain", 0.8),
     ("threads-offload", "c-offload", 0.8),
     ("threads-raw", "c-offload", 0.9),
+    ("threads-raw-nooffload", "pytun", 1.5),
+    ("threads-raw-nooffload", "c-plain", 0.8),
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
@@ -212,6 +214,14 @@ MODES: dict[str, Mode] = {
             "passed through by the compiled pump (no GIL held between frames)",
             "trio",
             True,
+            "threads-raw",
+        ),
+        Mode(
+            "threads-raw-nooffload",
+            "trio-tun ThreadedForwarder(raw=True) without offload: one thread per direction, "
+            "packets passed through by the compiled pump in runs of up to 64 (no GIL held)",
+            "trio",
+            False,
             "threads-raw",
         ),
         Mode(
