@@ -28,7 +28,7 @@ import sniffio
 import trio
 
 from ._errors import DROP_ERRNOS, ClosedResourceError, io_error
-from ._wait import POLLIN, POLLOUT, Backend, Stopped, current_backend, poll_until
+from ._wait import POLLIN, POLLOUT, Backend, Stopped, current_backend, poll_any, poll_until
 
 Buffer = bytes | bytearray | memoryview
 
@@ -180,6 +180,133 @@ def _pump_frames_py(
             return read_end, False
 
 
+class _PairLane:
+    """One direction of ``_pump_pair_py``: its fds and the frames it holds."""
+
+    __slots__ = ("dst", "held", "limit", "next", "read_end", "src", "state", "write_err")
+
+    def __init__(self, src: int, dst: int, limit: int, state: array[int]) -> None:
+        self.src, self.dst, self.limit, self.state = src, dst, limit, state
+        self.held: list[bytes] = []
+        self.next = 0
+        self.write_err = 0
+        self.read_end: int | None = None
+
+    def holding(self) -> bool:
+        return self.next < len(self.held)
+
+    def write_held(self) -> bool:
+        """Write what is held until done or the destination is full; whether any moved."""
+        state, moved = self.state, False
+        while self.next < len(self.held):
+            try:
+                n = os.write(self.dst, self.held[self.next])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                # Refused: this frame is given up, the others still go.
+                state[PUMP_DROPPED] += 1
+                self.write_err = self.write_err or exc.errno or errno.EIO
+            else:
+                state[PUMP_WRITES] += 1
+                state[PUMP_WRITE_BYTES] += n
+            self.next += 1
+            moved = True
+        return moved
+
+    def read_run(
+        self, size: int, room: int, batch: int, flags: tuple[array[int], array[int]]
+    ) -> tuple[bool, bool]:
+        """Read up to *batch* frames that fit in *room*: (anything happened, stop flag seen).
+
+        A stop flag in either state is read before every read, as the C pump does.
+        """
+        state, moved, used = self.state, False, 0
+        self.held, self.next = [], 0
+        while len(self.held) < batch and room - used >= size:
+            if flags[0][PUMP_STOP] or flags[1][PUMP_STOP]:
+                return moved, True
+            try:
+                frame = os.read(self.src, size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.read_end = exc.errno or errno.EIO
+                return True, False
+            moved = True
+            if not frame:
+                self.read_end = FRAMES_EOF
+                break
+            state[PUMP_READS] += 1
+            state[PUMP_READ_BYTES] += len(frame)
+            if len(frame) > self.limit:
+                state[PUMP_DROPPED] += 1
+                continue
+            self.held.append(frame)
+            used += len(frame)
+        return moved, False
+
+
+def _pump_pair_py(
+    a_fd: int,
+    b_fd: int,
+    size: int,
+    limit_ab: int,
+    limit_ba: int,
+    stop_read_fd: int,
+    stop_write_fd: int,
+    state_ab: array[int],
+    state_ba: array[int],
+    batch: int,
+) -> tuple[int, int, bool]:
+    """The pure-Python twin of ``_speedups.pump_pair`` (same results, GIL held between calls)."""
+    room = size if batch == 1 else size + PUMP_POOL
+    lanes = (_PairLane(a_fd, b_fd, limit_ab, state_ab), _PairLane(b_fd, a_fd, limit_ba, state_ba))
+    flags = (state_ab, state_ba)
+    stopping = False
+    failed: int | None = None
+    dropped_lane: int | None = None
+    while True:
+        progress = False
+        for index, lane in enumerate(lanes):
+            progress |= lane.write_held()
+            if lane.holding():
+                continue
+            if failed is None and (lane.write_err or lane.read_end is not None):
+                failed, stopping = index, True
+            if not stopping:
+                moved, stopping = lane.read_run(size, room, batch, flags)
+                progress |= moved
+        if progress:
+            continue
+        if stopping and not any(lane.holding() for lane in lanes):
+            if failed is not None:
+                lane = lanes[failed]
+                if lane.write_err:
+                    return failed, lane.write_err, True
+                assert lane.read_end is not None
+                return failed, lane.read_end, False
+            if dropped_lane is not None:
+                return dropped_lane, 0, True
+            return 0, 0, False
+        waits = [
+            (lane.dst, POLLOUT) if lane.holding() else (lane.src, POLLIN)
+            for lane in lanes
+            if lane.holding() or not stopping
+        ]
+        if poll_any(waits, stop_write_fd if stopping else stop_read_fd):
+            if not stopping:
+                stopping = True
+                continue
+            # No room before the stop: what is in hand is given up.
+            for index, lane in enumerate(lanes):
+                if lane.holding():
+                    if dropped_lane is None:
+                        dropped_lane = index
+                    lane.state[PUMP_DROPPED] += len(lane.held) - lane.next
+                    lane.next = len(lane.held)
+
+
 def _frame_pump() -> Callable[..., tuple[int, bool]]:
     if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
         return _pump_frames_py
@@ -200,6 +327,28 @@ def _frame_pump() -> Callable[..., tuple[int, bool]]:
 #: failed, that frame dropped, the rest of its batch written.  The compiled
 #: pump runs the whole loop without the GIL.
 pump_frames = _frame_pump()
+
+
+def _pair_pump() -> Callable[..., tuple[int, int, bool]]:
+    if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
+        return _pump_pair_py
+    try:
+        from .offload import _speedups
+    except ImportError:  # built without the extension
+        return _pump_pair_py
+    return getattr(_speedups, "pump_pair", _pump_pair_py)
+
+
+#: ``pump_pair(a_fd, b_fd, size, limit_ab, limit_ba, stop_read_fd, stop_write_fd,
+#: state_ab, state_ba, batch) -> (lane, status, writing)``: both directions
+#: between two fds in one thread (lane 0: a to b, 1: b to a), each lane by
+#: ``pump_frames``' rules.  A lane's failure stops all reading and is returned
+#: once both lanes' frames in hand are written: ``(lane, errno, False)`` for a
+#: read (``FRAMES_EOF``: it returned 0), ``(lane, errno, True)`` for a write
+#: (that frame dropped).  A stop returns ``(0, 0, False)`` once what is in hand
+#: is written, or ``(lane, 0, True)`` when stop_write_fd came first (those
+#: frames dropped; *lane* the first that held some).
+pump_pair = _pair_pump()
 
 
 class Port(Protocol):

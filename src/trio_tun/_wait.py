@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import select
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import anyio
@@ -137,17 +137,31 @@ class StopSignal:
 
 if sys.platform != "win32":
 
-    def poll_until(fd: int, events: int, stop_fd: int) -> None:
+    def poll_any(waits: Sequence[tuple[int, int]], stop_fd: int) -> bool:
+        """Block until one of the ``(fd, events)`` *waits* is ready or *stop_fd* is readable.
+
+        True if *stop_fd* is.  An fd may come twice (read one way, written the other).
+        """
         poller = select.poll()
-        poller.register(fd, events)
+        masks: dict[int, int] = {}
+        for fd, events in waits:
+            masks[fd] = masks.get(fd, 0) | events
+        for fd, events in masks.items():
+            poller.register(fd, events)
         poller.register(stop_fd, POLLIN)
-        # Blocks with the GIL released; returns when the fd is ready (or errs,
+        # Blocks with the GIL released; returns when an fd is ready (or errs,
         # which the next read or write reports) or the stop pipe has a byte.
         ready = poller.poll()
-        if any(ready_fd == stop_fd for ready_fd, _ in ready):
+        return any(fd == stop_fd for fd, _ in ready)
+
+    def poll_until(fd: int, events: int, stop_fd: int) -> None:
+        if poll_any(((fd, events),), stop_fd):
             raise Stopped
 
 else:  # pragma: no cover - Windows streams have no fd to poll (wintun rings)
+
+    def poll_any(waits: Sequence[tuple[int, int]], stop_fd: int) -> bool:
+        raise NotImplementedError("blocking waits need poll(), which Windows lacks")
 
     def poll_until(fd: int, events: int, stop_fd: int) -> None:
         raise NotImplementedError("blocking waits need poll(), which Windows lacks")

@@ -700,6 +700,68 @@ def pump_calls() -> list[Call]:
     ]
 
 
+def pump_pair_calls() -> list[Call]:
+    """pump_pair between two SOCK_SEQPACKET pairs, both ways.  As in pump_calls,
+    the stop-read pipe holds a byte from the start: each call forwards what is
+    queued on both sides and returns once both are dry."""
+    import array
+
+    a, a_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    b, b_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    eof, eof_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    eof_peer.close()  # reads 0: the end of the stream
+    for s in (a, a_peer, b, b_peer, eof):
+        s.setblocking(False)
+    _KEEP.extend([a, a_peer, b, b_peer, eof])
+    stop_r, stop_w = os.pipe()
+    idle_r, _idle_w = os.pipe()
+    os.write(stop_w, b"s")
+    pump = _speedups.pump_pair
+    ab = array.array("Q", bytes(48))
+    ba = array.array("Q", bytes(48))
+    stopped = array.array("Q", [1, 0, 0, 0, 0, 0])
+
+    def drain() -> None:
+        for peer in (a_peer, b_peer):
+            try:
+                while True:
+                    peer.recv(70_000)
+            except BlockingIOError:
+                pass
+
+    def both_ways(to_b: list[bytes], to_a: list[bytes], limit: int, batch: int) -> Call:
+        def call() -> object:
+            for frame in to_b:
+                a_peer.send(frame)
+            for frame in to_a:
+                b_peer.send(frame)
+            try:
+                return pump(
+                    a.fileno(), b.fileno(), 4096, limit, limit, stop_r, idle_r, ab, ba, batch
+                )
+            finally:
+                drain()
+
+        return call
+
+    args = (4096, 4096, 4096, stop_r, idle_r, ab, ba, 64)
+    return [
+        both_ways([b"a" * 100, b"b" * 1500], [b"c"], 4096, 64),
+        both_ways([b"d" * 3000, b"e" * 10], [b"f" * 2000], 1000, 1),  # long ones dropped
+        both_ways([], [], 10, 64),
+        lambda: pump(eof.fileno(), b.fileno(), *args),
+        lambda: pump(a.fileno(), b.fileno(), 4096, 4096, 4096, stop_r, idle_r, stopped, ba, 64),
+        # invalid
+        lambda: pump(-1, b.fileno(), *args),
+        lambda: pump(a.fileno(), b.fileno(), 0, 4096, 4096, stop_r, idle_r, ab, ba, 64),
+        lambda: pump(a.fileno(), b.fileno(), 4096, 4096, 0, stop_r, idle_r, ab, ba, 64),
+        lambda: pump(a.fileno(), b.fileno(), 4096, 4096, 4096, stop_r, idle_r, ab, ba, 0),
+        lambda: pump(a.fileno(), b.fileno(), 4096, 4096, 4096, stop_r, idle_r, ab, bytes(48), 64),
+        lambda: pump(a.fileno(), b.fileno(), 4096, 4096, 4096, stop_r, idle_r, bytearray(8), ba, 1),
+        lambda: pump(a.fileno(), b.fileno(), *args[:-1]),
+    ]
+
+
 def entry_points(udp: bool) -> dict[str, list[Call]]:
     points = {
         "ones_complement_sum": checksum_calls("ones_complement_sum"),
@@ -722,6 +784,8 @@ def entry_points(udp: bool) -> dict[str, list[Call]]:
         points["read_frames"] = frame_loop_calls("read_frames")
     if hasattr(_speedups, "pump_frames"):
         points["pump_frames"] = pump_calls()
+    if hasattr(_speedups, "pump_pair"):
+        points["pump_pair"] = pump_pair_calls()
     return points
 
 

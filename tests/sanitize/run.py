@@ -63,6 +63,7 @@ TEST_PATHS: Final = (
     "tests/test_udp.py",
     "tests/test_frame_loops.py",
     "tests/test_frame_pump.py",
+    "tests/test_pair_pump.py",
     "tests/test_threaded.py",
 )
 #: libFuzzer's default RSS limit (2 GB) is too tight for CPython under ASan

@@ -2701,6 +2701,60 @@ pump_store(uint64_t *state, int field, uint64_t value)
     __atomic_store_n(&state[field], value, __ATOMIC_RELAXED);
 }
 
+/* Get a pump's state buffer: writable, 8-byte aligned, PUMP_FIELDS uint64s. */
+static int
+pump_state(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    if (view->len < (Py_ssize_t)(PUMP_FIELDS * sizeof(uint64_t)) ||
+        ((uintptr_t)view->buf % sizeof(uint64_t)) != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError,
+                        "state must be a writable, 8-byte aligned buffer of 6 uint64s");
+        return -1;
+    }
+    return 0;
+}
+
+/* A pump's size, limit and batch arguments, checked. */
+static int
+pump_sizes(PyObject *size_obj, PyObject *const *limits, int nlimits, PyObject *batch_obj,
+           Py_ssize_t *size, Py_ssize_t *limit, Py_ssize_t *batch)
+{
+    *size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
+    if (*size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    for (int k = 0; k < nlimits; k++) {
+        limit[k] = PyNumber_AsSsize_t(limits[k], PyExc_OverflowError);
+        if (limit[k] == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    *batch = 1;
+    if (batch_obj != NULL) {
+        *batch = PyNumber_AsSsize_t(batch_obj, PyExc_OverflowError);
+        if (*batch == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    int bad_limit = 0;
+    for (int k = 0; k < nlimits; k++) {
+        bad_limit |= limit[k] < 1;
+    }
+    if (*size < 1 || *size > (1 << 20) || bad_limit) {
+        PyErr_SetString(PyExc_ValueError, "size must be 1..1 MiB and limit >= 1");
+        return -1;
+    }
+    if (*batch < 1 || *batch > 64) {
+        PyErr_SetString(PyExc_ValueError, "batch must be 1..64 frames");
+        return -1;
+    }
+    return 0;
+}
+
 /* pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state,
  *             batch=1, /) -> (status, writing)
  *
@@ -2723,7 +2777,7 @@ static PyObject *
 py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
     int fds[4];
-    Py_ssize_t size, limit, batch = 1;
+    Py_ssize_t size, limit, batch;
     if (nargs != 7 && nargs != 8) {
         PyErr_Format(PyExc_TypeError, "pump_frames() takes 7 or 8 arguments (%zd given)", nargs);
         return NULL;
@@ -2734,37 +2788,12 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
             return NULL;
         }
     }
-    size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    limit = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
-    if (limit == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (nargs == 8) {
-        batch = PyNumber_AsSsize_t(args[7], PyExc_OverflowError);
-        if (batch == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    if (size < 1 || size > (1 << 20) || limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "size must be 1..1 MiB and limit >= 1");
-        return NULL;
-    }
-    if (batch < 1 || batch > 64) {
-        PyErr_SetString(PyExc_ValueError, "batch must be 1..64 frames");
+    if (pump_sizes(args[2], &args[3], 1, nargs == 8 ? args[7] : NULL, &size, &limit, &batch) <
+        0) {
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[6], &view, PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    if (view.len < (Py_ssize_t)(PUMP_FIELDS * sizeof(uint64_t)) ||
-        ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError,
-                        "state must be a writable, 8-byte aligned buffer of 6 uint64s");
+    if (pump_state(args[6], &view) < 0) {
         return NULL;
     }
     uint64_t *state = view.buf;
@@ -2911,6 +2940,272 @@ py_pump_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
     PyBuffer_Release(&view);
     return Py_BuildValue("(iO)", status, writing ? Py_True : Py_False);
 }
+
+/* One direction of pump_pair: its fds, its pool of frames in hand, and how
+ * its last read or write phase ended. */
+typedef struct {
+    int src, dst;
+    Py_ssize_t limit;
+    uint64_t *state;
+    char *pool;
+    ssize_t *lens, *offs;
+    Py_ssize_t have, next, used;
+    int write_err, read_end, read_ended;
+    uint64_t reads, read_bytes, writes, write_bytes, dropped;
+} pair_lane;
+
+/* pump_pair(a_fd, b_fd, size, limit_ab, limit_ba, stop_read_fd, stop_write_fd,
+ *           state_ab, state_ba, batch, /) -> (lane, status, writing)
+ *
+ * Both directions between two fds in one thread (lane 0: a to b, lane 1: b to
+ * a), the way bench/fwd.c forwards: write what each lane holds, read a run of
+ * up to batch frames from each lane's source, and poll only when neither
+ * moved.  With offload, one thread serving both directions beat one thread
+ * per direction, in C as with this module's pumps (one wake-up where two
+ * threads need two); without offload, two threads win (the kernel's work per
+ * packet fills a core), so ThreadedForwarder only pairs lanes with offload.
+ *
+ * Each lane follows pump_frames' rules.  A lane's failure (a read error or
+ * end of stream, or a write refused) stops all reading; the frames either
+ * lane holds are written first, then (lane, errno, writing) is returned, so
+ * returning loses nothing.  A stop (a stop flag, or stop_read_fd readable)
+ * also stops the reading, and once the frames in hand are written it returns
+ * (0, 0, False).  Once reading has stopped (not before: the caller stops
+ * reading first), stop_write_fd readable while frames wait for room drops
+ * them and returns (lane, 0, True) for the first lane that held some, or a
+ * lane's failure if one is pending. */
+static PyObject *
+py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fds[4];
+    Py_ssize_t size, limits[2], batch;
+    if (nargs != 10) {
+        PyErr_Format(PyExc_TypeError, "pump_pair() takes 10 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    const int fd_args[4] = {0, 1, 5, 6};
+    for (int k = 0; k < 4; k++) {
+        if (fd_arg(args[fd_args[k]], &fds[k]) < 0) {
+            return NULL;
+        }
+    }
+    if (pump_sizes(args[2], &args[3], 2, args[9], &size, limits, &batch) < 0) {
+        return NULL;
+    }
+    Py_buffer views[2];
+    if (pump_state(args[7], &views[0]) < 0) {
+        return NULL;
+    }
+    if (pump_state(args[8], &views[1]) < 0) {
+        PyBuffer_Release(&views[0]);
+        return NULL;
+    }
+    const Py_ssize_t pool_len = batch == 1 ? size : size + PUMP_POOL;
+    pair_lane lanes[2];
+    memset(lanes, 0, sizeof lanes);
+    int nomem = 0;
+    for (int d = 0; d < 2; d++) {
+        pair_lane *L = &lanes[d];
+        L->src = fds[d];
+        L->dst = fds[1 - d];
+        L->limit = limits[d];
+        L->state = views[d].buf;
+        L->pool = PyMem_Malloc((size_t)pool_len);
+        L->lens = PyMem_Malloc((size_t)batch * 2 * sizeof(ssize_t));
+        nomem |= L->pool == NULL || L->lens == NULL;
+        if (L->lens != NULL) {
+            L->offs = L->lens + batch;
+        }
+        L->reads = L->state[PUMP_READS];
+        L->read_bytes = L->state[PUMP_READ_BYTES];
+        L->writes = L->state[PUMP_WRITES];
+        L->write_bytes = L->state[PUMP_WRITE_BYTES];
+        L->dropped = L->state[PUMP_DROPPED];
+    }
+    const int stop_read = fds[2], stop_write = fds[3];
+    PyObject *result = NULL;
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* stopping: no more reads (a stop, or a lane's failure waiting to be
+     * reported); failed: the lane whose failure that is (-1: none). */
+    int stopping = 0, failed = -1, status = 0, writing = 0, dropped_lane = -1, stop_dropped = 0;
+    for (;;) {
+        int interrupted = 0, finished = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (;;) {
+            int progress = 0;
+            for (int d = 0; d < 2 && !interrupted; d++) {
+                pair_lane *L = &lanes[d];
+                while (L->next < L->have) {
+                    ssize_t w = write(L->dst, L->pool + L->offs[L->next],
+                                      (size_t)L->lens[L->next]);
+                    if (w >= 0) {
+                        L->next++;
+                        pump_store(L->state, PUMP_WRITES, ++L->writes);
+                        pump_store(L->state, PUMP_WRITE_BYTES, L->write_bytes += (uint64_t)w);
+                        progress = 1;
+                        continue;
+                    }
+                    int err = errno;
+                    if (err == EAGAIN || err == EWOULDBLOCK) {
+                        break;
+                    }
+                    if (err == EINTR) {
+                        interrupted = 1;
+                        break;
+                    }
+                    /* Refused: this frame is given up, the others still go. */
+                    L->next++;
+                    pump_store(L->state, PUMP_DROPPED, ++L->dropped);
+                    progress = 1;
+                    if (L->write_err == 0) {
+                        L->write_err = err;
+                    }
+                }
+                if (interrupted || L->next < L->have) {
+                    continue;
+                }
+                L->have = L->next = L->used = 0;
+                if (failed < 0 && (L->write_err || L->read_ended)) {
+                    failed = d;
+                    stopping = 1;
+                }
+                while (!stopping && L->have < batch && pool_len - L->used >= size) {
+                    if (__atomic_load_n(&lanes[0].state[PUMP_STOP], __ATOMIC_ACQUIRE) ||
+                        __atomic_load_n(&lanes[1].state[PUMP_STOP], __ATOMIC_ACQUIRE)) {
+                        stopping = 1;
+                        break;
+                    }
+                    ssize_t n = read(L->src, L->pool + L->used, (size_t)size);
+                    if (n < 0) {
+                        int err = errno;
+                        if (err == EAGAIN || err == EWOULDBLOCK) {
+                            break;
+                        }
+                        if (err == EINTR) {
+                            interrupted = 1;
+                            break;
+                        }
+                        L->read_end = err;
+                        L->read_ended = 1;
+                        progress = 1;
+                        break;
+                    }
+                    progress = 1;
+                    if (n == 0) {
+                        L->read_end = FRAMES_EOF;
+                        L->read_ended = 1;
+                        break;
+                    }
+                    pump_store(L->state, PUMP_READS, ++L->reads);
+                    pump_store(L->state, PUMP_READ_BYTES, L->read_bytes += (uint64_t)n);
+                    if (n > L->limit) {
+                        pump_store(L->state, PUMP_DROPPED, ++L->dropped);
+                        continue;
+                    }
+                    L->offs[L->have] = L->used;
+                    L->lens[L->have++] = n;
+                    L->used += n;
+                }
+            }
+            if (interrupted) {
+                break;
+            }
+            if (progress) {
+                continue;
+            }
+            int holding = lanes[0].have > lanes[0].next || lanes[1].have > lanes[1].next;
+            if (stopping && !holding) {
+                if (failed >= 0) {
+                    pair_lane *L = &lanes[failed];
+                    writing = L->write_err != 0;
+                    status = writing ? L->write_err : L->read_end;
+                }
+                else if (stop_dropped) {
+                    writing = 1;
+                }
+                finished = 1;
+                break;
+            }
+            /* Nothing moved: wait for room where frames are held, for frames
+             * where a lane is empty (unless stopping), and for the stop pipe
+             * (stop_write once reading has stopped: stop_read stays readable). */
+            struct pollfd p[3];
+            int np = 0;
+            for (int d = 0; d < 2; d++) {
+                pair_lane *L = &lanes[d];
+                if (L->have > L->next) {
+                    p[np++] = (struct pollfd){L->dst, POLLOUT, 0};
+                }
+                else if (!stopping) {
+                    p[np++] = (struct pollfd){L->src, POLLIN, 0};
+                }
+            }
+            p[np++] = (struct pollfd){stopping ? stop_write : stop_read, POLLIN, 0};
+            if (poll(p, (nfds_t)np, -1) < 0) {
+                if (errno == EINTR) {
+                    interrupted = 1;
+                    break;
+                }
+                /* Not about either lane: reported as lane 0's, after the frames in hand. */
+                if (failed < 0) {
+                    lanes[0].read_end = errno;
+                    lanes[0].read_ended = 1;
+                    failed = 0;
+                }
+                stopping = 1;
+                continue;
+            }
+            if (p[np - 1].revents) {
+                if (!stopping) {
+                    stopping = 1;
+                }
+                else {
+                    /* No room before the stop: what is in hand is given up. */
+                    for (int d = 0; d < 2; d++) {
+                        pair_lane *L = &lanes[d];
+                        if (L->have > L->next) {
+                            if (dropped_lane < 0) {
+                                dropped_lane = d;
+                            }
+                            L->dropped += (uint64_t)(L->have - L->next);
+                            pump_store(L->state, PUMP_DROPPED, L->dropped);
+                            L->next = L->have;
+                        }
+                    }
+                    /* (dropped_lane, 0, True), unless a lane's failure comes first. */
+                    stop_dropped = 1;
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (finished) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            for (int d = 0; d < 2; d++) {
+                pair_lane *L = &lanes[d];
+                L->dropped += (uint64_t)(L->have - L->next);
+                pump_store(L->state, PUMP_DROPPED, L->dropped);
+            }
+            goto done;
+        }
+    }
+    {
+        int lane = failed >= 0 ? failed : (stop_dropped ? dropped_lane : 0);
+        result = Py_BuildValue("(iiO)", lane, status, writing ? Py_True : Py_False);
+    }
+done:
+    for (int d = 0; d < 2; d++) {
+        PyMem_Free(lanes[d].pool);
+        PyMem_Free(lanes[d].lens);
+    }
+    PyBuffer_Release(&views[0]);
+    PyBuffer_Release(&views[1]);
+    return result;
+}
 #endif
 
 /* ------------------------------------------------------------------ */
@@ -2997,6 +3292,11 @@ static PyMethodDef methods[] = {
      "pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state, batch=1, /)\n--\n\n"
      "Move frames from src_fd to dst_fd without the GIL until stopped or failed;\n"
      "returns (status, writing).  state holds a stop flag and live counters."},
+    {"pump_pair", (PyCFunction)(void (*)(void))py_pump_pair, METH_FASTCALL,
+     "pump_pair(a_fd, b_fd, size, limit_ab, limit_ba, stop_read_fd, stop_write_fd, state_ab, "
+     "state_ba, batch, /)\n--\n\n"
+     "Move frames both ways between a_fd and b_fd in this thread, without the GIL, until\n"
+     "stopped or failed; returns (lane, status, writing)."},
 #endif
     {NULL, NULL, 0, NULL},
 };
