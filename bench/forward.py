@@ -210,8 +210,8 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "threads-raw",
-            "trio-tun ThreadedForwarder(raw=True): one thread per direction, virtio frames "
-            "passed through by the compiled pump (no GIL held between frames)",
+            "trio-tun ThreadedForwarder(raw=True): one thread for both directions, virtio "
+            "frames passed through by the compiled pair pump (no GIL held between frames)",
             "trio",
             True,
             "threads-raw",

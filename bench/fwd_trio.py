@@ -10,8 +10,9 @@ Modes:
          inside the stream, but no batching), for the with/without comparison.
   threads  ``ThreadedForwarder``: each direction's receive_batch/send_batch
          loop in its own OS thread (the GIL released in the system calls).
-  threads-raw  ``ThreadedForwarder(raw=True)``: each direction's frames passed
-         through by the compiled pump in its own OS thread.
+  threads-raw  ``ThreadedForwarder(raw=True)``: frames passed through by the
+         compiled pump, in one OS thread for both directions with offload
+         and one per direction without.
 
 The offload implementation (compiled speedups or pure Python) is chosen at
 import time by ``TRIO_TUN_PURE_PYTHON``; the harness sets it per mode.

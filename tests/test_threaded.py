@@ -14,7 +14,7 @@ import trio.lowlevel
 
 from packets_util import udp_flood
 from test_engine import SERVER, devices, numbered_udp_flows, tcp_flows
-from trio_tun import BusyResourceError, from_fd
+from trio_tun import BusyResourceError, PacketStream, from_fd
 from trio_tun.testing import NetNamespace, fd_count, memory_tun_pair
 from trio_tun.threaded import ThreadedForwarder, drive
 
@@ -194,6 +194,104 @@ async def test_raw_lane_counts_refused_and_passes_the_rest_unchanged() -> None:
         src.close()
         dst.close()
         for sock in (*src_pair, *dst_pair):
+            sock.close()
+
+
+def _seqpacket_streams(
+    count: int, *, vnet_hdr: bool
+) -> tuple[list[PacketStream], list[socket.socket], list[socket.socket]]:
+    """*count* streams over SEQPACKET pairs: (streams, their sockets, the peers)."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
+    for pair in pairs:
+        for sock in pair:
+            sock.setblocking(False)
+    streams = [from_fd(mine.fileno(), owned=False, vnet_hdr=vnet_hdr) for mine, _ in pairs]
+    return streams, [mine for mine, _ in pairs], [peer for _, peer in pairs]
+
+
+def test_raw_lanes_with_offload_share_a_thread_per_device_pair() -> None:
+    """Both directions between two devices with offload run in one thread (the
+    pair pump); without offload, or without raw, each lane keeps its own; a
+    lane with no reverse partner runs alone."""
+    socks: list[socket.socket] = []
+    try:
+        (a, b, c, d), mine, peers = _seqpacket_streams(4, vnet_hdr=True)
+        socks += mine + peers
+        (p, q), mine, peers = _seqpacket_streams(2, vnet_hdr=False)
+        socks += mine + peers
+
+        def shape(lanes: list[tuple[PacketStream, PacketStream]], raw: bool) -> list[int]:
+            forwarder = ThreadedForwarder(lanes, raw=raw)
+            return [len(group) for group in forwarder._threads]
+
+        assert shape([(a, b), (b, a)], raw=True) == [2]
+        assert shape([(c, d), (a, b), (b, a)], raw=True) == [1, 2]
+        assert shape([(a, b), (c, d), (d, c), (b, a)], raw=True) == [2, 2]
+        assert shape([(a, b), (b, c), (c, a)], raw=True) == [1, 1, 1]
+        assert shape([(a, b), (b, a)], raw=False) == [1, 1]
+        assert shape([(p, q), (q, p)], raw=True) == [1, 1]
+        # The pair is the two lanes themselves, in the order given.
+        forwarder = ThreadedForwarder([(b, a), (a, b)], raw=True)
+        ((first, second),) = forwarder._threads
+        assert (first.src, first.dst, second.src, second.dst) == (b, a, a, b)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.trio
+async def test_a_raw_pair_forwards_both_ways_and_counts_refused() -> None:
+    """The pair pump: frames cross both ways byte for byte and in order; one the
+    destination refuses (EMSGSIZE) is dropped and counted in the forwarder's
+    and the stream's statistics, and both directions go on.  Both streams are
+    busy both ways while it runs and free afterwards."""
+    (a, b), mine, peers = _seqpacket_streams(2, vnet_hdr=True)
+    mine[1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    to_b = [bytes(10) + bytes([i]) * i for i in range(1, 40)]
+    to_a = [bytes(10) + bytes([255 - i]) * (3 * i) for i in range(1, 30)]
+    big = bytes(60_000)
+    sent_to_b = [*to_b[:20], big, *to_b[20:]]
+    try:
+        forwarder = ThreadedForwarder([(a, b), (b, a)], raw=True, grace=1.0)
+        got_b: list[bytes] = []
+        got_a: list[bytes] = []
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forwarder.run)
+                for i in range(max(len(sent_to_b), len(to_a))):
+                    if i < len(sent_to_b):
+                        peers[0].send(sent_to_b[i])
+                    if i < len(to_a):
+                        peers[1].send(to_a[i])
+                for peer, got, want in ((peers[1], got_b, to_b), (peers[0], got_a, to_a)):
+                    while len(got) < len(want):
+                        await trio.lowlevel.wait_readable(peer)
+                        got.append(peer.recv(70_000))
+                for stream in (a, b):
+                    with pytest.raises(BusyResourceError):
+                        await stream.receive()
+                    with pytest.raises(BusyResourceError):
+                        await stream.send(to_b[0])
+                nursery.cancel_scope.cancel()
+        assert got_b == to_b and got_a == to_a
+        stats = forwarder.statistics()
+        assert (stats.received, stats.written, stats.dropped) == (69, 68, 1), stats
+        balanced(forwarder)
+        assert a.statistics().rx_packets == 40 and b.statistics().rx_packets == 29
+        assert a.statistics().read_bytes == sum(map(len, sent_to_b))
+        assert b.statistics().tx_packets == 39 and b.statistics().tx_dropped == 1
+        assert b.statistics().tx_bytes == sum(map(len, to_b))
+        assert a.statistics().tx_packets == 29 and a.statistics().tx_dropped == 0
+        assert a.statistics().tx_bytes == sum(map(len, to_a))
+        # Free again afterwards, both ways.
+        await b.send_raw(to_b[0])
+        assert peers[1].recv(100) == to_b[0]
+        await a.send_raw(to_a[0])
+        assert peers[0].recv(100) == to_a[0]
+    finally:
+        a.close()
+        b.close()
+        for sock in (*mine, *peers):
             sock.close()
 
 

@@ -51,6 +51,7 @@ from ._ports import (
     PUMP_WRITES,
     FdPort,
     pump_frames,
+    pump_pair,
 )
 from ._stream import PacketStream
 from ._wait import Stopped, StopSignal, blocking_backend
@@ -147,7 +148,9 @@ class ThreadedForwarder:
             semantics): each read is written as it came, virtio header and
             super-packet included, by a compiled loop that holds no GIL
             between frames and reads a run of them (up to 64 packets, or a
-            few super-packets) before writing it.  For passthrough between
+            few super-packets) before writing it.  With offload, the two
+            lanes between a pair of devices, ``(a, b)`` and ``(b, a)``,
+            share one thread.  For passthrough between
             devices of the same framing (both with offload, or both
             without); no *transform*.  A frame longer than the destination
             takes is dropped and counted.  This is the fastest way to
@@ -186,6 +189,7 @@ class ThreadedForwarder:
         ):
             raise ValueError("a stream can be the source (or destination) of one lane only")
         self._lanes = [_Lane(src, dst) for src, dst in lanes]
+        self._threads = _thread_groups(self._lanes, raw)
         self._transform = transform
         self._raw = raw
         self._grace = grace
@@ -217,8 +221,8 @@ class ThreadedForwarder:
                 lane.stopping = False
                 lane.pump[PUMP_STOP] = 0
             async with anyio.create_task_group() as task_group:
-                for lane in self._lanes:
-                    task_group.start_soon(self._run_lane, lane)
+                for group in self._threads:
+                    task_group.start_soon(self._run_thread, group)
                 try:
                     await anyio.sleep_forever()
                 finally:
@@ -246,14 +250,21 @@ class ThreadedForwarder:
         for signal in signals:
             signal.stop_writing()
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_thread(self, group: tuple[_Lane, ...]) -> None:
         # Not abandoned on cancellation: run() stops the thread and this waits
         # for it, so no thread outlives the forwarder.
         with anyio.CancelScope(shield=True):
             try:
-                await anyio.to_thread.run_sync(self._lane_loop, lane)
+                await anyio.to_thread.run_sync(self._thread_main, group)
             finally:
-                lane.done.set()
+                for lane in group:
+                    lane.done.set()
+
+    def _thread_main(self, group: tuple[_Lane, ...]) -> None:
+        if len(group) == 2:
+            self._pump_pair(*group)
+        else:
+            self._lane_loop(group[0])
 
     def _lane_loop(self, lane: _Lane) -> None:
         assert lane.stop is not None
@@ -331,6 +342,79 @@ class ThreadedForwarder:
                     raise anyio.EndOfStream
                 port, doing = (dst_port, "writing") if writing else (src_port, "reading")
                 raise port._error(OSError(status, os.strerror(status)), doing)
+
+    def _pump_pair(self, ab: _Lane, ba: _Lane) -> None:
+        # Both directions between two devices in this thread (see _thread_groups).
+        a, b = ab.src, ab.dst
+        a_port, b_port = a._port, b._port
+        assert isinstance(a_port, FdPort) and isinstance(b_port, FdPort)
+        assert ab.stop is not None
+        stop = ab.stop
+        size = max(len(a._read_buffer), len(b._read_buffer))
+        lanes = ((ab, a_port, b_port), (ba, b_port, a_port))
+        with a._receive_guard, b._send_guard, b._receive_guard, a._send_guard:
+            while True:
+                before = (ab.pump.tolist(), ba.pump.tolist())
+                try:
+                    index, status, writing = pump_pair(
+                        a_port._open_fd(),
+                        b_port._open_fd(),
+                        size,
+                        len(b._read_buffer),
+                        len(a._read_buffer),
+                        stop.reading_r,
+                        stop.writing_r,
+                        ab.pump,
+                        ba.pump,
+                        PUMP_BATCH,
+                    )
+                finally:
+                    _count_pumped(a, b, before[0], ab.pump)
+                    _count_pumped(b, a, before[1], ba.pump)
+                if status == 0:
+                    return
+                _, src_port, dst_port = lanes[index]
+                if writing and status in DROP_ERRNOS:
+                    dst_port.refused_errno = status
+                    continue
+                if status == FRAMES_EOF:
+                    raise anyio.EndOfStream
+                port, doing = (dst_port, "writing") if writing else (src_port, "reading")
+                raise port._error(OSError(status, os.strerror(status)), doing)
+
+
+def _thread_groups(lanes: list[_Lane], raw: bool) -> list[tuple[_Lane, ...]]:
+    """The lanes each thread runs: one each, or two raw lanes between the same devices.
+
+    With offload, one thread serving both directions of a device pair (the C
+    forwarder's loop) beats one thread per direction: in C, two threads moved
+    0.89x and 0.95x what one loop moved with one and four flows, and the pair
+    pump moves 1.10x and 1.02x the C loop (interleaved runs); a thread in
+    ``poll`` on both fds wakes once where two threads wake twice.  Without
+    offload the kernel's work per packet fills a core, and two threads move
+    1.4x what one does, so those lanes keep a thread each.
+    """
+    groups: list[tuple[_Lane, ...]] = []
+    paired: set[int] = set()
+    for i, lane in enumerate(lanes):
+        if i in paired:
+            continue
+        partner = None
+        if raw and lane.src.vnet_hdr:
+            partner = next(
+                (
+                    j
+                    for j in range(i + 1, len(lanes))
+                    if j not in paired and lanes[j].src is lane.dst and lanes[j].dst is lane.src
+                ),
+                None,
+            )
+        if partner is None:
+            groups.append((lane,))
+        else:
+            paired.add(partner)
+            groups.append((lane, lanes[partner]))
+    return groups
 
 
 def _check_raw_lane(src: PacketStream, dst: PacketStream) -> None:
