@@ -20,7 +20,7 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -69,21 +69,24 @@ def _write_frames_py(fd: int, frames: Sequence[Buffer], start: int) -> tuple[int
     return len(frames), 0, total
 
 
-def _frame_loops() -> tuple[
-    Callable[..., tuple[list[bytes], int]], Callable[..., tuple[int, int, int]]
-]:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(name: str, twin: _F) -> _F:
+    """The speedups' *name*, or its pure-Python *twin* when they are not built
+    (or lack it: POSIX only), or when ``TRIO_TUN_PURE_PYTHON=1``."""
     if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
-        return _read_frames_py, _write_frames_py
+        return twin
     try:
         from .offload import _speedups
     except ImportError:  # built without the extension
-        return _read_frames_py, _write_frames_py
-    if not hasattr(_speedups, "read_frames"):
-        return _read_frames_py, _write_frames_py
-    return _speedups.read_frames, _speedups.write_frames
+        return twin
+    compiled: _F = getattr(_speedups, name, twin)
+    return compiled
 
 
-_read_frames, _write_frames = _frame_loops()
+_read_frames = _compiled("read_frames", _read_frames_py)
+_write_frames = _compiled("write_frames", _write_frames_py)
 
 # -- the frame pump of a forwarding thread ---------------------------------------------
 
@@ -307,16 +310,6 @@ def _pump_pair_py(
                     lane.next = len(lane.held)
 
 
-def _frame_pump() -> Callable[..., tuple[int, bool]]:
-    if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
-        return _pump_frames_py
-    try:
-        from .offload import _speedups
-    except ImportError:  # built without the extension
-        return _pump_frames_py
-    return getattr(_speedups, "pump_frames", _pump_frames_py)
-
-
 #: ``pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state,
 #: batch=1) -> (status, writing)``: frames from one fd to another until stopped
 #: or failed, up to *batch* read before they are written.  Frames longer than
@@ -326,18 +319,7 @@ def _frame_pump() -> Callable[..., tuple[int, bool]]:
 #: frames read before it were written, nothing lost; ``(errno, True)``: a write
 #: failed, that frame dropped, the rest of its batch written.  The compiled
 #: pump runs the whole loop without the GIL.
-pump_frames = _frame_pump()
-
-
-def _pair_pump() -> Callable[..., tuple[int, int, bool]]:
-    if os.environ.get("TRIO_TUN_PURE_PYTHON", "") == "1":
-        return _pump_pair_py
-    try:
-        from .offload import _speedups
-    except ImportError:  # built without the extension
-        return _pump_pair_py
-    return getattr(_speedups, "pump_pair", _pump_pair_py)
-
+pump_frames = _compiled("pump_frames", _pump_frames_py)
 
 #: ``pump_pair(a_fd, b_fd, size, limit_ab, limit_ba, stop_read_fd, stop_write_fd,
 #: state_ab, state_ba, batch) -> (lane, status, writing)``: both directions
@@ -348,7 +330,7 @@ def _pair_pump() -> Callable[..., tuple[int, int, bool]]:
 #: (that frame dropped).  A stop returns ``(0, 0, False)`` once what is in hand
 #: is written, or ``(lane, 0, True)`` when stop_write_fd came first (those
 #: frames dropped; *lane* the first that held some).
-pump_pair = _pair_pump()
+pump_pair = _compiled("pump_pair", _pump_pair_py)
 
 
 class Port(Protocol):

@@ -334,14 +334,7 @@ class ThreadedForwarder:
                     _count_pumped(src, dst, before, pump)
                 if status == 0:
                     return
-                if writing and status in DROP_ERRNOS:
-                    # Refused like send_raw's frames (not IP, device down): counted.
-                    dst_port.refused_errno = status
-                    continue
-                if status == FRAMES_EOF:
-                    raise anyio.EndOfStream
-                port, doing = (dst_port, "writing") if writing else (src_port, "reading")
-                raise port._error(OSError(status, os.strerror(status)), doing)
+                _pump_failed(status, writing, src_port, dst_port)
 
     def _pump_pair(self, ab: _Lane, ba: _Lane) -> None:
         # Both directions between two devices in this thread (see _thread_groups).
@@ -374,22 +367,30 @@ class ThreadedForwarder:
                 if status == 0:
                     return
                 _, src_port, dst_port = lanes[index]
-                if writing and status in DROP_ERRNOS:
-                    dst_port.refused_errno = status
-                    continue
-                if status == FRAMES_EOF:
-                    raise anyio.EndOfStream
-                port, doing = (dst_port, "writing") if writing else (src_port, "reading")
-                raise port._error(OSError(status, os.strerror(status)), doing)
+                _pump_failed(status, writing, src_port, dst_port)
+
+
+def _pump_failed(status: int, writing: bool, src_port: FdPort, dst_port: FdPort) -> None:
+    """Act on a pump's failure: a refused frame is counted and the pump goes on
+    (this returns); anything else ends the lane with the stream's error."""
+    if writing and status in DROP_ERRNOS:
+        # Refused like send_raw's frames (not IP, device down): counted.
+        dst_port.refused_errno = status
+        return
+    if status == FRAMES_EOF:
+        raise anyio.EndOfStream
+    port, doing = (dst_port, "writing") if writing else (src_port, "reading")
+    raise port._error(OSError(status, os.strerror(status)), doing)
 
 
 def _thread_groups(lanes: list[_Lane], raw: bool) -> list[tuple[_Lane, ...]]:
     """The lanes each thread runs: one each, or two raw lanes between the same devices.
 
     With offload, one thread serving both directions of a device pair (the C
-    forwarder's loop) beats one thread per direction: in C, two threads moved
-    0.89x and 0.95x what one loop moved with one and four flows, and the pair
-    pump moves 1.10x and 1.02x the C loop (interleaved runs); a thread in
+    forwarder's loop) is enough: in C, two threads moved 0.89x and 0.95x
+    what one loop moved with one and four flows; the pair pump moved
+    1.06-1.10x the C loop with one flow and 0.89-1.02x with four (the
+    two-thread pump 0.96-1.06x there), at a thread's less CPU; a thread in
     ``poll`` on both fds wakes once where two threads wake twice.  Without
     offload the kernel's work per packet fills a core, and two threads move
     1.4x what one does, so those lanes keep a thread each.

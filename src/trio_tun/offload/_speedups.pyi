@@ -70,6 +70,19 @@ def pump_frames(
     batch: int = 1,
     /,
 ) -> tuple[int, bool]: ...
+def pump_pair(
+    a_fd: int,
+    b_fd: int,
+    size: int,
+    limit_ab: int,
+    limit_ba: int,
+    stop_read_fd: int,
+    stop_write_fd: int,
+    state_ab: array[int],
+    state_ba: array[int],
+    batch: int,
+    /,
+) -> tuple[int, int, bool]: ...
 def split_gro(buffer: _Buffer, gso_size: int, /) -> list[bytes]: ...
 def gso_runs(
     datagrams: Sequence[_Buffer], max_segments: int, max_bytes: int, /
