@@ -35,10 +35,12 @@ from test_frame_pump import (
     SMALL_SNDBUF,
     TOO_BIG,
     PumpThread,
+    closing_pipe,
     counters,
     fill,
     new_state,
     reads_reach,
+    seqpacket_pair,
 )
 from trio_tun import _ports
 from trio_tun._ports import (
@@ -138,8 +140,8 @@ class PairRig:
         state_ab: array[int] | None = None,
         state_ba: array[int] | None = None,
     ) -> None:
-        self.a, self.a_peer = self._pair(stack)
-        self.b, self.b_peer = self._pair(stack)
+        self.a, self.a_peer = seqpacket_pair(stack)
+        self.b, self.b_peer = seqpacket_pair(stack)
         self.states = (
             new_state() if state_ab is None else state_ab,
             new_state() if state_ba is None else state_ba,
@@ -148,27 +150,11 @@ class PairRig:
             Lane(self.a_peer, self.a, self.b, self.b_peer, self.states[0]),
             Lane(self.b_peer, self.b, self.a, self.a_peer, self.states[1]),
         )
-        self.stop_read_r, self.stop_read_w = self._pipe(stack)
-        self.stop_write_r, self.stop_write_w = self._pipe(stack)
+        self.stop_read_r, self.stop_read_w = closing_pipe(stack)
+        self.stop_write_r, self.stop_write_w = closing_pipe(stack)
         self.runs: list[PumpThread] = []
         # Runs before the fds are closed: no pump is left polling a closed fd.
         stack.callback(self._stop_all)
-
-    @staticmethod
-    def _pair(stack: contextlib.ExitStack) -> tuple[socket.socket, socket.socket]:
-        x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        stack.enter_context(x)
-        stack.enter_context(y)
-        x.setblocking(False)
-        y.setblocking(False)
-        return x, y
-
-    @staticmethod
-    def _pipe(stack: contextlib.ExitStack) -> tuple[int, int]:
-        r, w = os.pipe()
-        stack.callback(os.close, r)
-        stack.callback(os.close, w)
-        return r, w
 
     def start(
         self,
