@@ -110,6 +110,11 @@ PUMP_FIELDS: Final = 6
 PUMP_BATCH: Final = 64
 #: Room for a batch beyond its first frame, as in ``_speedups.c``.
 PUMP_POOL: Final = 192 * 1024
+#: ``pump_pair``: write-and-read rounds a lane that keeps moving gets before the
+#: other lane's turn (as ``bench/fwd.c`` drains up to 64 frames from a ready fd).
+#: With four flows, one round per turn moved 0.89-0.99x the C forwarder, 16
+#: moved 0.99-1.02x (interleaved runs).
+PAIR_ROUNDS: Final = 16
 
 
 def _pump_frames_py(
@@ -272,14 +277,17 @@ def _pump_pair_py(
     while True:
         progress = False
         for index, lane in enumerate(lanes):
-            progress |= lane.write_held()
-            if lane.holding():
-                continue
-            if failed is None and (lane.write_err or lane.read_end is not None):
-                failed, stopping = index, True
-            if not stopping:
-                moved, stopping = lane.read_run(size, room, batch, flags)
+            for _ in range(PAIR_ROUNDS):
+                moved = lane.write_held()
+                if not lane.holding():
+                    if failed is None and (lane.write_err or lane.read_end is not None):
+                        failed, stopping = index, True
+                    if not stopping:
+                        read, stopping = lane.read_run(size, room, batch, flags)
+                        moved |= read
                 progress |= moved
+                if not moved:
+                    break
         if progress:
             continue
         if stopping and not any(lane.holding() for lane in lanes):

@@ -388,10 +388,10 @@ def _thread_groups(lanes: list[_Lane], raw: bool) -> list[tuple[_Lane, ...]]:
 
     With offload, one thread serving both directions of a device pair (the C
     forwarder's loop) is enough: in C, two threads moved 0.89x and 0.95x
-    what one loop moved with one and four flows; the pair pump moved
-    1.06-1.10x the C loop with one flow and 0.89-1.02x with four (the
-    two-thread pump 0.96-1.06x there), at a thread's less CPU; a thread in
-    ``poll`` on both fds wakes once where two threads wake twice.  Without
+    what one loop moved with one and four flows; the pair pump moves 1.00x
+    the C loop with one flow and 0.99-1.02x with four (the two-thread pump
+    0.96x and 1.01-1.04x), at a thread's less CPU; a thread in ``poll`` on
+    both fds wakes once where two threads wake twice.  Without
     offload the kernel's work per packet fills a core, and two threads move
     1.4x what one does, so those lanes keep a thread each.
     """

@@ -2681,6 +2681,8 @@ enum { PUMP_STOP, PUMP_READS, PUMP_READ_BYTES, PUMP_WRITES, PUMP_WRITE_BYTES, PU
 /* Room for a batch beyond its first frame: 64 packets of a 1500-byte MTU, or
  * three more super-packets. */
 #define PUMP_POOL (192 * 1024)
+/* pump_pair: rounds a lane that keeps moving gets before the other's turn. */
+#define PAIR_ROUNDS 16
 
 /* Wait until fd is ready for events or stop_fd is readable.  Returns 1 for
  * ready (or in error: the next system call on fd reports it), 0 for stop, or
@@ -3036,8 +3038,13 @@ py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
         Py_BEGIN_ALLOW_THREADS
         for (;;) {
             int progress = 0;
-            for (int d = 0; d < 2 && !interrupted; d++) {
+            /* A lane that moves gets up to PAIR_ROUNDS write-and-read rounds
+             * before the other gets its turn, as bench/fwd.c drains up to 64
+             * frames from a ready fd. */
+            for (int step = 0; step < 2 * PAIR_ROUNDS && !interrupted; step++) {
+                const int d = step / PAIR_ROUNDS;
                 pair_lane *L = &lanes[d];
+                int lp = 0;
                 while (L->next < L->have) {
                     ssize_t w = write(L->dst, L->pool + L->offs[L->next],
                                       (size_t)L->lens[L->next]);
@@ -3045,7 +3052,7 @@ py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
                         L->next++;
                         pump_store(L->state, PUMP_WRITES, ++L->writes);
                         pump_store(L->state, PUMP_WRITE_BYTES, L->write_bytes += (uint64_t)w);
-                        progress = 1;
+                        lp = 1;
                         continue;
                     }
                     int err = errno;
@@ -3059,13 +3066,13 @@ py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
                     /* Refused: this frame is given up, the others still go. */
                     L->next++;
                     pump_store(L->state, PUMP_DROPPED, ++L->dropped);
-                    progress = 1;
+                    lp = 1;
                     if (L->write_err == 0) {
                         L->write_err = err;
                     }
                 }
                 if (interrupted || L->next < L->have) {
-                    continue;
+                    goto lane_done;
                 }
                 L->have = L->next = L->used = 0;
                 if (failed < 0 && (L->write_err || L->read_ended)) {
@@ -3090,10 +3097,10 @@ py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
                         }
                         L->read_end = err;
                         L->read_ended = 1;
-                        progress = 1;
+                        lp = 1;
                         break;
                     }
-                    progress = 1;
+                    lp = 1;
                     if (n == 0) {
                         L->read_end = FRAMES_EOF;
                         L->read_ended = 1;
@@ -3108,6 +3115,11 @@ py_pump_pair(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
                     L->offs[L->have] = L->used;
                     L->lens[L->have++] = n;
                     L->used += n;
+                }
+            lane_done:
+                progress |= lp;
+                if (!lp) {
+                    step = (d + 1) * PAIR_ROUNDS - 1;
                 }
             }
             if (interrupted) {
