@@ -142,6 +142,19 @@ def closing_pipe(stack: contextlib.ExitStack) -> tuple[int, int]:
     return r, w
 
 
+def drain_until(drain: Callable[[], None], condition: Callable[[], bool]) -> bool:
+    """Call *drain* until *condition* holds; False at the deadline (bounded by count too)."""
+    end = time.monotonic() + DEADLINE
+    for _ in range(MAX_ROUNDS):
+        drain()
+        if condition():
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.002)
+    return False
+
+
 class Rig:
     """Two non-blocking SEQPACKET pairs, two stop pipes and a state buffer."""
 
@@ -199,15 +212,7 @@ class Rig:
 
     def wait_until(self, condition: Callable[[], bool]) -> bool:
         """Drain the destination until *condition* holds (False at the deadline)."""
-        end = time.monotonic() + DEADLINE
-        for _ in range(MAX_ROUNDS):
-            self.drain()
-            if condition():
-                return True
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.002)
-        return False
+        return drain_until(self.drain, condition)
 
     def _stop_all(self) -> None:
         live = [run for run in self.runs if run.thread.is_alive()]

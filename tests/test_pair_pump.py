@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from test_frame_pump import (
     PumpThread,
     closing_pipe,
     counters,
+    drain_until,
     fill,
     new_state,
     reads_reach,
@@ -194,15 +194,7 @@ class PairRig:
 
     def wait_until(self, condition: Callable[[], bool], drain: Sequence[int] = (0, 1)) -> bool:
         """Drain the *drain* lanes until *condition* holds (False at the deadline)."""
-        end = time.monotonic() + DEADLINE
-        for _ in range(MAX_ROUNDS):
-            self.drain(drain)
-            if condition():
-                return True
-            if time.monotonic() > end:
-                return False
-            time.sleep(0.002)
-        return False
+        return drain_until(lambda: self.drain(drain), condition)
 
     def _stop_all(self) -> None:
         live = [run for run in self.runs if run.thread.is_alive()]

@@ -117,79 +117,8 @@ PUMP_POOL: Final = 192 * 1024
 PAIR_ROUNDS: Final = 16
 
 
-def _pump_frames_py(
-    src_fd: int,
-    dst_fd: int,
-    size: int,
-    limit: int,
-    stop_read_fd: int,
-    stop_write_fd: int,
-    state: array[int],
-    batch: int = 1,
-) -> tuple[int, bool]:
-    """The pure-Python twin of ``_speedups.pump_frames`` (same results, GIL held between calls)."""
-    room = size if batch == 1 else size + PUMP_POOL
-    while True:
-        held: list[bytes] = []
-        used = 0
-        read_end: int | None = None
-        while len(held) < batch and room - used >= size:
-            if state[PUMP_STOP]:
-                break
-            try:
-                frame = os.read(src_fd, size)
-            except BlockingIOError:
-                if held:
-                    break
-                try:
-                    poll_until(src_fd, POLLIN, stop_read_fd)
-                except Stopped:
-                    break
-                continue
-            except OSError as exc:
-                read_end = exc.errno or errno.EIO
-                break
-            if not frame:
-                read_end = FRAMES_EOF
-                break
-            state[PUMP_READS] += 1
-            state[PUMP_READ_BYTES] += len(frame)
-            if len(frame) > limit:
-                state[PUMP_DROPPED] += 1
-                continue
-            held.append(frame)
-            used += len(frame)
-        if not held and read_end is None:
-            return 0, False
-        write_error = 0
-        for i, frame in enumerate(held):
-            while True:
-                try:
-                    n = os.write(dst_fd, frame)
-                except BlockingIOError:
-                    try:
-                        poll_until(dst_fd, POLLOUT, stop_write_fd)
-                    except Stopped:
-                        # No room before the stop: what is in hand is given up.
-                        state[PUMP_DROPPED] += len(held) - i
-                        return 0, True
-                    continue
-                except OSError as exc:
-                    # Refused: this frame is given up, the others still go.
-                    state[PUMP_DROPPED] += 1
-                    write_error = write_error or exc.errno or errno.EIO
-                else:
-                    state[PUMP_WRITES] += 1
-                    state[PUMP_WRITE_BYTES] += n
-                break
-        if write_error:
-            return write_error, True
-        if read_end is not None:
-            return read_end, False
-
-
-class _PairLane:
-    """One direction of ``_pump_pair_py``: its fds and the frames it holds."""
+class _PumpLane:
+    """One direction of a pure-Python pump: its fds and the frames it holds."""
 
     __slots__ = ("dst", "held", "limit", "next", "read_end", "src", "state", "write_err")
 
@@ -221,6 +150,13 @@ class _PairLane:
             self.next += 1
             moved = True
         return moved
+
+    def drop_held(self) -> bool:
+        """Give up what is held (no room before the stop): counted; whether any was."""
+        dropped = len(self.held) - self.next
+        self.state[PUMP_DROPPED] += dropped
+        self.next = len(self.held)
+        return dropped > 0
 
     def read_run(
         self, size: int, room: int, batch: int, flags: tuple[array[int], array[int]]
@@ -255,6 +191,45 @@ class _PairLane:
         return moved, False
 
 
+def _pump_frames_py(
+    src_fd: int,
+    dst_fd: int,
+    size: int,
+    limit: int,
+    stop_read_fd: int,
+    stop_write_fd: int,
+    state: array[int],
+    batch: int = 1,
+) -> tuple[int, bool]:
+    """The pure-Python twin of ``_speedups.pump_frames`` (same results, GIL held between calls)."""
+    room = size if batch == 1 else size + PUMP_POOL
+    lane = _PumpLane(src_fd, dst_fd, limit, state)
+    flags = (state, state)
+    while True:
+        _, stopped = lane.read_run(size, room, batch, flags)
+        if not lane.holding() and lane.read_end is None:
+            if stopped:
+                return 0, False
+            try:
+                poll_until(src_fd, POLLIN, stop_read_fd)
+            except Stopped:
+                return 0, False
+            continue
+        lane.write_held()
+        while lane.holding():
+            try:
+                poll_until(dst_fd, POLLOUT, stop_write_fd)
+            except Stopped:
+                # No room before the stop: what is in hand is given up.
+                lane.drop_held()
+                return 0, True
+            lane.write_held()
+        if lane.write_err:
+            return lane.write_err, True
+        if lane.read_end is not None:
+            return lane.read_end, False
+
+
 def _pump_pair_py(
     a_fd: int,
     b_fd: int,
@@ -269,7 +244,7 @@ def _pump_pair_py(
 ) -> tuple[int, int, bool]:
     """The pure-Python twin of ``_speedups.pump_pair`` (same results, GIL held between calls)."""
     room = size if batch == 1 else size + PUMP_POOL
-    lanes = (_PairLane(a_fd, b_fd, limit_ab, state_ab), _PairLane(b_fd, a_fd, limit_ba, state_ba))
+    lanes = (_PumpLane(a_fd, b_fd, limit_ab, state_ab), _PumpLane(b_fd, a_fd, limit_ba, state_ba))
     flags = (state_ab, state_ba)
     stopping = False
     failed: int | None = None
@@ -311,11 +286,8 @@ def _pump_pair_py(
                 continue
             # No room before the stop: what is in hand is given up.
             for index, lane in enumerate(lanes):
-                if lane.holding():
-                    if dropped_lane is None:
-                        dropped_lane = index
-                    lane.state[PUMP_DROPPED] += len(lane.held) - lane.next
-                    lane.next = len(lane.held)
+                if lane.drop_held() and dropped_lane is None:
+                    dropped_lane = index
 
 
 #: ``pump_frames(src_fd, dst_fd, size, limit, stop_read_fd, stop_write_fd, state,
