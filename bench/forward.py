@@ -31,7 +31,10 @@ connected to the other over a veth pair that joins the two end namespaces
 directly (the underlay, 10.99.0.0/24, also inside the harness's namespaces).
 ``vxlan`` is the kernel's own UDP encapsulation over the same underlay, a VXLAN
 device in each end namespace, no Python in the path: the reference for what
-the tunnel could reach.
+the tunnel could reach.  ``tunnel-floor`` is the kernel's share of our own
+tunnel: a C program (bench/tunnel_floor.c) in each endpoint makes the same
+system calls per super-packet as ``tunnel-batched`` with nothing between them,
+so the distance to it is what splitting and coalescing in user space cost.
 
 The WireGuard modes (issue 12) run two WireGuard peers over the same underlay
 (bench/fwd_wireguard.py): each peer creates its own interface in its end
@@ -79,6 +82,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 BUILD_DIR = BENCH_DIR / "_build"
 C_SOURCE = BENCH_DIR / "fwd.c"
 C_BINARY = BUILD_DIR / "fwd"
+# tunnel-floor's endpoint program; fwd_tunnel.py runs it from there.
+FLOOR_SOURCE = BENCH_DIR / "tunnel_floor.c"
+FLOOR_BINARY = BUILD_DIR / "tunnel_floor"
 RESULTS = BENCH_DIR / "results.md"
 
 NS_PREFIX = "trio-tun-bench"
@@ -131,9 +137,16 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
-# Reported against the tunnel modes, without a target: the kernel's own UDP tunnel.
+# Reported against the tunnel modes, without a target: the kernel's own UDP tunnel,
+# and the kernel's share of ours (the same system calls, nothing between them).
 TUNNEL_REFERENCE = "vxlan"
-TUNNEL_MODES: tuple[str, ...] = ("tunnel-batched", "tunnel-perdatagram", "tunnel-engine")
+TUNNEL_FLOOR = "tunnel-floor"
+TUNNEL_MODES: tuple[str, ...] = (
+    "tunnel-batched",
+    "tunnel-perdatagram",
+    "tunnel-engine",
+    TUNNEL_FLOOR,
+)
 # The WireGuard modes: interface MTU (1500 minus WireGuard's 60 bytes over IPv4,
 # wireguard-go's default) and their reference, wireguard-go on both ends.
 WG_MTU = 1420
@@ -284,6 +297,17 @@ MODES: dict[str, Mode] = {
             True,
             implementation="speedups",
             tunnel_mode="engine",
+            mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            "tunnel-floor",
+            "the tunnel's kernel share: a C endpoint (bench/tunnel_floor.c) sends each TUN "
+            "frame whole as one UDP_SEGMENT run and writes back what one UDP_GRO read returns "
+            "(the same system calls as tunnel-batched, no GSO/GRO work in user space; TUN "
+            "gso_max_size capped at 65,000 so a frame fits one UDP send)",
+            "tunnel",
+            True,
+            tunnel_mode="floor",
             mtu=TUNNEL_MTU,
         ),
         Mode(
@@ -885,16 +909,16 @@ def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Meas
 # -- preflight ----------------------------------------------------------------------
 
 
-def _build_c_forwarder() -> str | None:
-    """Compile fwd.c; None on success, else why not."""
+def _build_c_program(source: Path, binary: Path) -> str | None:
+    """Compile *source* (fwd.c, tunnel_floor.c) to *binary*; None on success, else why not."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return "no C compiler (cc) on PATH: install gcc (nox -s bench does)"
     BUILD_DIR.mkdir(exist_ok=True)
-    argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(C_BINARY), str(C_SOURCE)]
+    argv = [cc, "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
-        return f"compiling {C_SOURCE.name} failed:\n{done.stderr}"
+        return f"compiling {source.name} failed:\n{done.stderr}"
     return None
 
 
@@ -945,7 +969,7 @@ def preflight(modes: Sequence[Mode]) -> dict[str, str]:
             print(f"{mode.name}: {problem}")
             skipped[mode.name] = problem
     kinds = {m.kind for m in modes}
-    if "c" in kinds and (problem := _build_c_forwarder()) is not None:
+    if "c" in kinds and (problem := _build_c_program(C_SOURCE, C_BINARY)) is not None:
         print(f"C forwarder: {problem}")
         skipped.update({m.name: problem for m in modes if m.kind == "c"})
     if "pytun" in kinds:
@@ -955,6 +979,10 @@ def preflight(modes: Sequence[Mode]) -> dict[str, str]:
             problem = "python-pytun is not installed (pip install python-pytun): skipping pytun"
             print(problem)
             skipped["pytun"] = problem
+    floor = any(m.name == TUNNEL_FLOOR for m in modes)
+    if floor and (problem := _build_c_program(FLOOR_SOURCE, FLOOR_BINARY)) is not None:
+        print(f"{TUNNEL_FLOOR}: {problem}")
+        skipped[TUNNEL_FLOOR] = problem
     if any(m.name == "tunnel-engine" for m in modes) and (problem := _tunnel_pump()) is not None:
         print(f"tunnel-engine: {problem}")
         skipped["tunnel-engine"] = problem
@@ -1128,24 +1156,27 @@ def _per(numerator: Any, denominator: Any) -> str:
 
 
 def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]) -> list[str]:
-    """The tunnel modes against the kernel's VXLAN, and how well the UDP side batches."""
+    """The tunnel modes against the kernel's VXLAN and our floor, and how the UDP side batches."""
     selected = {m.name for m in modes}
     shown = [name for name in (*TUNNEL_MODES, TUNNEL_REFERENCE) if name in selected]
     if not shown:
         return []
     medians = outcome.medians()
     lines = [
-        f"Reference: the kernel's own UDP encapsulation (`{TUNNEL_REFERENCE}`), no target.  "
-        "The UDP columns are the client -> server direction (endpoint A's sends, endpoint "
-        "B's receives) of the median run: datagrams per message is what UDP_SEGMENT / "
-        "UDP_GRO achieved (a message is one sendmsg/recvmsg's worth; sendmmsg/recvmmsg "
-        "put several messages in one system call, counted in the per-syscall columns); "
-        "packets per TUN write is the receiving TUN's GRO coalescing.",
+        f"References, no targets: the kernel's own UDP encapsulation (`{TUNNEL_REFERENCE}`), "
+        f"and the kernel's share of our tunnel (`{TUNNEL_FLOOR}`: the same TUN and UDP "
+        "system calls per super-packet as tunnel-batched, with no GSO/GRO work between "
+        "them); vs the floor is what a tunnel keeps of it once user space splits and "
+        "coalesces.  The UDP columns are the client -> server direction (endpoint A's sends, "
+        "endpoint B's receives) of the median run: datagrams per message is what "
+        "UDP_SEGMENT / UDP_GRO achieved (a message is one sendmsg/recvmsg's worth; "
+        "sendmmsg/recvmmsg put several messages in one system call, counted in the "
+        "per-syscall columns); packets per TUN write is the receiving TUN's GRO coalescing.",
         "",
-        f"| mode | streams | Gbit/s | vs {TUNNEL_REFERENCE} | datagrams/sendmsg | "
-        "datagrams/send syscall | datagrams/recvmsg | datagrams/recv syscall | "
-        "packets/TUN write |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| mode | streams | Gbit/s | vs {TUNNEL_REFERENCE} | vs {TUNNEL_FLOOR} | "
+        "datagrams/sendmsg | datagrams/send syscall | datagrams/recvmsg | "
+        "datagrams/recv syscall | packets/TUN write |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in shown:
         for n in streams:
@@ -1156,6 +1187,7 @@ def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]
             lines.append(
                 f"| {name} | {n} | {m.gbps:.2f} "
                 f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_REFERENCE, n))} "
+                f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_FLOOR, n))} "
                 f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_tx_messages'))} "
                 f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_writes'))} "
                 f"| {_per(d.get('udp_rx_datagrams'), d.get('udp_rx_messages'))} "

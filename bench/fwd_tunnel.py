@@ -30,6 +30,14 @@ Modes:
   engine       The library's own data path: ``trio_tun.engine.TunnelPump([tun],
                [udp])`` (no handlers), ``await pump.run()`` until cancelled; the
                same batched calls as ``batched``, run by the engine.
+  floor        Not trio-tun: bench/tunnel_floor.c (built by the harness) in
+               each endpoint, the same system calls with nothing between
+               them.  A TUN frame goes out whole as one UDP_SEGMENT send and
+               the peer writes back what one UDP_GRO read returns, which is
+               that frame again because the veth underlay keeps the GSO
+               datagram whole.  Each TUN device's gso_max_size is capped at
+               FLOOR_GSO_MAX_SIZE first, so that a frame fits in one UDP send.
+               What the kernel alone costs: the reference for the others.
 
 This program is started once per measurement, by the harness, as the
 "forwarder": it starts the two endpoint processes (itself again, with
@@ -49,10 +57,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import _fwdcommon
 import attrs
+import pyroute2
 import trio
 
 import trio_tun
@@ -74,10 +84,16 @@ MAX_ROUNDS = 10**9
 GRACE = 1.0
 #: Exit status when an endpoint died during the run.
 ENDPOINT_FAILED = 3
+#: The floor mode's endpoint program (forward.py compiles bench/tunnel_floor.c there).
+FLOOR_BINARY = Path(__file__).resolve().parent / "_build" / "tunnel_floor"
+#: The floor mode's cap on TUN super-packets: a frame (virtio header included)
+#: must fit in one IPv4 UDP send of at most 65,507 bytes.
+FLOOR_GSO_MAX_SIZE = 65000
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=["batched", "perdatagram", "engine"], required=True)
+    modes = ["batched", "perdatagram", "engine", "floor"]
+    parser.add_argument("--mode", choices=modes, required=True)
     parser.add_argument("--underlay-a", required=True, help="endpoint A's underlay address")
     parser.add_argument("--underlay-b", required=True, help="endpoint B's underlay address")
     parser.add_argument(
@@ -183,8 +199,26 @@ async def _serve(args: argparse.Namespace, tun: PacketStream, info: dict[str, An
             await tun.aclose()
 
 
+def _run_floor_endpoint(args: argparse.Namespace, ns: str, dev: str) -> None:
+    """Cap *dev*'s super-packets, then become bench/tunnel_floor.c (prints READY, counters)."""
+    a = args.endpoint == "a"
+    local, remote = (args.underlay_a, args.underlay_b) if a else (args.underlay_b, args.underlay_a)
+
+    def cap() -> None:
+        with pyroute2.IPRoute() as ipr:
+            (index,) = ipr.link_lookup(ifname=dev)
+            ipr.link("set", index=index, gso_max_size=FLOOR_GSO_MAX_SIZE)
+
+    _fwdcommon.open_in(ns, cap)
+    argv = [str(FLOOR_BINARY), ns, dev, local, remote, str(PORT), str(int(args.max_seconds))]
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
 def _run_endpoint(args: argparse.Namespace) -> None:
     ns, dev = (args.ns_a, args.dev_a) if args.endpoint == "a" else (args.ns_b, args.dev_b)
+    if args.mode == "floor":
+        _run_floor_endpoint(args, ns, dev)
     fd = _fwdcommon.open_in(ns, lambda: _attach(dev))
     tun = trio_tun.from_fd(fd, vnet_hdr=True)
     info: dict[str, Any] = {
