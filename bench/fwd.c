@@ -25,6 +25,8 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "bench_tun.h"
+
 /* One read brings at most a 64 KiB super-packet plus the 10-byte virtio header. */
 #define BUF_SIZE (65536 + 10)
 /* Reads per ready fd per poll() round: drain bursts without starving the other side. */
@@ -34,18 +36,6 @@ struct counters {
     unsigned long long reads, read_bytes, writes, write_bytes, write_errors;
 };
 
-static volatile sig_atomic_t stop;
-
-static void on_signal(int sig) {
-    (void)sig;
-    stop = 1;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(2);
-}
-
 /* Open DEV inside namespace NS, then return this (single) thread to HOME. */
 static int attach(const char *ns, const char *dev, int vnet, int home) {
     int nsfd = open(ns, O_RDONLY | O_CLOEXEC);
@@ -53,17 +43,7 @@ static int attach(const char *ns, const char *dev, int vnet, int home) {
     if (setns(nsfd, CLONE_NEWNET) < 0) die("setns(target)");
     close(nsfd);
 
-    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) die("/dev/net/tun");
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", dev);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
-    /* The mask is device-wide and survives reopening: set it either way. */
-    unsigned long mask = vnet ? (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) : 0;
-    if (ioctl(fd, TUNSETOFFLOAD, mask) < 0) die("TUNSETOFFLOAD");
-
+    int fd = open_tun(dev, vnet);
     if (setns(home, CLONE_NEWNET) < 0) die("setns(home)");
     return fd;
 }

@@ -41,6 +41,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "bench_tun.h"
+
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -59,30 +61,6 @@
 #define READS_PER_ROUND 64
 /* SO_SNDBUF/SO_RCVBUF, as fwd_tunnel.py asks for. */
 #define SOCKET_BUFFER (7 << 20)
-
-static volatile sig_atomic_t stop;
-
-static void on_signal(int sig) {
-    (void)sig;
-    stop = 1;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(2);
-}
-
-static int attach_tun(const char *dev) {
-    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) die("/dev/net/tun");
-    struct ifreq ifr;
-    memset(&ifr, 0, sizeof ifr);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", dev);
-    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
-    if (ioctl(fd, TUNSETIFF, &ifr) < 0) die("TUNSETIFF");
-    if (ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) < 0) die("TUNSETOFFLOAD");
-    return fd;
-}
 
 static int open_udp(const char *local, const char *remote, int port) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -141,7 +119,7 @@ int main(int argc, char **argv) {
     if (nsfd < 0) die(argv[1]);
     if (setns(nsfd, CLONE_NEWNET) < 0) die("setns");
     close(nsfd);
-    int tun = attach_tun(argv[2]);
+    int tun = open_tun(argv[2], 1);
     int udp = open_udp(argv[3], argv[4], atoi(argv[5]));
 
     struct sigaction sa;
