@@ -499,3 +499,39 @@ async def kernel_delete_link(ns: NetNamespace, name: str) -> None:
 async def kernel_links(ns: NetNamespace) -> list[str]:
     """``ns.links()``, from a worker thread (it uses pyroute2's sync IPRoute)."""
     return await anyio.to_thread.run_sync(_kernel_links, ns)
+
+
+# -- refusing writes ----------------------------------------------------------
+
+
+def refuse_writes(monkeypatch: Any, refuse: Callable[[bytes], int]) -> None:
+    """Make every frame write of a file-descriptor port fail where *refuse* says so.
+
+    *refuse(frame)* returns the errno to fail that frame with (the whole frame,
+    virtio header included), or 0 to write it.  Both write paths of
+    ``trio_tun._ports`` are covered: one frame (``writev``) and the write loop
+    (``_write_frames``), which writes the frames before a refused one and
+    reports that one as the kernel's loop would.
+    """
+    import trio_tun._ports as ports
+
+    real_writev, real_write_frames = ports.writev, ports._write_frames
+
+    def writev(fd: int, buffers: list[bytes]) -> int:
+        error = refuse(b"".join(buffers))
+        if error:
+            raise OSError(error, "refused for the test")
+        return int(real_writev(fd, buffers))
+
+    def write_frames(fd: int, frames: list[bytes], start: int) -> tuple[int, int, int]:
+        # Asks *refuse* once per frame, as the kernel's loop meets each once.
+        for index in range(start, len(frames)):
+            error = refuse(bytes(frames[index]))
+            if error:
+                after, status, nbytes = real_write_frames(fd, frames[:index], start)
+                return (after, status, nbytes) if status else (index, error, nbytes)
+        result: tuple[int, int, int] = real_write_frames(fd, frames, start)
+        return result
+
+    monkeypatch.setattr(ports, "writev", writev)
+    monkeypatch.setattr(ports, "_write_frames", write_frames)

@@ -21,6 +21,7 @@ import trio
 import trio_tun
 import trio_tun._ports
 from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
+from packets_util import refuse_writes
 from trio_tun import Layer, NoDeviceControlError, PacketStream, Route
 from trio_tun._framing import PlainFraming
 from trio_tun._ports import FdPort, MemoryPort
@@ -370,17 +371,15 @@ async def test_a_refused_coalesced_write_is_resent_split_and_coalescing_stops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Some kernels refuse GSO writes with EINVAL (e.g. a short last segment).
-    real_writev = trio_tun._ports.writev
     refusals: list[int] = []
 
-    def picky_writev(fd: int, buffers: list[bytes]) -> int:
-        frame = b"".join(buffers)
+    def picky(frame: bytes) -> int:
         if frame[1] != 0 or frame[VIRTIO_NET_HDR_LEN:].endswith(b"refuse me"):
             refusals.append(frame[1])
-            raise OSError(errno.EINVAL, "refused for the test")
-        return int(real_writev(fd, buffers))
+            return errno.EINVAL
+        return 0
 
-    monkeypatch.setattr(trio_tun._ports, "writev", picky_writev)
+    refuse_writes(monkeypatch, picky)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
@@ -758,17 +757,61 @@ async def test_a_closed_queue_refuses_control_even_when_the_device_is_still_open
     await second.aclose()
 
 
+async def test_coalesced_frames_are_counted_as_written() -> None:
+    # Three frames out of one batch: two super-packets and a lone packet.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    first = tcp_flow(Flow(), [100] * 3, seq=1)
+    second = tcp_flow(Flow(sport=2222), [50] * 2, seq=7)
+    lone = tcp_packet(Flow(sport=3333), 1, b"x")
+    with ours, anyio.fail_after(DEADLINE):
+        await stream.send_batch([*first, *second, lone])
+        frames = _received(ours)
+        assert len(frames) == 3
+        stats = stream.statistics()
+        assert (stats.writes, stats.write_bytes) == (3, sum(map(len, frames)))
+        # tx_bytes: what the packets held, virtio headers not included.
+        assert stats.tx_bytes == sum(map(len, frames)) - 3 * VIRTIO_NET_HDR_LEN
+        assert (stats.tx_packets, stats.tx_coalesced, stats.tx_dropped) == (6, 2, 0)
+        await stream.aclose()
+
+
+async def test_coalesced_frames_wait_for_room_and_go_in_order() -> None:
+    # More super-packets than the socket buffer holds: the write loop stops at
+    # the first frame that does not fit, waits, and goes on from there.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # Room for a few 8 KiB frames (the kernel doubles it), not for forty.
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    ours.setblocking(False)
+    stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)
+    flows = [tcp_flow(Flow(sport=1000 + i), [1000] * 8, seq=1) for i in range(40)]
+    got: list[bytes] = []
+
+    async def drain() -> None:
+        for _ in range(10_000):
+            got.extend(_received(ours))
+            if len(got) == len(flows):
+                return
+            await anyio.sleep(0.001)
+
+    with ours, anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain)
+            await stream.send_batch([segment for flow in flows for segment in flow])
+    # One frame per flow, in the batch's order (the source port says which).
+    sports = [struct.unpack_from("!H", frame, VIRTIO_NET_HDR_LEN + 20)[0] for frame in got]
+    assert sports == [1000 + i for i in range(40)]
+    stats = stream.statistics()
+    assert (stats.writes, stats.tx_packets, stats.tx_coalesced) == (40, 320, 40)
+    await stream.aclose()
+
+
 async def test_a_refused_two_segment_super_packet_is_resent_split(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_writev = trio_tun._ports.writev
-
-    def picky_writev(fd: int, buffers: list[bytes]) -> int:
-        if b"".join(buffers)[1] != 0:  # gso_type set
-            raise OSError(errno.EINVAL, "refused for the test")
-        return int(real_writev(fd, buffers))
-
-    monkeypatch.setattr(trio_tun._ports, "writev", picky_writev)
+    # gso_type set: refused.
+    refuse_writes(monkeypatch, lambda frame: errno.EINVAL if frame[1] != 0 else 0)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     stream = trio_tun.from_fd(theirs.detach(), vnet_hdr=True)

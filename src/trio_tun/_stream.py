@@ -82,6 +82,8 @@ MAX_FRAME: Final = MAX_PACKET + 14
 PI_LEN: Final = 4
 
 T = TypeVar("T")
+#: A frame handed to the port's write loop: bytes when coalesced, any buffer otherwise.
+_Frame = TypeVar("_Frame", bound=Buffer)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -183,6 +185,8 @@ class PacketStream(UnreliableObjectStream[bytes]):
         self._frame_port = (
             port if isinstance(port, FdPort) and isinstance(framing, PlainFraming) else None
         )
+        # Coalesced frames (offload on) go out through the same write loop.
+        self._fd_port = port if isinstance(port, FdPort) else None
 
     # -- introspection -------------------------------------------------
 
@@ -583,48 +587,94 @@ class PacketStream(UnreliableObjectStream[bytes]):
                 await self._send_one(packet)
 
     async def _send_frames(self, port: FdPort, batch: list[Buffer]) -> None:
-        """Write one-packet frames with the port's write loop, waiting where it is full."""
+        """Write one-packet frames with the port's write loop."""
+        await self._write_run(port, batch, self._count_frames, self._drop_frame)
+
+    def _count_frames(self, frames: Sequence[Buffer], start: int, end: int, nbytes: int) -> None:
         counters = self._counters
-        index, end = 0, len(batch)
+        counters.writes += end - start
+        counters.write_bytes += nbytes
+        counters.tx_packets += end - start
+        counters.tx_bytes += nbytes
+
+    async def _drop_frame(self, frame: Buffer) -> None:
+        # Refused (not IP, device down): dropped and counted, the rest goes on.
+        self._counters.tx_dropped += 1
+
+    async def _write_run(
+        self,
+        port: FdPort,
+        frames: Sequence[_Frame],
+        count: Callable[[Sequence[_Frame], int, int, int], None],
+        refused: Callable[[_Frame], Awaitable[None]],
+    ) -> None:
+        """Write *frames* in order through the port's loop, waiting where it is full.
+
+        *count* is told each run of frames written whole (start, end, bytes);
+        each frame the system refuses goes to *refused*, and the rest go on.
+        """
+        index, end = 0, len(frames)
         while index < end:
-            after, nbytes, status, error = port.write_frames(batch, index)
-            written = after - index
-            counters.writes += written
-            counters.write_bytes += nbytes
-            counters.tx_packets += written
-            counters.tx_bytes += nbytes
+            after, nbytes, status, error = port.write_frames(frames, index)
+            if after > index:
+                count(frames, index, after, nbytes)
             if error is not None:
                 raise error
             index = after
             if status == WOULD_BLOCK:
                 await self._wait(readable=False)
             elif status == REFUSED:
-                # Refused (not IP, device down): dropped and counted, the rest goes on.
-                counters.tx_dropped += 1
                 index += 1
+                await refused(frames[index - 1])
 
     async def _send_coalesced(self, batch: list[Buffer]) -> None:
         framing = self._framing
         frames, refused = framing.coalesce(batch)
         self._counters.tx_dropped += refused
+        port = self._fd_port
+        if port is not None:
+            # One call, one release of the GIL, for all the frames of a batch.
+            await self._write_run(port, frames, self._count_coalesced, self._drop_coalesced)
+            return
         for frame in frames:
             segments = framing.segments(frame)
-            if await self._write_frame((frame,), segments):
-                if segments > 1:
-                    self._counters.tx_coalesced += 1
-                continue
-            if segments > 1 and self._port.refused_errno == errno.EINVAL:
-                # Some kernels refuse coalesced writes (e.g. a short last
-                # segment): stop coalescing here and resend this one split up.
-                framing.coalescing = False
-                self._counters.tx_coalesce_fallbacks += 1
-                self._counters.tx_dropped -= segments
-                parts = framing.split(frame)
-                if parts is None:
-                    self._counters.tx_dropped += segments
-                    continue
-                for part in parts:
-                    await self._send_one(part)
+            if not await self._write_frame((frame,), segments):
+                await self._refused_coalesced(frame)
+            elif segments > 1:
+                self._counters.tx_coalesced += 1
+
+    def _count_coalesced(self, frames: Sequence[bytes], start: int, end: int, nbytes: int) -> None:
+        """Count ``frames[start:end]``, written whole (*nbytes* in all, headers included)."""
+        counters, segments = self._counters, self._framing.segments
+        counters.writes += end - start
+        counters.write_bytes += nbytes
+        counters.tx_bytes += nbytes - (end - start) * self._framing.header_len
+        for frame in frames[start:end]:
+            packets = segments(frame)
+            counters.tx_packets += packets
+            if packets > 1:
+                counters.tx_coalesced += 1
+
+    async def _drop_coalesced(self, frame: bytes) -> None:
+        self._counters.tx_dropped += self._framing.segments(frame)
+        await self._refused_coalesced(frame)
+
+    async def _refused_coalesced(self, frame: bytes) -> None:
+        """*frame* was refused and counted as dropped; resend it split if that is why."""
+        framing = self._framing
+        segments = framing.segments(frame)
+        if segments > 1 and self._port.refused_errno == errno.EINVAL:
+            # Some kernels refuse coalesced writes (e.g. a short last
+            # segment): stop coalescing here and resend this one split up.
+            framing.coalescing = False
+            self._counters.tx_coalesce_fallbacks += 1
+            self._counters.tx_dropped -= segments
+            parts = framing.split(frame)
+            if parts is None:
+                self._counters.tx_dropped += segments
+                return
+            for part in parts:
+                await self._send_one(part)
 
     async def send_raw(self, frame: Buffer) -> None:
         """Write one frame exactly as given (with its virtio header when offload is on)."""
