@@ -9,6 +9,7 @@ and a closed peer reads as the end of the stream.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -155,3 +156,122 @@ def test_a_list_emptied_by_another_thread_is_written_as_it_was() -> None:
             assert [len(b.recv(64)) for _ in range(index)] == [16] * index
             with pytest.raises(BlockingIOError):
                 b.recv(64)
+
+
+# -- read_packed: runs of frames into one pool ----------------------------------------
+
+PACKED: list[Any] = [pytest.param(_ports._read_packed_py, id="python")]
+if _speedups is not None and hasattr(_speedups, "read_packed"):
+    PACKED.append(pytest.param(_speedups.read_packed, id="speedups"))
+
+
+def _unpacked(pool: bytearray, lengths: list[int]) -> list[bytes]:
+    frames, offset = [], 0
+    for n in lengths:
+        frames.append(bytes(pool[offset : offset + n]))
+        offset += n
+    return frames
+
+
+@pytest.mark.parametrize("read_packed", PACKED)
+@settings(max_examples=50, deadline=None)
+@given(
+    frames=st.lists(st.binary(min_size=1, max_size=3000), max_size=80),
+    count=st.integers(0, 80),
+    size=st.integers(3000, 5000),
+    room=st.integers(0, 20_000),
+)
+def test_packed_frames_cross_in_order_within_count_and_room(
+    read_packed: Callable[..., tuple[list[int], int]],
+    frames: list[bytes],
+    count: int,
+    size: int,
+    room: int,
+) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        for frame in frames:
+            a.send(frame)
+        pool = bytearray(size + room)
+        lengths, status = read_packed(b.fileno(), pool, size, count)
+        got = _unpacked(pool, lengths)
+        assert got == frames[: len(got)]
+        # It stops at the count (64 at most), when a read might not fit, or dry.
+        expected = 0
+        used = 0
+        while expected < min(count, 64) and len(pool) - used >= size and expected < len(frames):
+            used += len(frames[expected])
+            expected += 1
+        assert len(got) == expected
+        dry = expected == len(frames) and expected < min(count, 64) and len(pool) - used >= size
+        assert status == (errno.EAGAIN if dry else 0)
+
+
+@pytest.mark.parametrize("read_packed", PACKED)
+def test_packed_reads_report_end_of_stream_and_errors(
+    read_packed: Callable[..., tuple[list[int], int]], pair: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = pair
+    a.send(b"last")
+    a.close()
+    pool = bytearray(1000)
+    assert read_packed(b.fileno(), pool, 100, 10) == ([4], _ports.FRAMES_EOF)
+    assert pool[:4] == b"last"
+    assert read_packed(b.fileno(), pool, 100, 10) == ([], _ports.FRAMES_EOF)
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        # A write-only fd: reading it fails with EBADF, nothing read.
+        assert read_packed(w, pool, 100, 10) == ([], errno.EBADF)
+    finally:
+        os.close(w)
+
+
+def test_packed_bad_arguments_are_refused() -> None:
+    if _speedups is None:
+        pytest.skip("speedups not built")
+    with pytest.raises(ValueError):
+        _speedups.read_packed(-1, bytearray(10), 10, 1)
+    with pytest.raises(ValueError):
+        _speedups.read_packed(0, bytearray(10), 0, 1)
+    with pytest.raises(ValueError):
+        _speedups.read_packed(0, bytearray(10), 10, -1)
+    with pytest.raises(BufferError):
+        _speedups.read_packed(0, b"read-only", 10, 1)
+    with pytest.raises(TypeError):
+        _speedups.read_packed(0, bytearray(10), 10)  # type: ignore[call-arg]
+
+
+def test_a_packed_pool_in_use_cannot_be_resized(pair: tuple[socket.socket, socket.socket]) -> None:
+    """The compiled loop holds the pool while the GIL is released: another thread
+    resizing the bytearray gets BufferError instead of moving the memory being
+    read into.  (The twin holds the GIL between reads.)"""
+    if _speedups is None:
+        pytest.skip("speedups not built")
+    read_packed = _speedups.read_packed
+    a, b = pair
+    pool = bytearray(2000)
+    b.setblocking(True)
+    errors: list[BaseException] = []
+
+    def resize() -> None:
+        try:
+            pool.extend(b"x")
+        except BufferError as exc:
+            errors.append(exc)
+
+    b.settimeout(None)
+    thread = threading.Thread(target=lambda: read_packed(b.fileno(), pool, 100, 1))
+    thread.start()
+    for _ in range(200):
+        if thread.is_alive():
+            resize()
+            if errors:
+                break
+        threading.Event().wait(0.01)
+    a.send(b"wake")
+    thread.join(10)
+    assert errors and not thread.is_alive()

@@ -25,6 +25,7 @@ import trio_tun
 from offload.packets import Flow, super_packet
 from packets_util import is_udp_to, parse, recv_datagram, udp4, udp_socket
 from trio_tun import PacketStream
+from trio_tun._stream import DEFAULT_BATCH, DEFAULT_BATCH_BYTES
 from trio_tun.testing import NetNamespace
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +181,41 @@ async def test_raw_frames_cross_a_real_device(netns: NetNamespace) -> None:
     assert (data, source) == (b"inward", ("10.71.0.2", 9))
     assert stats.tx_packets == 1 and stats.tx_dropped == 0
     assert stats.rx_packets >= 1
+
+
+async def test_an_offloaded_batch_reads_in_runs_and_keeps_its_limits(
+    offloaded: tuple[PacketStream, socket.socket],
+) -> None:
+    """With offload a batch is read in runs into one pool: more super-packets
+    than one run holds still come in order, and the batch's read limit holds."""
+    stream, peer = offloaded
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    # Eight super-packets of 40 segments: more than one run of the pool.
+    big = [tso_frame(40, 1400) for _ in range(8)]
+    for frame in big:
+        peer.send(frame)
+    with anyio.fail_after(DEADLINE):
+        batch = await stream.receive_batch()
+    stats = stream.statistics()
+    assert (len(batch), stats.reads, stats.read_bytes) == (320, 8, sum(map(len, big)))
+    assert [parse(p) is not None for p in batch] == [True] * 320
+    # 16 more (900 KB): a batch stops once DEFAULT_BATCH_BYTES have come.
+    for frame in big + big:
+        peer.send(frame)
+    with anyio.fail_after(DEADLINE):
+        batch = await stream.receive_batch()
+        rest = await stream.receive_batch()
+    stats = stream.statistics()
+    taken = len(batch) // 40
+    assert taken < 16 and taken * len(big[0]) >= DEFAULT_BATCH_BYTES
+    assert (len(batch) + len(rest), stats.reads) == (16 * 40, 8 + 16)
+    # 100 one-packet frames: a batch is at most DEFAULT_BATCH (64) reads.
+    small = [bytes(10) + numbered(n) for n in range(100)]
+    for frame in small:
+        peer.send(frame)
+    with anyio.fail_after(DEADLINE):
+        first = await stream.receive_batch()
+        second = await stream.receive_batch()
+    assert first + second == [numbered(n) for n in range(100)]
+    assert (len(first), stream.statistics().reads) == (DEFAULT_BATCH, 24 + 100)
+    await stream.aclose()

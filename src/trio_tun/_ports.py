@@ -56,6 +56,31 @@ def _read_frames_py(fd: int, count: int, size: int) -> tuple[list[bytes], int]:
     return frames, 0
 
 
+#: ``read_packed``: the most frames one call reads (the compiled loop's chunk).
+PACKED_MAX: Final = 64
+
+
+def _read_packed_py(
+    fd: int, pool: bytearray | memoryview, size: int, count: int
+) -> tuple[list[int], int]:
+    """The pure-Python twin of ``_speedups.read_packed`` (same results)."""
+    view = memoryview(pool)
+    lengths: list[int] = []
+    used = 0
+    while len(lengths) < min(count, PACKED_MAX) and len(view) - used >= size:
+        try:
+            n = readv(fd, [view[used : used + size]])
+        except BlockingIOError:
+            return lengths, errno.EAGAIN
+        except OSError as exc:
+            return lengths, exc.errno or errno.EIO
+        if n == 0:
+            return lengths, FRAMES_EOF
+        lengths.append(n)
+        used += n
+    return lengths, 0
+
+
 def _write_frames_py(fd: int, frames: Sequence[Buffer], start: int) -> tuple[int, int, int]:
     """The pure-Python twin of ``_speedups.write_frames`` (same results)."""
     total = 0
@@ -86,6 +111,7 @@ def _compiled(name: str, twin: _F) -> _F:
 
 
 _read_frames = _compiled("read_frames", _read_frames_py)
+_read_packed = _compiled("read_packed", _read_packed_py)
 _write_frames = _compiled("write_frames", _write_frames_py)
 
 # -- the frame pump of a forwarding thread ---------------------------------------------
@@ -463,6 +489,21 @@ class FdPort:
                 raise anyio.EndOfStream
             raise self._error(OSError(status, os.strerror(status)), "reading")
         return frames
+
+    def read_packed(self, pool: bytearray, size: int, count: int) -> tuple[list[int], bool]:
+        """Up to *count* frames of at most *size* bytes, read one after another into *pool*.
+
+        Returns the frames' lengths (frame *k* starts where frame *k - 1*
+        ends) and whether reading stopped only for the count or the pool's
+        room (``True``: there may be more to read).  Failures are reported as
+        by :meth:`read_frames`.
+        """
+        lengths, status = _read_packed(self._open_fd(), pool, size, count)
+        if status and status != errno.EAGAIN and not lengths:
+            if status == FRAMES_EOF:
+                raise anyio.EndOfStream
+            raise self._error(OSError(status, os.strerror(status)), "reading")
+        return lengths, status == 0
 
     def write_frames(
         self, frames: Sequence[Buffer], start: int

@@ -82,6 +82,9 @@ MAX_FRAME: Final = MAX_PACKET + 14
 PI_LEN: Final = 4
 
 T = TypeVar("T")
+#: Room for a batch's reads beyond its first frame in the read pool: three
+#: more super-packets, or a few hundred small frames.
+READ_POOL_EXTRA: Final = 192 * 1024
 #: A frame handed to the port's write loop: bytes when coalesced, any buffer otherwise.
 _Frame = TypeVar("_Frame", bound=Buffer)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,8 +188,13 @@ class PacketStream(UnreliableObjectStream[bytes]):
         self._frame_port = (
             port if isinstance(port, FdPort) and isinstance(framing, PlainFraming) else None
         )
-        # Coalesced frames (offload on) go out through the same write loop.
-        self._fd_port = port if isinstance(port, FdPort) else None
+        # Frames with a virtio header on an fd: batches are read as runs into a
+        # pool (made on first use), and coalesced frames go out through the
+        # same write loop as one-packet frames.
+        self._fd_port = (
+            port if isinstance(port, FdPort) and isinstance(framing, VirtioFraming) else None
+        )
+        self._read_pool: bytearray | None = None
 
     # -- introspection -------------------------------------------------
 
@@ -344,9 +352,33 @@ class PacketStream(UnreliableObjectStream[bytes]):
             return
         counters = self._counters
         stop_at = counters.read_bytes + budget
+        if self._fd_port is not None:
+            self._read_packed(self._fd_port, reads, stop_at)
+            return
         for _ in range(reads):
             if not self._read_one() or counters.read_bytes >= stop_at:
                 return
+
+    def _read_packed(self, port: FdPort, reads: int, stop_at: int) -> None:
+        """_fill_reads on an fd: runs of reads into the pool, one port call each."""
+        pool = self._read_pool
+        if pool is None:
+            pool = self._read_pool = bytearray(len(self._read_buffer) + READ_POOL_EXTRA)
+        view = memoryview(pool)
+        size = len(self._read_buffer)
+        counters, unpack, pending = self._counters, self._framing.unpack, self._pending
+        while reads > 0 and counters.read_bytes < stop_at:
+            lengths, more = port.read_packed(pool, size, reads)
+            offset = 0
+            for n in lengths:
+                counters.reads += 1
+                counters.read_bytes += n
+                if not unpack(view[offset : offset + n], pending):
+                    counters.rx_malformed += 1
+                offset += n
+            if not more or not lengths:
+                return
+            reads -= len(lengths)
 
     def _take(self, count: int) -> list[bytes]:
         pending = self._pending
@@ -395,7 +427,9 @@ class PacketStream(UnreliableObjectStream[bytes]):
         (512 KiB) have been read: with offload on, every super-packet's
         segments then stay together, so a forwarder's :meth:`send_batch` can
         coalesce them back into one write, and a batch stays small enough to
-        be cache-hot when it is written.
+        be cache-hot when it is written.  (With offload on an fd the reads
+        come in runs of up to four super-packets, and the byte limit is
+        checked after each run.)
         """
         if max_packets is not None and max_packets < 1:
             raise ValueError(f"max_packets must be at least 1, not {max_packets}")

@@ -490,6 +490,51 @@ def frame_loop_calls(name: str) -> list[Call]:
     ]
 
 
+def read_packed_calls() -> list[Call]:
+    """read_packed over an AF_UNIX datagram pair, into pools of several sizes;
+    each call drains what it did not read, so the pair stays as it was."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setblocking(False)
+    gone_a, gone_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone_b.close()
+    gone_a.setblocking(False)
+    _KEEP.extend([a, b, gone_a])
+    read = _speedups.read_packed
+
+    def ok(count: int, pool: bytearray, size: int, max_frames: int) -> Call:
+        def call() -> object:
+            for i in range(count):
+                a.send(bytes([i]) * (10 + 100 * i))
+            try:
+                return read(b.fileno(), pool, size, max_frames)
+            finally:
+                try:
+                    while True:
+                        b.recv(65536)
+                except BlockingIOError:
+                    pass
+
+        return call
+
+    return [
+        ok(3, bytearray(8192), 2048, 8),  # runs dry: EAGAIN
+        ok(5, bytearray(8192), 100, 2),  # stops at max_frames
+        ok(5, bytearray(3000), 2048, 8),  # stops for room
+        ok(2, bytearray(4096), 4096, 100),  # max_frames capped at 64
+        ok(1, bytearray(8192), 64, 0),
+        lambda: read(gone_a.fileno(), bytearray(100), 64, 4),
+        # invalid
+        lambda: read(-1, bytearray(100), 64, 4),
+        lambda: read(b.fileno(), b"read-only", 4, 4),
+        lambda: read(b.fileno(), bytearray(100), 0, 4),
+        lambda: read(b.fileno(), bytearray(100), 64, -1),
+        lambda: read(b.fileno(), bytearray(100), "x", 4),
+        lambda: read(b.fileno(), bytearray(100), 64, _Raises()),
+        lambda: read(b.fileno(), bytearray(100), 64),
+    ]
+
+
 def _private_netns() -> bool:
     """Enter a new network namespace with its loopback up (root only)."""
     if os.geteuid() != 0:
@@ -782,6 +827,8 @@ def entry_points(udp: bool) -> dict[str, list[Call]]:
     if hasattr(_speedups, "read_frames"):
         points["write_frames"] = frame_loop_calls("write_frames")
         points["read_frames"] = frame_loop_calls("read_frames")
+    if hasattr(_speedups, "read_packed"):
+        points["read_packed"] = read_packed_calls()
     if hasattr(_speedups, "pump_frames"):
         points["pump_frames"] = pump_calls()
     if hasattr(_speedups, "pump_pair"):

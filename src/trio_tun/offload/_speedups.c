@@ -2570,6 +2570,91 @@ fail:
     return NULL;
 }
 
+/* read_packed(fd, pool, size, max_frames, /) -> (lengths, status)
+ *
+ * read_frames without a bytes object per frame: the frames are read one after
+ * another into pool (a writable buffer), so nothing is copied beyond the
+ * kernel's copy.  Reads until max_frames (at most FRAMES_CHUNK) were read or
+ * the pool has less than size bytes of room left (status 0), or until a read
+ * fails: EAGAIN when the fd ran dry, FRAMES_EOF when it returned 0, else its
+ * errno.  lengths holds one int per frame read; frame k starts at the sum of
+ * lengths[:k].  The GIL is released once around all the reads. */
+static PyObject *
+py_read_packed(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd, status = 0;
+    Py_ssize_t size, max_frames, got = 0, used = 0;
+    ssize_t lengths[FRAMES_CHUNK];
+    Py_buffer pool;
+
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "read_packed() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    if (fd_arg(args[0], &fd) < 0) {
+        return NULL;
+    }
+    size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_frames = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
+    if (max_frames == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_frames < 0 || size < 1 || size > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
+        return NULL;
+    }
+    if (max_frames > FRAMES_CHUNK) {
+        max_frames = FRAMES_CHUNK;
+    }
+    /* Held until we return: a bytearray can't be resized while exported. */
+    if (PyObject_GetBuffer(args[1], &pool, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    char *buf = pool.buf;
+    for (;;) {
+        int err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        while (got < max_frames && pool.len - used >= size) {
+            ssize_t n = read(fd, buf + used, (size_t)size);
+            if (n <= 0) {
+                err = n == 0 ? FRAMES_EOF : errno;
+                break;
+            }
+            lengths[got++] = n;
+            used += n;
+        }
+        Py_END_ALLOW_THREADS
+        if (err == EINTR) {
+            if (PyErr_CheckSignals() < 0) {
+                PyBuffer_Release(&pool);
+                return NULL;
+            }
+            continue;
+        }
+        if (err != 0) {
+            status = err == EWOULDBLOCK ? EAGAIN : err;
+        }
+        break;
+    }
+    PyBuffer_Release(&pool);
+    PyObject *list = PyList_New(got);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < got; k++) {
+        PyObject *n = PyLong_FromSsize_t(lengths[k]);
+        if (n == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, k, n);
+    }
+    return Py_BuildValue("(Ni)", list, status);
+}
+
 /* write_frames(fd, frames, start, /) -> (next, status, nbytes)
  *
  * Writes frames[start:] (a list or tuple of bytes-like objects), one write()
@@ -3297,6 +3382,9 @@ static PyMethodDef methods[] = {
     {"read_frames", (PyCFunction)(void (*)(void))py_read_frames, METH_FASTCALL,
      "read_frames(fd, max_frames, size, /)\n--\n\n"
      "Read up to max_frames frames from a non-blocking fd; returns (frames, status)."},
+    {"read_packed", (PyCFunction)(void (*)(void))py_read_packed, METH_FASTCALL,
+     "read_packed(fd, pool, size, max_frames, /)\n--\n\n"
+     "Read frames one after another into the writable buffer pool; returns (lengths, status)."},
     {"write_frames", (PyCFunction)(void (*)(void))py_write_frames, METH_FASTCALL,
      "write_frames(fd, frames, start, /)\n--\n\n"
      "Write frames[start:] one write() each; returns (next, status, nbytes)."},
