@@ -23,7 +23,7 @@ import trio_tun._ports
 from offload.packets import Flow, expected_segments, super_packet, tcp_flow, tcp_packet
 from packets_util import refuse_writes
 from trio_tun import Layer, NoDeviceControlError, PacketStream, Route
-from trio_tun._framing import PlainFraming
+from trio_tun._framing import PlainFraming, VirtioFraming
 from trio_tun._ports import FdPort, MemoryPort
 from trio_tun._stream import make_stream
 from trio_tun._wait import SCHEDULE_EVERY
@@ -805,6 +805,24 @@ async def test_coalesced_frames_wait_for_room_and_go_in_order() -> None:
     stats = stream.statistics()
     assert (stats.writes, stats.tx_packets, stats.tx_coalesced) == (40, 320, 40)
     await stream.aclose()
+
+
+async def test_coalesced_frames_on_a_port_without_fd_are_written_one_by_one() -> None:
+    # A port without an fd (memory here) has no write loop: each coalesced
+    # frame is one write, counted the same way; a full queue refuses the rest.
+    one, two = MemoryPort.pair(2)
+    sender = make_stream(Layer.L3, one, VirtioFraming(coalescing=True, uso=False))
+    receiver = make_stream(Layer.L3, two, VirtioFraming(coalescing=True, uso=False))
+    flows = [tcp_flow(Flow(sport=4000 + i), [100] * 3, seq=1) for i in range(3)]
+    with anyio.fail_after(DEADLINE):
+        await sender.send_batch([segment for flow in flows for segment in flow])
+        got = await receiver.receive_batch()
+    # Two frames fitted the queue (each re-split on receipt), the third was refused.
+    assert got == flows[0] + flows[1]
+    stats = sender.statistics()
+    assert (stats.writes, stats.tx_packets, stats.tx_coalesced, stats.tx_dropped) == (2, 6, 2, 3)
+    await sender.aclose()
+    await receiver.aclose()
 
 
 async def test_a_refused_two_segment_super_packet_is_resent_split(
