@@ -2482,6 +2482,25 @@ frames_fd(PyObject *const *args, Py_ssize_t nargs, const char *name, int *fd)
 #define FRAMES_CHUNK 64
 #define FRAMES_CHUNK_BYTES (1 << 20)
 
+/* A frame loop's max_frames and size arguments, checked. */
+static int
+frames_limits(PyObject *max_obj, PyObject *size_obj, Py_ssize_t *max_frames, Py_ssize_t *size)
+{
+    *max_frames = PyNumber_AsSsize_t(max_obj, PyExc_OverflowError);
+    if (*max_frames == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError);
+    if (*size == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (*max_frames < 0 || *size < 1 || *size > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
+        return -1;
+    }
+    return 0;
+}
+
 /* read_frames(fd, max_frames, size, /) -> (frames, status)
  *
  * Reads up to max_frames frames of at most size bytes each from a
@@ -2494,19 +2513,8 @@ py_read_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
 {
     int fd, status = 0;
     Py_ssize_t max_frames, size;
-    if (frames_fd(args, nargs, "read_frames", &fd) < 0) {
-        return NULL;
-    }
-    max_frames = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
-    if (max_frames == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (max_frames < 0 || size < 1 || size > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
+    if (frames_fd(args, nargs, "read_frames", &fd) < 0 ||
+        frames_limits(args[1], args[2], &max_frames, &size) < 0) {
         return NULL;
     }
     Py_ssize_t chunk = FRAMES_CHUNK_BYTES / size;
@@ -2591,19 +2599,7 @@ py_read_packed(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t narg
         PyErr_Format(PyExc_TypeError, "read_packed() takes 4 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (fd_arg(args[0], &fd) < 0) {
-        return NULL;
-    }
-    size = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (size == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    max_frames = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
-    if (max_frames == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (max_frames < 0 || size < 1 || size > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "max_frames must be >= 0 and size 1..1 MiB");
+    if (fd_arg(args[0], &fd) < 0 || frames_limits(args[3], args[2], &max_frames, &size) < 0) {
         return NULL;
     }
     if (max_frames > FRAMES_CHUNK) {
