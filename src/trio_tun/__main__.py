@@ -25,7 +25,7 @@ TunnelPump) and one moving them one call per packet, and prints both speeds.
 About the numbers: everything runs on this machine at once. The TCP sender and
 receiver are Python threads of this process, and both tunnel ends share one
 Python thread, which wraps every packet in UDP and unwraps it again. Expect
-about 0.1-0.3 Gbit/s one packet per call and 1-3 Gbit/s batched, depending on
+about 0.1-0.3 Gbit/s one packet per call and 1-4 Gbit/s batched, depending on
 the machine. The ~15 Gbit/s of the benchmark table is a different
 measurement: one forwarder passing 64 KiB super-packets between two TUN
 devices, no UDP, with iperf3 (written in C) making the traffic. Compare the

@@ -67,7 +67,7 @@ MEANING: Final = (
     "what the numbers mean: a whole VPN runs on this machine at once. The TCP sender "
     "and receiver are Python threads of this process, both tunnel ends share one "
     "Python thread, and every packet is wrapped in UDP and unwrapped again, so expect "
-    "about 0.1-0.3 Gbit/s one packet per call and 1-3 Gbit/s batched. The ~15 Gbit/s "
+    "about 0.1-0.3 Gbit/s one packet per call and 1-4 Gbit/s batched. The ~15 Gbit/s "
     "of the README's benchmark table is another measurement: one forwarder passing "
     "64 KiB super-packets between two TUN devices, no UDP, with iperf3 (in C) making "
     "the traffic. Compare the two tunnels here with each other, not with that table."
