@@ -155,6 +155,36 @@ def drain_until(drain: Callable[[], None], condition: Callable[[], bool]) -> boo
     return False
 
 
+@contextlib.contextmanager
+def gil_watchdog(stop_read_w: int) -> Iterator[Callable[[], None]]:
+    """For a test that the compiled pump waits without the GIL.
+
+    Should the pump hold the GIL, the test's thread could not run again until
+    the pump returned: a helper process outside Python writes *stop_read_w*
+    (the pump's stop pipe) after a while, so the test fails rather than hangs.
+    Yields a check that runs some Python in this thread and finds the helper
+    still asleep, which proves this thread ran while the pump was waiting.
+    (One process, so that killing it leaves no sleeper holding the pipe.)
+    """
+    helper = subprocess.Popen(
+        [sys.executable, "-c", "import os, time; time.sleep(60); os.write(1, b'x')"],
+        stdout=stop_read_w,
+    )
+
+    def ran_meanwhile() -> None:
+        total = 0
+        for i in range(10**5):
+            total += i
+        assert total == 10**5 * (10**5 - 1) // 2
+        assert helper.poll() is None
+
+    try:
+        yield ran_meanwhile
+    finally:
+        helper.kill()
+        helper.wait()
+
+
 class Rig:
     """Two non-blocking SEQPACKET pairs, two stop pipes and a state buffer."""
 
@@ -773,32 +803,16 @@ def test_bad_arguments_are_refused(rig: Rig) -> None:
 
 @pytest.mark.skipif(not hasattr(_speedups, "pump_frames"), reason="speedups not built")
 def test_the_compiled_pump_waits_without_the_gil(rig: Rig) -> None:
-    # Should the pump hold the GIL, this thread could not run again until the
-    # pump returned: a helper outside Python stops it after a while (so the
-    # test fails rather than hangs), and finding the helper still asleep
-    # proves this thread ran while the pump was waiting.
-    # (One process, so that killing it leaves no sleeper holding the pipe.)
-    helper = subprocess.Popen(
-        [sys.executable, "-c", "import os, time; time.sleep(60); os.write(1, b'x')"],
-        stdout=rig.stop_read_w,
-    )
-    try:
+    with gil_watchdog(rig.stop_read_w) as ran_meanwhile:
         rig.src_peer.send(b"ping")
         run = rig.start(_speedups.pump_frames)
         assert rig.wait_until(lambda: rig.received == [b"ping"])
         run.settle_in_poll()
-        total = 0
-        for i in range(10**5):
-            total += i
-        assert total == 10**5 * (10**5 - 1) // 2
-        assert helper.poll() is None
+        ran_meanwhile()
         assert run.thread.is_alive() and not run.result
         # And it still forwards, with this thread running Python meanwhile.
         rig.src_peer.send(b"pong")
         assert rig.wait_until(lambda: rig.received == [b"ping", b"pong"])
-        assert helper.poll() is None
+        ran_meanwhile()
         rig.stop_reading()
         assert run.join() == (0, False)
-    finally:
-        helper.kill()
-        helper.wait()

@@ -17,8 +17,6 @@ import contextlib
 import errno
 import os
 import socket
-import subprocess
-import sys
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,6 +36,7 @@ from test_frame_pump import (
     counters,
     drain_until,
     fill,
+    gil_watchdog,
     new_state,
     reads_reach,
     seqpacket_pair,
@@ -655,33 +654,18 @@ def test_bad_arguments_are_refused(rig: PairRig) -> None:
 
 @pytest.mark.skipif(not HAVE_C, reason="no compiled pump_pair")
 def test_the_compiled_pump_waits_without_the_gil(rig: PairRig) -> None:
-    # Should the pump hold the GIL, this thread could not run again until the
-    # pump returned: a helper outside Python stops it after a while (so the
-    # test fails rather than hangs), and finding the helper still asleep
-    # proves this thread ran while the pump was waiting.
-    helper = subprocess.Popen(
-        [sys.executable, "-c", "import os, time; time.sleep(60); os.write(1, b'x')"],
-        stdout=rig.stop_read_w,
-    )
-    try:
+    with gil_watchdog(rig.stop_read_w) as ran_meanwhile:
         ab, ba = rig.lanes
         ab.src_peer.send(b"ping")
         run = rig.start(_speedups.pump_pair, batch=64)
         assert rig.wait_until(lambda: ab.received == [b"ping"])
         run.settle_in_poll()
-        total = 0
-        for i in range(10**5):
-            total += i
-        assert total == 10**5 * (10**5 - 1) // 2
-        assert helper.poll() is None
+        ran_meanwhile()
         assert run.thread.is_alive() and not run.result
         # And it still forwards, the other way too, with this thread running
         # Python meanwhile.
         ba.src_peer.send(b"pong")
         assert rig.wait_until(lambda: ba.received == [b"pong"])
-        assert helper.poll() is None
+        ran_meanwhile()
         rig.stop_reading()
         assert run.join() == (0, 0, False)
-    finally:
-        helper.kill()
-        helper.wait()
