@@ -32,9 +32,11 @@ directly (the underlay, 10.99.0.0/24, also inside the harness's namespaces).
 ``vxlan`` is the kernel's own UDP encapsulation over the same underlay, a VXLAN
 device in each end namespace, no Python in the path: the reference for what
 the tunnel could reach.  ``tunnel-floor`` is the kernel's share of our own
-tunnel: a C program (bench/tunnel_floor.c) in each endpoint makes the same
-system calls per super-packet as ``tunnel-batched`` with nothing between them,
-so the distance to it is what splitting and coalescing in user space cost.
+tunnel: a C program (bench/tunnel_c.c) in each endpoint makes the same
+system calls per super-packet as ``tunnel-batched`` with nothing between them.
+``tunnel-c`` is the same program doing the batched tunnel's work (GSO split,
+checksums, GRO merge) in C: between the floor and it lies what handing the
+network real packets costs, between it and ``tunnel-batched`` what Python costs.
 
 The WireGuard modes (issue 12) run two WireGuard peers over the same underlay
 (bench/fwd_wireguard.py): each peer creates its own interface in its end
@@ -82,9 +84,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 BUILD_DIR = BENCH_DIR / "_build"
 C_SOURCE = BENCH_DIR / "fwd.c"
 C_BINARY = BUILD_DIR / "fwd"
-# tunnel-floor's endpoint program; fwd_tunnel.py runs it from there.
-FLOOR_SOURCE = BENCH_DIR / "tunnel_floor.c"
-FLOOR_BINARY = BUILD_DIR / "tunnel_floor"
+# tunnel-floor's and tunnel-c's endpoint program; fwd_tunnel.py runs it from there.
+TUNNEL_C_SOURCE = BENCH_DIR / "tunnel_c.c"
+TUNNEL_C_BINARY = BUILD_DIR / "tunnel_c"
 RESULTS = BENCH_DIR / "results.md"
 
 NS_PREFIX = "trio-tun-bench"
@@ -137,14 +139,20 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
+# A target's mode -> the same work compiled, whose ratio to the same reference is
+# printed next to the verdict: how far C itself gets.
+TARGET_COMPILED: dict[str, str] = {"tunnel-batched": "tunnel-c"}
 # Reported against the tunnel modes, without a target: the kernel's own UDP tunnel,
 # and the kernel's share of ours (the same system calls, nothing between them).
 TUNNEL_REFERENCE = "vxlan"
 TUNNEL_FLOOR = "tunnel-floor"
+# The batched tunnel's work in C: what the tunnel keeps without an interpreter.
+TUNNEL_C = "tunnel-c"
 TUNNEL_MODES: tuple[str, ...] = (
     "tunnel-batched",
     "tunnel-perdatagram",
     "tunnel-engine",
+    TUNNEL_C,
     TUNNEL_FLOOR,
 )
 # The WireGuard modes: interface MTU (1500 minus WireGuard's 60 bytes over IPv4,
@@ -301,13 +309,24 @@ MODES: dict[str, Mode] = {
         ),
         Mode(
             "tunnel-floor",
-            "the tunnel's kernel share: a C endpoint (bench/tunnel_floor.c) sends each TUN "
+            "the tunnel's kernel share: a C endpoint (bench/tunnel_c.c whole) sends each TUN "
             "frame whole as one UDP_SEGMENT run and writes back what one UDP_GRO read returns "
             "(the same system calls as tunnel-batched, no GSO/GRO work in user space; TUN "
             "gso_max_size capped at 65,000 so a frame fits one UDP send)",
             "tunnel",
             True,
             tunnel_mode="floor",
+            mtu=TUNNEL_MTU,
+        ),
+        Mode(
+            TUNNEL_C,
+            "the batched tunnel compiled: a C endpoint (bench/tunnel_c.c split) cuts each "
+            "TCP/IPv4 super-packet into valid packets (headers, checksums) sent as "
+            "UDP_SEGMENT runs, checks each packet of a UDP_GRO read and merges in-order "
+            "segments back into super-packets (writev); no interpreter, no TUN gso cap",
+            "tunnel",
+            True,
+            tunnel_mode="c",
             mtu=TUNNEL_MTU,
         ),
         Mode(
@@ -638,7 +657,18 @@ def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
         underlay = ["--underlay-a", UNDERLAY_ADDRS[0], "--underlay-b", UNDERLAY_ADDRS[1]]
         # Its own time bound: long enough for the run and the harness's clean-up.
         bound = ["--max-seconds", str(config.timeout + READY_TIMEOUT + STOP_TIMEOUT)]
-        return [sys.executable, script, *ends, "--mode", mode.tunnel_mode, *underlay, *bound]
+        cap = config.tunnel_gso_max_size
+        capped = ["--gso-max-size", str(cap)] if cap and mode.tunnel_mode != "floor" else []
+        return [
+            sys.executable,
+            script,
+            *ends,
+            "--mode",
+            mode.tunnel_mode,
+            *underlay,
+            *bound,
+            *capped,
+        ]
     if mode.kind == "c":
         return [str(C_BINARY), *ends, "1" if mode.offload else "0"]
     if mode.kind == "pytun":
@@ -847,6 +877,7 @@ class RunConfig:
     duration: int  # iperf3 -t
     timeout: float  # upper bound on one iperf3 client run
     trio_batch: int | None  # receive_batch(max_packets) in the trio batch modes; None: default
+    tunnel_gso_max_size: int | None = None  # tunnel modes but the floor: TUN gso_max_size cap
 
 
 def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Measurement:
@@ -910,7 +941,7 @@ def measure(mode: Mode, topo: Topology, streams: int, config: RunConfig) -> Meas
 
 
 def _build_c_program(source: Path, binary: Path) -> str | None:
-    """Compile *source* (fwd.c, tunnel_floor.c) to *binary*; None on success, else why not."""
+    """Compile *source* (fwd.c, tunnel_c.c) to *binary*; None on success, else why not."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return "no C compiler (cc) on PATH: install gcc (nox -s bench does)"
@@ -979,10 +1010,10 @@ def preflight(modes: Sequence[Mode]) -> dict[str, str]:
             problem = "python-pytun is not installed (pip install python-pytun): skipping pytun"
             print(problem)
             skipped["pytun"] = problem
-    floor = any(m.name == TUNNEL_FLOOR for m in modes)
-    if floor and (problem := _build_c_program(FLOOR_SOURCE, FLOOR_BINARY)) is not None:
-        print(f"{TUNNEL_FLOOR}: {problem}")
-        skipped[TUNNEL_FLOOR] = problem
+    c_tunnels = [m.name for m in modes if m.name in (TUNNEL_FLOOR, TUNNEL_C)]
+    if c_tunnels and (problem := _build_c_program(TUNNEL_C_SOURCE, TUNNEL_C_BINARY)) is not None:
+        print(f"{', '.join(c_tunnels)}: {problem}")
+        skipped.update(dict.fromkeys(c_tunnels, problem))
     if any(m.name == "tunnel-engine" for m in modes) and (problem := _tunnel_pump()) is not None:
         print(f"tunnel-engine: {problem}")
         skipped["tunnel-engine"] = problem
@@ -1082,6 +1113,9 @@ def target_checks(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int
                 verdict = "SKIP (one side not measured, failed or skipped)"
             else:
                 verdict = f"{'PASS' if ratio >= minimum else 'MISS'} ({ratio:.2f}x)"
+            compiled = TARGET_COMPILED.get(mode)
+            if compiled and (c_ratio := _ratio(medians, compiled, reference, n)) is not None:
+                verdict += f"; {compiled}, the same work in C: {c_ratio:.2f}x"
             lines.append(f"- {mode} >= {minimum}x {reference}, {n} stream(s): {verdict}")
     return lines
 
@@ -1164,19 +1198,21 @@ def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]
     medians = outcome.medians()
     lines = [
         f"References, no targets: the kernel's own UDP encapsulation (`{TUNNEL_REFERENCE}`), "
-        f"and the kernel's share of our tunnel (`{TUNNEL_FLOOR}`: the same TUN and UDP "
+        f"the kernel's share of our tunnel (`{TUNNEL_FLOOR}`: the same TUN and UDP "
         "system calls per super-packet as tunnel-batched, with no GSO/GRO work between "
-        "them); vs the floor is what a tunnel keeps of it once user space splits and "
-        "coalesces.  The UDP columns are the client -> server direction (endpoint A's sends, "
+        f"them), and the batched tunnel's work compiled (`{TUNNEL_C}`: the split, the "
+        "checksums and the merge in C).  vs the floor is what a tunnel keeps of it once "
+        f"user space splits and coalesces; vs {TUNNEL_C} is what Python keeps of C.  "
+        "The UDP columns are the client -> server direction (endpoint A's sends, "
         "endpoint B's receives) of the median run: datagrams per message is what "
         "UDP_SEGMENT / UDP_GRO achieved (a message is one sendmsg/recvmsg's worth; "
         "sendmmsg/recvmmsg put several messages in one system call, counted in the "
         "per-syscall columns); packets per TUN write is the receiving TUN's GRO coalescing.",
         "",
-        f"| mode | streams | Gbit/s | vs {TUNNEL_REFERENCE} | vs {TUNNEL_FLOOR} | "
+        f"| mode | streams | Gbit/s | vs {TUNNEL_REFERENCE} | vs {TUNNEL_C} | vs {TUNNEL_FLOOR} | "
         "datagrams/sendmsg | datagrams/send syscall | datagrams/recvmsg | "
         "datagrams/recv syscall | packets/TUN write |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in shown:
         for n in streams:
@@ -1187,6 +1223,7 @@ def tunnel_lines(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int]
             lines.append(
                 f"| {name} | {n} | {m.gbps:.2f} "
                 f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_REFERENCE, n))} "
+                f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_C, n))} "
                 f"| {_fmt_ratio(_ratio(medians, name, TUNNEL_FLOOR, n))} "
                 f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_tx_messages'))} "
                 f"| {_per(d.get('udp_tx_datagrams'), d.get('udp_writes'))} "
@@ -1279,7 +1316,9 @@ def render(
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; iperf3 TCP "
         f"{args.duration} s, MTU {MTU} (tunnel and vxlan modes: {TUNNEL_MTU}, WireGuard "
         f"modes: {WG_MTU}, over a {MTU} veth underlay), median of {args.repeat} run(s), "
-        f"receive_batch max_packets: {batch}; total runtime {elapsed:.0f} s"
+        f"receive_batch max_packets: {batch}"
+        f"{f'; tunnel TUN gso_max_size: {cap}' if (cap := args.tunnel_gso_max_size) else ''}"
+        f"; total runtime {elapsed:.0f} s"
         f"{' (INTERRUPTED: partial results)' if outcome.interrupted else ''}.",
         "",
         "CPU % is the forwarder's utime+stime over the iperf3 run in % of one core (it "
@@ -1338,6 +1377,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="receive_batch(max_packets=N) in the trio batch modes (default: the library's)",
     )
+    parser.add_argument(
+        "--tunnel-gso-max-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="cap the TUN devices' gso_max_size in the tunnel modes (not tunnel-floor, which "
+        "caps its own): a super-packet small enough that its segments fit one UDP send",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
     parser.add_argument(
         "--chart", type=Path, default=None, help="SVG bar chart (default: OUTPUT with .svg)"
@@ -1380,6 +1427,7 @@ def run_all(modes: Sequence[Mode], args: argparse.Namespace, skipped: dict[str, 
         duration=args.duration,
         timeout=args.timeout or args.duration + 30.0,
         trio_batch=args.trio_batch,
+        tunnel_gso_max_size=args.tunnel_gso_max_size,
     )
     runnable = [m for m in modes if m.name not in skipped]
     try:

@@ -30,14 +30,20 @@ Modes:
   engine       The library's own data path: ``trio_tun.engine.TunnelPump([tun],
                [udp])`` (no handlers), ``await pump.run()`` until cancelled; the
                same batched calls as ``batched``, run by the engine.
-  floor        Not trio-tun: bench/tunnel_floor.c (built by the harness) in
-               each endpoint, the same system calls with nothing between
-               them.  A TUN frame goes out whole as one UDP_SEGMENT send and
-               the peer writes back what one UDP_GRO read returns, which is
-               that frame again because the veth underlay keeps the GSO
-               datagram whole.  Each TUN device's gso_max_size is capped at
+  floor        Not trio-tun: bench/tunnel_c.c (built by the harness) in
+               each endpoint, "whole": the same system calls with nothing
+               between them.  A TUN frame goes out whole as one UDP_SEGMENT
+               send and the peer writes back what one UDP_GRO read returns,
+               which is that frame again because the veth underlay keeps the
+               GSO datagram whole.  Each TUN device's gso_max_size is capped at
                FLOOR_GSO_MAX_SIZE first, so that a frame fits in one UDP send.
                What the kernel alone costs: the reference for the others.
+  c            Not trio-tun either: bench/tunnel_c.c "split", the batched
+               mode's work compiled.  Super-packets are cut into valid IPv4
+               packets (headers, checksums) sent as UDP_SEGMENT runs, and each
+               UDP_GRO read is checked and merged back into super-packets.
+               What a tunnel that hands the network real packets can keep of
+               the floor with no interpreter in it.
 
 This program is started once per measurement, by the harness, as the
 "forwarder": it starts the two endpoint processes (itself again, with
@@ -84,15 +90,15 @@ MAX_ROUNDS = 10**9
 GRACE = 1.0
 #: Exit status when an endpoint died during the run.
 ENDPOINT_FAILED = 3
-#: The floor mode's endpoint program (forward.py compiles bench/tunnel_floor.c there).
-FLOOR_BINARY = Path(__file__).resolve().parent / "_build" / "tunnel_floor"
+#: The floor and c modes' endpoint program (forward.py compiles bench/tunnel_c.c there).
+C_ENDPOINT = Path(__file__).resolve().parent / "_build" / "tunnel_c"
 #: The floor mode's cap on TUN super-packets: a frame (virtio header included)
 #: must fit in one IPv4 UDP send of at most 65,507 bytes.
 FLOOR_GSO_MAX_SIZE = 65000
 
 
 def _extra_args(parser: argparse.ArgumentParser) -> None:
-    modes = ["batched", "perdatagram", "engine", "floor"]
+    modes = ["batched", "perdatagram", "engine", "floor", "c"]
     parser.add_argument("--mode", choices=modes, required=True)
     parser.add_argument("--underlay-a", required=True, help="endpoint A's underlay address")
     parser.add_argument("--underlay-b", required=True, help="endpoint B's underlay address")
@@ -101,6 +107,12 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=600.0,
         help="stop on our own after this long, whatever happens (default 600)",
+    )
+    parser.add_argument(
+        "--gso-max-size",
+        type=int,
+        default=None,
+        help="cap each TUN device's gso_max_size first (the floor mode always caps its own)",
     )
     parser.add_argument(
         "--endpoint", choices=["a", "b"], default=None, help="run one endpoint (internal)"
@@ -199,26 +211,34 @@ async def _serve(args: argparse.Namespace, tun: PacketStream, info: dict[str, An
             await tun.aclose()
 
 
-def _run_floor_endpoint(args: argparse.Namespace, ns: str, dev: str) -> None:
-    """Cap *dev*'s super-packets, then become bench/tunnel_floor.c (prints READY, counters)."""
-    a = args.endpoint == "a"
-    local, remote = (args.underlay_a, args.underlay_b) if a else (args.underlay_b, args.underlay_a)
+def _cap_gso(ns: str, dev: str, size: int) -> None:
+    """Cap *dev*'s super-packets at *size* bytes (its gso_max_size), inside *ns*."""
 
     def cap() -> None:
         with pyroute2.IPRoute() as ipr:
             (index,) = ipr.link_lookup(ifname=dev)
-            ipr.link("set", index=index, gso_max_size=FLOOR_GSO_MAX_SIZE)
+            ipr.link("set", index=index, gso_max_size=size)
 
     _fwdcommon.open_in(ns, cap)
-    argv = [str(FLOOR_BINARY), ns, dev, local, remote, str(PORT), str(int(args.max_seconds))]
+
+
+def _run_c_endpoint(args: argparse.Namespace, ns: str, dev: str) -> None:
+    """Become bench/tunnel_c.c (prints READY, counters)."""
+    a = args.endpoint == "a"
+    local, remote = (args.underlay_a, args.underlay_b) if a else (args.underlay_b, args.underlay_a)
+    how = "whole" if args.mode == "floor" else "split"
+    argv = [str(C_ENDPOINT), how, ns, dev, local, remote, str(PORT), str(int(args.max_seconds))]
     sys.stdout.flush()
     os.execv(argv[0], argv)
 
 
 def _run_endpoint(args: argparse.Namespace) -> None:
     ns, dev = (args.ns_a, args.dev_a) if args.endpoint == "a" else (args.ns_b, args.dev_b)
-    if args.mode == "floor":
-        _run_floor_endpoint(args, ns, dev)
+    cap = FLOOR_GSO_MAX_SIZE if args.mode == "floor" else args.gso_max_size
+    if cap is not None:
+        _cap_gso(ns, dev, cap)
+    if args.mode in ("floor", "c"):
+        _run_c_endpoint(args, ns, dev)
     fd = _fwdcommon.open_in(ns, lambda: _attach(dev))
     tun = trio_tun.from_fd(fd, vnet_hdr=True)
     info: dict[str, Any] = {
