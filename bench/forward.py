@@ -139,9 +139,13 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     # Issue 12: our WireGuard peer at least as fast as wireguard-go.
     ("wg-trio", "wg-go", 1.0),
 )
-# A target's mode -> the same work compiled, whose ratio to the same reference is
-# printed next to the verdict: how far C itself gets.
-TARGET_COMPILED: dict[str, str] = {"tunnel-batched": "tunnel-c"}
+# A target (mode, reference) -> the same work compiled, whose ratio to the same
+# reference is printed next to the verdict: how far C itself gets.
+TARGET_COMPILED: dict[tuple[str, str], str] = {
+    ("tunnel-batched", "trio-raw"): "tunnel-c",
+    ("trio-speedups", "c-offload"): "c-transform",
+    ("threads-offload", "c-offload"): "c-transform",
+}
 # Reported against the tunnel modes, without a target: the kernel's own UDP tunnel,
 # and the kernel's share of ours (the same system calls, nothing between them).
 TUNNEL_REFERENCE = "vxlan"
@@ -184,6 +188,7 @@ class Mode:
     tunnel_mode: str = ""  # tunnel kind: fwd_tunnel.py --mode (batched, perdatagram, engine)
     mtu: int = MTU  # of the devices iperf3's traffic is routed into
     wg_peers: tuple[str, str] = ("", "")  # wireguard kind: "trio" or "go", client and server end
+    c_split: bool = False  # c kind: cut every frame into packets and merge them back
 
 
 MODES: dict[str, Mode] = {
@@ -275,6 +280,15 @@ MODES: dict[str, Mode] = {
         ),
         Mode("c-offload", "C poll/read/write, virtio frames passed through", "c", True),
         Mode("c-plain", "C poll/read/write, no offload", "c", False),
+        Mode(
+            "c-transform",
+            "C poll/read/write with offload, every super-packet cut into packets (headers, "
+            "checksums) and merged back (checksums checked, written with writev; "
+            "bench/bench_gso.h, no copies): trio-speedups' work compiled",
+            "c",
+            True,
+            c_split=True,
+        ),
         Mode("pytun", "python-pytun, one blocking thread per direction", "pytun", False),
         Mode(
             "tunnel-batched",
@@ -670,7 +684,7 @@ def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
             *capped,
         ]
     if mode.kind == "c":
-        return [str(C_BINARY), *ends, "1" if mode.offload else "0"]
+        return [str(C_BINARY), *ends, "2" if mode.c_split else "1" if mode.offload else "0"]
     if mode.kind == "pytun":
         return [sys.executable, str(BENCH_DIR / "fwd_pytun.py"), *ends]
     if mode.kind == "engine":
@@ -1113,7 +1127,7 @@ def target_checks(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int
                 verdict = "SKIP (one side not measured, failed or skipped)"
             else:
                 verdict = f"{'PASS' if ratio >= minimum else 'MISS'} ({ratio:.2f}x)"
-            compiled = TARGET_COMPILED.get(mode)
+            compiled = TARGET_COMPILED.get((mode, reference))
             if compiled and (c_ratio := _ratio(medians, compiled, reference, n)) is not None:
                 verdict += f"; {compiled}, the same work in C: {c_ratio:.2f}x"
             lines.append(f"- {mode} >= {minimum}x {reference}, {n} stream(s): {verdict}")

@@ -6,7 +6,9 @@
  *   NS_*   path of a network namespace (e.g. /run/netns/client)
  *   DEV_*  name of a persistent TUN device living in that namespace
  *   VNET   1: attach with IFF_VNET_HDR and offload CSUM|TSO4|TSO6 (frames are
- *          passed through untouched, virtio header included); 0: plain packets
+ *          passed through untouched, virtio header included); 0: plain packets;
+ *          2: as 1, but every frame is cut into packets and merged back
+ *          (bench_gso.h), the work trio-tun's split + coalesce forwarders do
  *
  * Prints "READY" once both devices are attached, forwards until SIGTERM/SIGINT,
  * then prints one JSON line of counters and exits 0.
@@ -25,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "bench_gso.h"
 #include "bench_tun.h"
 
 /* One read brings at most a 64 KiB super-packet plus the 10-byte virtio header. */
@@ -34,6 +37,8 @@
 
 struct counters {
     unsigned long long reads, read_bytes, writes, write_bytes, write_errors;
+    /* VNET 2: packets cut out of the frames read, packets in the frames written. */
+    unsigned long long rx_packets, tx_packets;
 };
 
 /* Open DEV inside namespace NS, then return this (single) thread to HOME. */
@@ -48,8 +53,50 @@ static int attach(const char *ns, const char *dev, int vnet, int home) {
     return fd;
 }
 
+static void count_write(ssize_t w, size_t packets, struct counters *c) {
+    /* A TUN write is one whole packet or an error; a refused packet is a drop. */
+    if (w < 0) {
+        c->write_errors++;
+    } else {
+        c->writes++;
+        c->write_bytes += (unsigned long long)w;
+        c->tx_packets += packets;
+    }
+}
+
+/* VNET 2: the frame's packets (a super-packet cut up, or the one packet it
+ * holds), merged back where they can be and written. */
+static void transform(int dst, unsigned char *frame, size_t n, struct counters *c) {
+    static uint8_t headers[MAX_SEGMENTS][MAX_HEADER], head[VNET_HDR + MAX_HEADER];
+    static const uint8_t plain[VNET_HDR];
+    static struct seg segs[MAX_SEGMENTS];
+    static struct iovec iov[MAX_SEGMENTS + 1];
+    size_t nseg = 1;
+    if (n < VNET_HDR) return;
+    if (frame[1] == 0) {
+        segs[0] = gso_single(frame, n);
+    } else if ((nseg = gso_split(frame, n, headers, segs)) == 0) {
+        /* Not TCP/IPv4: through untouched. */
+        count_write(write(dst, frame, n), 1, c);
+        return;
+    }
+    c->rx_packets += nseg;
+    for (size_t i = 0; i < nseg;) {
+        size_t bytes, count = gro_run(segs, nseg, i, head, iov, &bytes);
+        if (count > 1) {
+            iov[0] = (struct iovec){head, VNET_HDR + segs[i].hlen};
+            count_write(writev(dst, iov, (int)count + 1), count, c);
+        } else {
+            const struct seg *s = &segs[i];
+            struct iovec one[3] = {{(void *)plain, VNET_HDR}, {s->h, s->hlen}, {s->p, s->plen}};
+            count_write(writev(dst, one, 3), 1, c);
+        }
+        i += count;
+    }
+}
+
 /* Move up to READS_PER_ROUND frames from src to dst; stop early when src is empty. */
-static void pump(int src, int dst, unsigned char *buf, struct counters *c) {
+static void pump(int src, int dst, unsigned char *buf, int split, struct counters *c) {
     for (int i = 0; i < READS_PER_ROUND; i++) {
         ssize_t n = read(src, buf, BUF_SIZE);
         if (n < 0) {
@@ -58,21 +105,20 @@ static void pump(int src, int dst, unsigned char *buf, struct counters *c) {
         }
         c->reads++;
         c->read_bytes += (unsigned long long)n;
-        /* A TUN write is one whole packet or an error; a refused packet is a drop. */
-        ssize_t w = write(dst, buf, (size_t)n);
-        if (w < 0) {
-            c->write_errors++;
+        if (split) {
+            transform(dst, buf, (size_t)n, c);
         } else {
-            c->writes++;
-            c->write_bytes += (unsigned long long)w;
+            count_write(write(dst, buf, (size_t)n), 0, c);
         }
     }
 }
 
 static void print_counters(const char *name, const struct counters *c, const char *sep) {
     printf("\"%s\": {\"reads\": %llu, \"read_bytes\": %llu, \"writes\": %llu, "
-           "\"write_bytes\": %llu, \"write_errors\": %llu}%s",
-           name, c->reads, c->read_bytes, c->writes, c->write_bytes, c->write_errors, sep);
+           "\"write_bytes\": %llu, \"write_errors\": %llu, \"rx_packets\": %llu, "
+           "\"tx_packets\": %llu}%s",
+           name, c->reads, c->read_bytes, c->writes, c->write_bytes, c->write_errors,
+           c->rx_packets, c->tx_packets, sep);
 }
 
 int main(int argc, char **argv) {
@@ -80,7 +126,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s NS_A DEV_A NS_B DEV_B VNET\n", argv[0]);
         return 2;
     }
-    int vnet = atoi(argv[5]) != 0;
+    int vnet = atoi(argv[5]) != 0, split = atoi(argv[5]) == 2;
 
     /* No SA_RESTART: poll() must return EINTR so the loop sees the stop flag. */
     struct sigaction sa;
@@ -110,8 +156,8 @@ int main(int argc, char **argv) {
         }
         if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) break;
         if (fds[1].revents & (POLLERR | POLLHUP | POLLNVAL)) break;
-        if (fds[0].revents & POLLIN) pump(a, b, buf, &ab);
-        if (fds[1].revents & POLLIN) pump(b, a, buf, &ba);
+        if (fds[0].revents & POLLIN) pump(a, b, buf, split, &ab);
+        if (fds[1].revents & POLLIN) pump(b, a, buf, split, &ba);
     }
 
     printf("{\"forwarder\": \"c\", \"vnet_hdr\": %s, ", vnet ? "true" : "false");

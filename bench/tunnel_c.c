@@ -53,6 +53,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "bench_gso.h"
 #include "bench_tun.h"
 
 #ifndef SOL_UDP
@@ -97,64 +98,6 @@ struct counters {
     unsigned long long udp_recvs, udp_datagrams_in, udp_soft_errors;
 };
 
-/* virtio_net_hdr: flags, gso_type, then hdr_len, gso_size, csum_start,
- * csum_offset in host order (a little-endian TUN device). */
-#define VNET_HDR 10
-#define VNET_NEEDS_CSUM 1
-#define GSO_TCPV4 1
-#define TCP_FIN 0x01
-#define TCP_PSH 0x08
-#define TCP_ACK 0x10
-#define TCP_CWR 0x80
-/* Segments of one super-packet: 64 KiB of the smallest MSS a 1400 MTU leaves. */
-#define MAX_SEGMENTS 128
-#define MAX_HEADER 120
-
-static inline uint32_t rd16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
-static inline uint32_t rd32(const uint8_t *p) { return rd16(p) << 16 | rd16(p + 2); }
-static inline void wr16(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-static inline void wr32(uint8_t *p, uint32_t v) {
-    wr16(p, v >> 16);
-    wr16(p + 2, v);
-}
-static uint32_t fold(uint64_t s) {
-    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
-    return (uint32_t)s;
-}
-
-/* The ones' complement sum of p as big-endian 16-bit words, folded.  Summed
- * in native 32-bit halves of 64-bit loads and byte-swapped at the end, which
- * gives the same sum (RFC 1071's byte-order independence); x86 only. */
-static uint32_t sum16(const uint8_t *p, size_t n) {
-    uint64_t s = 0;
-    for (; n >= 8; p += 8, n -= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        s += (w & 0xFFFFFFFFu) + (w >> 32);
-    }
-    for (; n >= 2; p += 2, n -= 2) {
-        uint16_t w;
-        memcpy(&w, p, 2);
-        s += w;
-    }
-    if (n) s += *p; /* the odd last byte is the high half of a big-endian word */
-    uint32_t v = fold(s);
-    return (v >> 8 | v << 8) & 0xFFFF;
-}
-
-/* The IPv4 pseudo-header sum of p (addresses and protocol) for an L4 length. */
-static uint32_t pseudo4(const uint8_t *p, size_t l4len) {
-    return fold((uint64_t)rd16(p + 12) + rd16(p + 14) + rd16(p + 16) + rd16(p + 18) + p[9] + l4len);
-}
-
-static void ip4_checksum(uint8_t *p, size_t ihl) {
-    p[10] = p[11] = 0;
-    wr16(p + 10, ~sum16(p, ihl) & 0xFFFF);
-}
-
 /* One sendmsg of niov iovecs: nseg datagrams of seg bytes (the last may be
  * shorter) as a UDP_SEGMENT run, or one datagram. */
 static void send_run(int udp, struct iovec *iov, size_t niov, unsigned seg, unsigned nseg,
@@ -195,75 +138,35 @@ static void send_whole(int udp, uint8_t *frame, size_t n, struct counters *c) {
 /* "split": a TUN frame out as valid IPv4 packets, super-packets cut up. */
 static void send_split(int udp, uint8_t *frame, size_t n, struct counters *c) {
     static uint8_t headers[MAX_SEGMENTS][MAX_HEADER];
+    static struct seg segs[MAX_SEGMENTS];
     static struct iovec iov[2 * MAX_SEGMENTS];
-    uint16_t vh[4];
     if (n < VNET_HDR) return;
-    memcpy(vh, frame + 2, 8);
-    uint8_t *d = frame + VNET_HDR;
-    size_t len = n - VNET_HDR, gso_size = vh[1], csum_start = vh[2], csum_offset = vh[3];
     if (frame[1] == 0) {
-        if ((frame[0] & VNET_NEEDS_CSUM) && csum_start + csum_offset + 2 <= len) {
-            /* The field holds the pseudo-header sum: sum the rest over it. */
-            uint32_t v = ~sum16(d + csum_start, len - csum_start) & 0xFFFF;
-            wr16(d + csum_start + csum_offset, v ? v : 0xFFFF);
-        }
         c->rx_packets++;
-        struct iovec one = {d, len};
-        send_run(udp, &one, 1, 0, 1, c);
+        struct seg one = gso_single(frame, n);
+        struct iovec two[2] = {{one.h, one.hlen}, {one.p, one.plen}};
+        send_run(udp, two, 2, 0, 1, c);
         return;
     }
-    size_t ihl = len >= 20 ? (size_t)(d[0] & 15) * 4 : 0;
-    size_t hlen = ihl && len >= ihl + 20 ? ihl + (size_t)(d[ihl + 12] >> 4) * 4 : 0;
-    if (frame[1] != GSO_TCPV4 || (d[0] >> 4) != 4 || ihl < 20 || hlen < ihl + 20 ||
-        hlen > MAX_HEADER || hlen >= len || gso_size == 0 ||
-        (len - hlen + gso_size - 1) / gso_size > MAX_SEGMENTS) {
+    size_t nseg = gso_split(frame, n, headers, segs);
+    if (nseg == 0) {
         /* Only the TCP/IPv4 super-packets this bench's tunnel carries. */
         c->unsplit++;
         return;
     }
-    size_t nseg = (len - hlen + gso_size - 1) / gso_size;
+    c->rx_packets += nseg;
     /* A send carries at most MAX_UDP_PAYLOAD bytes: the runs share the
      * segments evenly (48 as 24 + 24, not 46 + 2), one system call each. */
-    size_t seg = hlen + gso_size, most = MAX_UDP_PAYLOAD / seg;
+    size_t seg = segs[0].hlen + segs[0].plen, most = MAX_UDP_PAYLOAD / seg;
     size_t runs = (nseg + most - 1) / most, per = (nseg + runs - 1) / runs;
-    uint32_t ip_id = rd16(d + 4), seq = rd32(d + ihl + 4), flags = d[ihl + 13];
     for (size_t i = 0; i < nseg;) {
         size_t k = 0;
         for (; k < per && i < nseg; k++, i++) {
-            size_t at = hlen + i * gso_size, plen = at + gso_size < len ? gso_size : len - at;
-            size_t l4len = hlen - ihl + plen;
-            uint8_t *h = headers[i];
-            memcpy(h, d, hlen);
-            wr16(h + 2, (uint32_t)(hlen + plen));
-            wr16(h + 4, (ip_id + (uint32_t)i) & 0xFFFF);
-            ip4_checksum(h, ihl);
-            wr32(h + ihl + 4, seq + (uint32_t)(i * gso_size));
-            uint32_t f = flags;
-            if (i != nseg - 1) f &= ~(uint32_t)(TCP_FIN | TCP_PSH);
-            if (i) f &= ~(uint32_t)TCP_CWR;
-            h[ihl + 13] = (uint8_t)f;
-            h[ihl + 16] = h[ihl + 17] = 0;
-            uint64_t sum = (uint64_t)pseudo4(h, l4len) + sum16(h + ihl, hlen - ihl) +
-                           sum16(d + at, plen);
-            wr16(h + ihl + 16, ~fold(sum) & 0xFFFF);
-            iov[2 * k] = (struct iovec){h, hlen};
-            iov[2 * k + 1] = (struct iovec){d + at, plen};
+            iov[2 * k] = (struct iovec){segs[i].h, segs[i].hlen};
+            iov[2 * k + 1] = (struct iovec){segs[i].p, segs[i].plen};
         }
         send_run(udp, iov, 2 * k, (unsigned)seg, (unsigned)k, c);
     }
-    c->rx_packets += nseg;
-}
-
-/* Header length of a TCP/IPv4 data segment whose both checksums hold and
- * which may be merged (ACK, maybe PSH, no options in the IP header); 0 if not. */
-static size_t mergeable(const uint8_t *p, size_t n) {
-    if (n < 40 || p[0] != 0x45 || p[9] != 6 || rd16(p + 2) != n || (p[6] & 0x3F) || p[7])
-        return 0;
-    size_t hlen = 20 + (size_t)(p[32] >> 4) * 4;
-    if (hlen < 40 || hlen >= n || (p[33] != TCP_ACK && p[33] != (TCP_ACK | TCP_PSH))) return 0;
-    if (sum16(p, 20) != 0xFFFF) return 0;
-    if (fold((uint64_t)pseudo4(p, n - 20) + sum16(p + 20, n - 20)) != 0xFFFF) return 0;
-    return hlen;
 }
 
 static void write_frame(int tun, struct iovec *iov, int niov, size_t bytes, size_t packets,
@@ -281,60 +184,25 @@ static void write_frame(int tun, struct iovec *iov, int niov, size_t bytes, size
  * segments of one flow merged into super-packets. */
 static void write_merged(int tun, uint8_t *buf, size_t n, size_t gso, struct counters *c) {
     static uint8_t head[VNET_HDR + MAX_HEADER];
-    static uint8_t plain[VNET_HDR];
+    static const uint8_t plain[VNET_HDR];
+    static struct seg segs[MAX_SEGMENTS];
     static struct iovec iov[MAX_SEGMENTS + 1];
-    size_t at = 0;
-    while (at < n) {
-        uint8_t *h = buf + at;
-        size_t len = at + gso < n ? gso : n - at, hlen = mergeable(h, len);
-        at += len;
-        size_t mss = len - hlen, total = len;
-        int niov = 1;
-        if (hlen) {
-            uint32_t next = rd32(h + 24) + (uint32_t)mss;
-            unsigned psh = h[33] & TCP_PSH;
-            iov[niov++] = (struct iovec){h + hlen, mss};
-            /* The next segment joins if it is the flow's next bytes, with the
-             * same headers otherwise (TOS, DF, TTL; addresses and ports; ACK
-             * number, data offset, window, urgent pointer and options), and no
-             * longer than the first. */
-            while (!psh && at < n && niov <= MAX_SEGMENTS) {
-                uint8_t *p = buf + at;
-                size_t plen = at + gso < n ? gso : n - at;
-                if (mergeable(p, plen) != hlen || plen - hlen > mss ||
-                    total + plen - hlen > 65535 || rd32(p + 24) != next ||
-                    p[1] != h[1] || p[6] != h[6] || p[8] != h[8] || memcmp(p + 12, h + 12, 12) ||
-                    memcmp(p + 28, h + 28, 5) || p[34] != h[34] || p[35] != h[35] ||
-                    memcmp(p + 38, h + 38, hlen - 38))
-                    break;
-                iov[niov++] = (struct iovec){p + hlen, plen - hlen};
-                total += plen - hlen;
-                next += (uint32_t)(plen - hlen);
-                psh = p[33] & TCP_PSH;
-                at += plen;
-                if (plen - hlen < mss) break;
-            }
-            if (niov > 2) {
-                uint8_t *o = head + VNET_HDR;
-                memcpy(o, h, hlen);
-                o[33] |= (uint8_t)psh;
-                wr16(o + 2, (uint32_t)total);
-                ip4_checksum(o, 20);
-                /* NEEDS_CSUM: the field holds the pseudo-header sum. */
-                wr16(o + 36, pseudo4(o, total - 20));
-                uint16_t vh[4] = {(uint16_t)hlen, (uint16_t)mss, 20, 16};
-                head[0] = VNET_NEEDS_CSUM;
-                head[1] = GSO_TCPV4;
-                memcpy(head + 2, vh, 8);
-                iov[0] = (struct iovec){head, VNET_HDR + hlen};
-                write_frame(tun, iov, niov, VNET_HDR + total, (size_t)niov - 1, c);
-                continue;
-            }
+    size_t nseg = 0;
+    for (size_t at = 0; at < n && nseg < MAX_SEGMENTS; at += gso) {
+        segs[nseg++] = seg_of(buf + at, at + gso < n ? gso : n - at);
+    }
+    for (size_t i = 0; i < nseg;) {
+        size_t bytes, count = gro_run(segs, nseg, i, head, iov, &bytes);
+        if (count > 1) {
+            iov[0] = (struct iovec){head, VNET_HDR + segs[i].hlen};
+            write_frame(tun, iov, (int)count + 1, bytes, count, c);
+        } else {
+            /* As it came: a virtio header of zeros (the kernel checks it). */
+            const struct seg *s = &segs[i];
+            struct iovec one[3] = {{(void *)plain, VNET_HDR}, {s->h, s->hlen}, {s->p, s->plen}};
+            write_frame(tun, one, 3, VNET_HDR + s->hlen + s->plen, 1, c);
         }
-        /* As it came: a virtio header of zeros (the kernel checks it). */
-        iov[0] = (struct iovec){plain, VNET_HDR};
-        iov[1] = (struct iovec){h, len};
-        write_frame(tun, iov, 2, VNET_HDR + len, 1, c);
+        i += count;
     }
 }
 
