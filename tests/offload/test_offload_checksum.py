@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +16,7 @@ from trio_tun import offload
 from trio_tun.offload import pseudo_header_sum
 from trio_tun.offload.checksum import fold
 
+from .conftest import needs_speedups
 from .packets import naive_checksum, naive_sum, pseudo
 
 
@@ -128,3 +135,49 @@ def test_implementation_flag() -> None:
     from trio_tun.offload import _accel  # noqa: F401  (only to know whether it exists)
 
     assert offload.implementation in ("python", "speedups")
+
+
+# Every length up to 300 (each tail of the 64-, 16- and 4-byte loops, odd
+# and even), a segment and a super-packet, at every alignment up to 31.
+_LOOP_LENGTHS = [*range(301), 1348, 1349, 65535, 65536]
+_LOOP_CHECK = """
+import json, os, sys
+from trio_tun.offload import _speedups
+data = bytes(range(256)) * 300
+out = {"loop": _speedups.CHECKSUM_LOOP, "sums": []}
+for n in json.loads(sys.argv[1]):
+    for align in range(0, 32, 3):
+        view = memoryview(data)[align : align + n]
+        out["sums"].append(_speedups.ones_complement_sum(view))
+print(json.dumps(out))
+"""
+
+
+def _loop_sums(env: dict[str, str]) -> tuple[str, list[int]]:
+    done = subprocess.run(
+        [sys.executable, "-c", _LOOP_CHECK, json.dumps(_LOOP_LENGTHS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    out = json.loads(done.stdout)
+    return out["loop"], out["sums"]
+
+
+@needs_speedups
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the SIMD loops are x86-64's")
+def test_each_checksum_loop_matches_the_naive_sum() -> None:
+    data = bytes(range(256)) * 300
+    expected = [
+        naive_sum(data[align : align + n]) for n in _LOOP_LENGTHS for align in range(0, 32, 3)
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "TRIO_TUN_NO_AVX2"}
+    loop, sums = _loop_sums(env)
+    assert sums == expected, loop
+    has_avx2 = "avx2" in Path("/proc/cpuinfo").read_text().split()
+    assert loop == ("avx2" if has_avx2 else "sse2")
+    # The SSE2 loop, which CPUs without AVX2 run: forced, and checked too.
+    loop, sums = _loop_sums({**env, "TRIO_TUN_NO_AVX2": "1"})
+    assert (loop, sums == expected) == ("sse2", True)

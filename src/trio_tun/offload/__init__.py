@@ -4,7 +4,9 @@ Bytes in, bytes out: nothing here awaits, makes a syscall or imports the rest of
 trio_tun.  The hot paths come from the optional compiled ``_speedups`` module
 when it was built, unless ``TRIO_TUN_PURE_PYTHON=1``; ``implementation`` says
 which.  The pure-Python modules (:mod:`.checksum`, :mod:`.gso`, :mod:`.gro`,
-collected in :mod:`.reference`) are the reference either way.
+collected in :mod:`.reference`) are the reference either way.  On x86-64 the
+compiled checksum runs an AVX2 loop when the CPU has one (an SSE2 loop with
+``TRIO_TUN_NO_AVX2=1`` or without AVX2); ``_speedups.CHECKSUM_LOOP`` says which.
 """
 
 from __future__ import annotations

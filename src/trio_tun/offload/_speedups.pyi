@@ -7,6 +7,10 @@ from trio_tun.offload.gro import Parsed
 
 _Buffer = bytes | bytearray | memoryview
 
+#: Which loop the checksum runs: "avx2" (chosen at import when the CPU has it
+#: and TRIO_TUN_NO_AVX2 is unset), "sse2" or "scalar".
+CHECKSUM_LOOP: str
+
 def ones_complement_sum(data: _Buffer, initial: int = 0) -> int: ...
 def checksum(data: _Buffer, initial: int = 0) -> int: ...
 def split(
