@@ -14,13 +14,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from trio_tun import offload
 
-from .packets import ACK, PSH, TCP, Flow, expected_segments, flows, super_packet
+from .packets import ACK, CWR, FIN, PSH, TCP, Flow, expected_segments, flows, super_packet
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -87,6 +88,8 @@ size_t merge(uint8_t *pkts, const size_t *lens, size_t n, uint8_t *out, size_t *
 """
 
 SizeArray = ctypes.c_size_t * 256
+#: Each property runs on 60 drawn super-packets (up to 60 segments each).
+EXAMPLES = settings(max_examples=60, deadline=None)
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +108,23 @@ def gso(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return dll
 
 
+def unpacked(
+    out: ctypes.Array[ctypes.c_char], lens: ctypes.Array[ctypes.c_size_t], n: int
+) -> list[bytes]:
+    """The *n* packets the driver wrote back to back into *out*."""
+    packets, at = [], 0
+    for length in lens[:n]:
+        packets.append(out.raw[at : at + length])
+        at += length
+    return packets
+
+
 def c_frame_packets(dll: ctypes.CDLL, frame: bytes) -> list[bytes]:
     buf = ctypes.create_string_buffer(frame, len(frame))
     out = ctypes.create_string_buffer(2 * len(frame) + 128 * 120)
     lens = SizeArray()
     n = dll.frame_packets(buf, ctypes.c_size_t(len(frame)), out, lens)
-    packets, at = [], 0
-    for i in range(n):
-        packets.append(out.raw[at : at + lens[i]])
-        at += lens[i]
-    return packets
+    return unpacked(out, lens, n)
 
 
 def c_merge(dll: ctypes.CDLL, packets: list[bytes]) -> list[bytes]:
@@ -125,11 +135,14 @@ def c_merge(dll: ctypes.CDLL, packets: list[bytes]) -> list[bytes]:
     out = ctypes.create_string_buffer(len(joined) + 10 * len(packets) + 64)
     outlens = SizeArray()
     n = dll.merge(buf, lens, ctypes.c_size_t(len(packets)), out, outlens)
-    frames, at = [], 0
-    for i in range(n):
-        frames.append(out.raw[at : at + outlens[i]])
-        at += outlens[i]
-    return frames
+    return unpacked(out, outlens, n)
+
+
+def merged_as_coalesce(dll: ctypes.CDLL, segments: list[bytes]) -> list[bytes]:
+    """C's merge of *segments*, checked to be the offload layer's coalesce."""
+    merged = c_merge(dll, segments)
+    assert merged == offload.coalesce(segments)
+    return merged
 
 
 def tcp_payload_length(frame: bytes) -> int:
@@ -145,59 +158,90 @@ def frame_of(fields: tuple[int, int, int, int, int, int], packet: bytes) -> byte
 ipv4_tcp_flows = flows(TCP).filter(lambda f: f.version == 4)
 
 
+@attrs.frozen
+class TsoFrame:
+    """A TCP/IPv4 super-packet as a TUN read returns it, and what it stands for."""
+
+    flow: Flow
+    payload: bytes
+    gso_size: int
+    flags: int
+    seq: int
+    ident: int
+
+    def wire(self) -> bytes:
+        fields, packet = super_packet(
+            self.flow,
+            self.payload,
+            self.gso_size,
+            seq=self.seq,
+            flags=self.flags,
+            ident=self.ident,
+        )
+        return frame_of(fields, packet)
+
+    def expected(self) -> list[bytes]:
+        return expected_segments(
+            self.flow,
+            self.payload,
+            self.gso_size,
+            seq=self.seq,
+            flags=self.flags,
+            ident=self.ident,
+        )
+
+    def segments(self, least: int) -> list[bytes]:
+        """The offload layer's segments; at least *least* of them (and C's 128 at most)."""
+        segments = offload.split_with_header(self.wire())
+        assume(least <= len(segments) <= 128)
+        return segments
+
+
 @st.composite
-def tso_frames(draw: st.DrawFn) -> tuple[Flow, bytes, int, int]:
-    """A TCP/IPv4 super-packet as a TUN read returns it: flow, payload, gso_size, flags."""
+def tso_frames(draw: st.DrawFn) -> TsoFrame:
     flow = draw(ipv4_tcp_flows)
     gso_size = draw(st.sampled_from([1, 7, 536, 1348, 1448]))
     nseg = draw(st.integers(1, 60))
     tail = draw(st.integers(1, gso_size))
     size = min((nseg - 1) * gso_size + tail, 65535 - 20 - 20 - len(flow.options))
-    payload = bytes((i * 7 + 3) & 0xFF for i in range(size))
-    flags = draw(st.sampled_from([ACK, ACK | PSH]))
-    return flow, payload, gso_size, flags
+    return TsoFrame(
+        flow=flow,
+        payload=bytes((i * 7 + 3) & 0xFF for i in range(size)),
+        gso_size=gso_size,
+        flags=draw(st.sampled_from([ACK, ACK | PSH, ACK | CWR, ACK | PSH | FIN])),
+        seq=draw(st.integers(0, 0xFFFFFFFF)),
+        ident=draw(st.integers(0, 0xFFFF)),
+    )
 
 
-@settings(max_examples=60, deadline=None)
-@given(tso_frames(), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF))
-def test_split_matches_the_offload_layer(
-    gso: ctypes.CDLL, frame: tuple[Flow, bytes, int, int], seq: int, ident: int
-) -> None:
-    flow, payload, gso_size, flags = frame
-    fields, packet = super_packet(flow, payload, gso_size, seq=seq, flags=flags, ident=ident)
-    wire = frame_of(fields, packet)
+@EXAMPLES
+@given(tso_frames())
+def test_split_matches_the_offload_layer(gso: ctypes.CDLL, frame: TsoFrame) -> None:
+    wire = frame.wire()
     got = c_frame_packets(gso, wire)
     assert got == offload.split_with_header(wire)
-    assert got == expected_segments(flow, payload, gso_size, seq=seq, flags=flags, ident=ident)
+    assert got == frame.expected()
 
 
-@settings(max_examples=60, deadline=None)
-@given(tso_frames(), st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFF))
-def test_merge_of_a_split_matches_coalesce(
-    gso: ctypes.CDLL, frame: tuple[Flow, bytes, int, int], seq: int, ident: int
-) -> None:
-    flow, payload, gso_size, flags = frame
-    fields, packet = super_packet(flow, payload, gso_size, seq=seq, flags=flags, ident=ident)
-    segments = offload.split_with_header(frame_of(fields, packet))
-    assume(len(segments) <= 128)
-    merged = c_merge(gso, segments)
-    assert merged == offload.coalesce(segments)
-    if len(segments) > 1:
-        # One super-packet again, with the kernel's GSO fields.
+@EXAMPLES
+@given(tso_frames())
+def test_merge_of_a_split_matches_coalesce(gso: ctypes.CDLL, frame: TsoFrame) -> None:
+    segments = frame.segments(1)
+    merged = merged_as_coalesce(gso, segments)
+    if len(segments) > 1 and not frame.flags & (CWR | FIN):
+        # One super-packet again, with the kernel's GSO fields.  (A CWR
+        # first segment and a FIN last one are not merged, here or there.)
         (out,) = merged
         hdr = offload.VirtioNetHdr.unpack(out)
-        assert (hdr.gso_type, hdr.gso_size) == (offload.GSO_TCPV4, gso_size)
+        assert (hdr.gso_type, hdr.gso_size) == (offload.GSO_TCPV4, frame.gso_size)
 
 
-@settings(max_examples=60, deadline=None)
+@EXAMPLES
 @given(tso_frames(), st.data())
 def test_a_bad_checksum_is_not_merged(
-    gso: ctypes.CDLL, frame: tuple[Flow, bytes, int, int], data: st.DataObject
+    gso: ctypes.CDLL, frame: TsoFrame, data: st.DataObject
 ) -> None:
-    flow, payload, gso_size, flags = frame
-    fields, packet = super_packet(flow, payload, gso_size, flags=flags)
-    segments = offload.split_with_header(frame_of(fields, packet))
-    assume(2 <= len(segments) <= 128)
+    segments = frame.segments(2)
     bad = data.draw(st.integers(0, len(segments) - 1), label="bad segment")
     # Past the IP header: a damaged IP header can make the packet malformed,
     # which the offload layer raises for (the stream counts it) and C passes on.
@@ -205,10 +249,8 @@ def test_a_bad_checksum_is_not_merged(
     corrupted = bytearray(segments[bad])
     corrupted[at] ^= 0x01
     segments[bad] = bytes(corrupted)
-    merged = c_merge(gso, segments)
-    assert merged == offload.coalesce(segments)
     # The damaged packet goes out alone and unchanged, for the kernel to drop.
-    assert bytes(10) + segments[bad] in merged
+    assert bytes(10) + segments[bad] in merged_as_coalesce(gso, segments)
 
 
 def test_a_frame_without_gso_gets_its_checksum(gso: ctypes.CDLL) -> None:
@@ -221,18 +263,14 @@ def test_a_frame_without_gso_gets_its_checksum(gso: ctypes.CDLL) -> None:
     assert got == expected_segments(flow, b"hello, tunnel", 1400, flags=ACK | PSH)[0]
 
 
-@settings(max_examples=60, deadline=None)
+@EXAMPLES
 @given(tso_frames(), st.data())
 def test_segments_out_of_order_are_not_merged_across_the_gap(
-    gso: ctypes.CDLL, frame: tuple[Flow, bytes, int, int], data: st.DataObject
+    gso: ctypes.CDLL, frame: TsoFrame, data: st.DataObject
 ) -> None:
-    flow, payload, gso_size, flags = frame
-    fields, packet = super_packet(flow, payload, gso_size, flags=flags)
-    segments = offload.split_with_header(frame_of(fields, packet))
-    assume(3 <= len(segments) <= 128)
+    segments = frame.segments(3)
     i = data.draw(st.integers(0, len(segments) - 2), label="swapped pair")
     segments[i], segments[i + 1] = segments[i + 1], segments[i]
-    merged = c_merge(gso, segments)
-    assert merged == offload.coalesce(segments)
+    merged = merged_as_coalesce(gso, segments)
     # Every payload byte still goes out, none twice.
-    assert sum(map(tcp_payload_length, merged)) == len(payload)
+    assert sum(map(tcp_payload_length, merged)) == len(frame.payload)
