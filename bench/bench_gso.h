@@ -179,8 +179,8 @@ static int same_flow(const struct seg *a, const struct seg *b) {
 
 /* GRO over segs[i..n): how many segments from segs[i] on go out as one
  * packet.  When more than one, head (VNET_HDR + MAX_HEADER bytes) gets the
- * virtio header and the merged IP/TCP header, and iov[1..count] the payloads
- * (iov[0] is left for the caller: head, VNET_HDR + segs[i].hlen bytes). */
+ * virtio header and the merged IP/TCP header, and iov[1..count] the payloads;
+ * gro_frame below fills in the rest. */
 static size_t gro_run(const struct seg *segs, size_t n, size_t i, uint8_t *head,
                       struct iovec *iov, size_t *bytes) {
     const struct seg *first = &segs[i];
@@ -214,6 +214,29 @@ static size_t gro_run(const struct seg *segs, size_t n, size_t i, uint8_t *head,
     head[1] = GSO_TCPV4;
     memcpy(head + 2, vh, 8);
     *bytes = VNET_HDR + total;
+    return count;
+}
+
+/* The next frame to write from segs[i..n), as *niov iovecs of *bytes bytes in
+ * all; returns how many segments it carries.  Merged: head (filled in here),
+ * then the payloads in place.  Alone: a virtio header of zeros (the kernel
+ * checks the packet), then the packet as it came.  iov needs MAX_SEGMENTS + 1
+ * entries. */
+static size_t gro_frame(const struct seg *segs, size_t n, size_t i, uint8_t *head,
+                        struct iovec *iov, int *niov, size_t *bytes) {
+    static const uint8_t plain[VNET_HDR];
+    const struct seg *s = &segs[i];
+    size_t count = gro_run(segs, n, i, head, iov, bytes);
+    if (count > 1) {
+        iov[0] = (struct iovec){head, VNET_HDR + s->hlen};
+        *niov = (int)count + 1;
+    } else {
+        iov[0] = (struct iovec){(void *)plain, VNET_HDR};
+        iov[1] = (struct iovec){s->h, s->hlen};
+        iov[2] = (struct iovec){s->p, s->plen};
+        *niov = 3;
+        *bytes = VNET_HDR + s->hlen + s->plen;
+    }
     return count;
 }
 

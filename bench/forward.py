@@ -185,7 +185,7 @@ class Mode:
     env: dict[str, str] = field(default_factory=dict)
     queues: int = 1  # queues per device; > 1 means IFF_MULTI_QUEUE
     workers: bool = False  # engine kind: one WorkerPool process per queue pair
-    tunnel_mode: str = ""  # tunnel kind: fwd_tunnel.py --mode (batched, perdatagram, engine)
+    tunnel_mode: str = ""  # tunnel kind: fwd_tunnel.py --mode (batched, perdatagram, engine, ...)
     mtu: int = MTU  # of the devices iperf3's traffic is routed into
     wg_peers: tuple[str, str] = ("", "")  # wireguard kind: "trio" or "go", client and server end
     c_split: bool = False  # c kind: cut every frame into packets and merge them back
@@ -671,18 +671,11 @@ def _forwarder_argv(mode: Mode, topo: Topology, config: RunConfig) -> list[str]:
         underlay = ["--underlay-a", UNDERLAY_ADDRS[0], "--underlay-b", UNDERLAY_ADDRS[1]]
         # Its own time bound: long enough for the run and the harness's clean-up.
         bound = ["--max-seconds", str(config.timeout + READY_TIMEOUT + STOP_TIMEOUT)]
+        # fwd_tunnel.py's floor mode keeps its own cap whatever this says.
         cap = config.tunnel_gso_max_size
-        capped = ["--gso-max-size", str(cap)] if cap and mode.tunnel_mode != "floor" else []
-        return [
-            sys.executable,
-            script,
-            *ends,
-            "--mode",
-            mode.tunnel_mode,
-            *underlay,
-            *bound,
-            *capped,
-        ]
+        capped = ["--gso-max-size", str(cap)] if cap else []
+        mode_args = ["--mode", mode.tunnel_mode]
+        return [sys.executable, script, *ends, *mode_args, *underlay, *bound, *capped]
     if mode.kind == "c":
         return [str(C_BINARY), *ends, "2" if mode.c_split else "1" if mode.offload else "0"]
     if mode.kind == "pytun":

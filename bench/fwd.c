@@ -68,7 +68,6 @@ static void count_write(ssize_t w, size_t packets, struct counters *c) {
  * holds), merged back where they can be and written. */
 static void transform(int dst, unsigned char *frame, size_t n, struct counters *c) {
     static uint8_t headers[MAX_SEGMENTS][MAX_HEADER], head[VNET_HDR + MAX_HEADER];
-    static const uint8_t plain[VNET_HDR];
     static struct seg segs[MAX_SEGMENTS];
     static struct iovec iov[MAX_SEGMENTS + 1];
     size_t nseg = 1;
@@ -82,15 +81,9 @@ static void transform(int dst, unsigned char *frame, size_t n, struct counters *
     }
     c->rx_packets += nseg;
     for (size_t i = 0; i < nseg;) {
-        size_t bytes, count = gro_run(segs, nseg, i, head, iov, &bytes);
-        if (count > 1) {
-            iov[0] = (struct iovec){head, VNET_HDR + segs[i].hlen};
-            count_write(writev(dst, iov, (int)count + 1), count, c);
-        } else {
-            const struct seg *s = &segs[i];
-            struct iovec one[3] = {{(void *)plain, VNET_HDR}, {s->h, s->hlen}, {s->p, s->plen}};
-            count_write(writev(dst, one, 3), 1, c);
-        }
+        int niov;
+        size_t bytes, count = gro_frame(segs, nseg, i, head, iov, &niov, &bytes);
+        count_write(writev(dst, iov, niov), count, c);
         i += count;
     }
 }

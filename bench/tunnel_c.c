@@ -184,7 +184,6 @@ static void write_frame(int tun, struct iovec *iov, int niov, size_t bytes, size
  * segments of one flow merged into super-packets. */
 static void write_merged(int tun, uint8_t *buf, size_t n, size_t gso, struct counters *c) {
     static uint8_t head[VNET_HDR + MAX_HEADER];
-    static const uint8_t plain[VNET_HDR];
     static struct seg segs[MAX_SEGMENTS];
     static struct iovec iov[MAX_SEGMENTS + 1];
     size_t nseg = 0;
@@ -192,16 +191,9 @@ static void write_merged(int tun, uint8_t *buf, size_t n, size_t gso, struct cou
         segs[nseg++] = seg_of(buf + at, at + gso < n ? gso : n - at);
     }
     for (size_t i = 0; i < nseg;) {
-        size_t bytes, count = gro_run(segs, nseg, i, head, iov, &bytes);
-        if (count > 1) {
-            iov[0] = (struct iovec){head, VNET_HDR + segs[i].hlen};
-            write_frame(tun, iov, (int)count + 1, bytes, count, c);
-        } else {
-            /* As it came: a virtio header of zeros (the kernel checks it). */
-            const struct seg *s = &segs[i];
-            struct iovec one[3] = {{(void *)plain, VNET_HDR}, {s->h, s->hlen}, {s->p, s->plen}};
-            write_frame(tun, one, 3, VNET_HDR + s->hlen + s->plen, 1, c);
-        }
+        int niov;
+        size_t bytes, count = gro_frame(segs, nseg, i, head, iov, &niov, &bytes);
+        write_frame(tun, iov, niov, bytes, count, c);
         i += count;
     }
 }

@@ -65,22 +65,13 @@ size_t merge(uint8_t *pkts, const size_t *lens, size_t n, uint8_t *out, size_t *
         pkts += lens[i];
     }
     for (size_t i = 0; i < n;) {
-        size_t bytes = 0, count = gro_run(segs, n, i, head, iov, &bytes);
-        uint8_t *o = out;
-        if (count > 1) {
-            memcpy(o, head, VNET_HDR + segs[i].hlen);
-            o += VNET_HDR + segs[i].hlen;
-            for (size_t k = 1; k <= count; k++) {
-                memcpy(o, iov[k].iov_base, iov[k].iov_len);
-                o += iov[k].iov_len;
-            }
-        } else {
-            memset(o, 0, VNET_HDR);
-            o += VNET_HDR;
-            o += pack(&segs[i], o);
+        int niov;
+        size_t bytes, count = gro_frame(segs, n, i, head, iov, &niov, &bytes);
+        for (int k = 0; k < niov; k++) {
+            memcpy(out, iov[k].iov_base, iov[k].iov_len);
+            out += iov[k].iov_len;
         }
-        outlens[nout++] = (size_t)(o - out);
-        out = o;
+        outlens[nout++] = bytes;
         i += count;
     }
     return nout;
