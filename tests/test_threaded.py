@@ -211,8 +211,9 @@ def _seqpacket_streams(
 
 def test_raw_lanes_with_offload_share_a_thread_per_device_pair() -> None:
     """Both directions between two devices with offload run in one thread (the
-    pair pump); without offload, or without raw, each lane keeps its own; a
-    lane with no reverse partner runs alone."""
+    pair pump, or one poll over both sources with a transform); without
+    offload, or with pair_lanes=False, each lane keeps its own; a lane with
+    no reverse partner runs alone."""
     socks: list[socket.socket] = []
     try:
         (a, b, c, d), mine, peers = _seqpacket_streams(4, vnet_hdr=True)
@@ -220,15 +221,20 @@ def test_raw_lanes_with_offload_share_a_thread_per_device_pair() -> None:
         (p, q), mine, peers = _seqpacket_streams(2, vnet_hdr=False)
         socks += mine + peers
 
-        def shape(lanes: list[tuple[PacketStream, PacketStream]], raw: bool) -> list[int]:
-            forwarder = ThreadedForwarder(lanes, raw=raw)
+        def shape(
+            lanes: list[tuple[PacketStream, PacketStream]], raw: bool, pair_lanes: bool = True
+        ) -> list[int]:
+            forwarder = ThreadedForwarder(lanes, raw=raw, pair_lanes=pair_lanes)
             return [len(group) for group in forwarder._threads]
 
         assert shape([(a, b), (b, a)], raw=True) == [2]
         assert shape([(c, d), (a, b), (b, a)], raw=True) == [1, 2]
         assert shape([(a, b), (c, d), (d, c), (b, a)], raw=True) == [2, 2]
         assert shape([(a, b), (b, c), (c, a)], raw=True) == [1, 1, 1]
-        assert shape([(a, b), (b, a)], raw=False) == [1, 1]
+        assert shape([(a, b), (b, a)], raw=False) == [2]
+        assert shape([(a, b), (b, a)], raw=False, pair_lanes=False) == [1, 1]
+        assert shape([(a, b), (b, a)], raw=True, pair_lanes=False) == [1, 1]
+        assert shape([(p, q), (q, p)], raw=False) == [1, 1]
         assert shape([(p, q), (q, p)], raw=True) == [1, 1]
         # The pair is the two lanes themselves, in the order given.
         forwarder = ThreadedForwarder([(b, a), (a, b)], raw=True)

@@ -437,14 +437,21 @@ class PacketStream(UnreliableObjectStream[bytes]):
             await self._entry_checkpoint(True)
             while True:
                 if max_packets is None:
-                    self._fill_reads(DEFAULT_BATCH, DEFAULT_BATCH_BYTES)
-                    count = len(self._pending)
+                    batch = self._receive_ready()
+                    if batch:
+                        return batch
                 else:
                     self._fill(max_packets)
-                    count = max_packets
-                if self._pending:
-                    return self._take(count)
+                    if self._pending:
+                        return self._take(max_packets)
                 await self._wait(readable=True)
+
+    def _receive_ready(self) -> list[bytes]:
+        """receive_batch's default batch from what is queued now ([] if nothing is),
+        for a caller holding the receive guard."""
+        self._fill_reads(DEFAULT_BATCH, DEFAULT_BATCH_BYTES)
+        pending = self._pending
+        return self._take(len(pending)) if pending else []
 
     async def receive_raw(self) -> bytes:
         """Receive what one read brings, unparsed.
@@ -611,14 +618,18 @@ class PacketStream(UnreliableObjectStream[bytes]):
                     self._check_packet(packet)
         with self._send_guard:
             await self._entry_checkpoint(False)
-            if self._framing.coalescing and len(batch) > 1:
-                await self._send_coalesced(batch)
-                return
-            if self._frame_port is not None:
-                await self._send_frames(self._frame_port, batch)
-                return
-            for packet in batch:
-                await self._send_one(packet)
+            await self._send_checked(batch)
+
+    async def _send_checked(self, batch: list[Buffer]) -> None:
+        """send_batch's writing, for a caller holding the send guard (packets checked)."""
+        if self._framing.coalescing and len(batch) > 1:
+            await self._send_coalesced(batch)
+            return
+        if self._frame_port is not None:
+            await self._send_frames(self._frame_port, batch)
+            return
+        for packet in batch:
+            await self._send_one(packet)
 
     async def _send_frames(self, port: FdPort, batch: list[Buffer]) -> None:
         """Write one-packet frames with the port's write loop."""

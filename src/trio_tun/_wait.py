@@ -11,7 +11,7 @@ import os
 import select
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -158,12 +158,22 @@ if sys.platform != "win32":
         if poll_any(((fd, events),), stop_fd):
             raise Stopped
 
+    def readable_poller(fds: Sequence[int]) -> select.poll:
+        """A poll object watching *fds* for reading, for a thread that waits on them often."""
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, POLLIN)
+        return poller
+
 else:  # pragma: no cover - Windows streams have no fd to poll (wintun rings)
 
     def poll_any(waits: Sequence[tuple[int, int]], stop_fd: int) -> bool:
         raise NotImplementedError("blocking waits need poll(), which Windows lacks")
 
     def poll_until(fd: int, events: int, stop_fd: int) -> None:
+        raise NotImplementedError("blocking waits need poll(), which Windows lacks")
+
+    def readable_poller(fds: Sequence[int]) -> Any:
         raise NotImplementedError("blocking waits need poll(), which Windows lacks")
 
 
