@@ -1,17 +1,20 @@
-"""ThreadedForwarder: each direction of a forwarder in its own OS thread, for a second core.
+"""ThreadedForwarder: a forwarder's lanes in OS threads, off the event loop's core.
 
 One Python process runs one event loop on one core, and a TUN forwarder spends
 most of its time in the kernel: two thirds of it inside ``read``/``write``,
 where a write into a TUN device runs the receiving side's whole TCP stack.
 Those system calls release the GIL, so two threads can be in the kernel at
-once while only one runs Python.  :class:`ThreadedForwarder` runs each lane
-(one source stream, one destination stream) in a worker thread:
+once while only one runs Python.  :class:`ThreadedForwarder` runs the lanes
+(one source stream, one destination stream each) in worker threads, the two
+lanes between a pair of devices with offload in one thread:
 
 ::
 
-    thread per lane:  src.receive_batch() -> transform(batch) -> dst.send_batch()
-                      (the streams' own code, driven synchronously; waits are
-                      blocking polls that also watch a stop pipe)
+    per thread:  poll(sources, stop pipe) -> for each ready source:
+                 src's batch -> transform(batch) -> dst's batch written
+                 (the streams' own receive_batch/send_batch code, driven
+                 synchronously; waits are blocking polls that also watch
+                 a stop pipe)
 
 The streams are the ordinary :class:`~trio_tun.PacketStream` objects, with
 their framing, offload, counters and misuse checks; only their waits change
@@ -127,7 +130,7 @@ class _Lane:
 
 
 class ThreadedForwarder:
-    """Forward packets along *lanes*, each ``(src, dst)`` lane in its own thread.
+    """Forward packets along *lanes*, ``(src, dst)`` pairs, in worker threads.
 
     For a two-way forwarder between devices A and B, the lanes are ``(a, b)``
     and ``(b, a)`` (and, with several queues, one pair per queue).  Each lane
