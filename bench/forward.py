@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -415,6 +416,7 @@ class Measurement:
     rss_mib: float
     bytes_per_read: float | None  # client -> server direction (the data direction)
     forwarder: dict[str, Any]
+    repeat: int = 0  # which round of --repeat measured it (0: not known)
 
 
 @dataclass
@@ -1098,6 +1100,18 @@ def _ratio(medians: dict[Cell, Measurement], mode: str, reference: str, n: int) 
     return a.gbps / b.gbps
 
 
+def round_ratios(outcome: Outcome, mode: str, reference: str, n: int) -> list[float]:
+    """*mode* over *reference* within each round both measured, in round order.
+
+    Modes interleave within a round, so this pairs each run with the reference
+    measured minutes from it, where the ratio of medians may pair runs from
+    rounds far apart on a VM whose load drifts.
+    """
+    ours = {m.repeat: m.gbps for m in outcome.runs.get((mode, n), []) if m.repeat}
+    theirs = {m.repeat: m.gbps for m in outcome.runs.get((reference, n), []) if m.repeat}
+    return [ours[r] / theirs[r] for r in sorted(ours.keys() & theirs.keys()) if theirs[r] > 0]
+
+
 def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -1148,6 +1162,10 @@ def target_checks(outcome: Outcome, modes: Sequence[Mode], streams: Sequence[int
                 verdict = "SKIP (one side not measured, failed or skipped)"
             else:
                 verdict = f"{'PASS' if ratio >= minimum else 'MISS'} ({ratio:.2f}x)"
+            rounds = round_ratios(outcome, mode, reference, n)
+            if len(rounds) > 1:
+                listed = ", ".join(f"{r:.2f}x" for r in rounds)
+                verdict += f"; round by round {listed} (median {statistics.median(rounds):.2f}x)"
             compiled = TARGET_COMPILED.get((mode, reference))
             if compiled and (c_ratio := _ratio(medians, compiled, reference, n)) is not None:
                 verdict += f"; {compiled}, the same work in C: {c_ratio:.2f}x"
@@ -1378,6 +1396,9 @@ def render(
         "",
         "## Target checks",
         "",
+        "Verdicts are on the ratio of the two medians; with several rounds, 'round by "
+        "round' gives each round's run over the reference's run of the same round.",
+        "",
         *(target_checks(outcome, modes, args.streams) or ["(none among the selected modes)"]),
     ]
     if tunnel := tunnel_lines(outcome, modes, args.streams):
@@ -1436,10 +1457,12 @@ def _raise_interrupt(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _run_cell(mode: Mode, topo: Topology, n: int, config: RunConfig, outcome: Outcome) -> None:
+def _run_cell(
+    mode: Mode, topo: Topology, n: int, config: RunConfig, outcome: Outcome, repeat: int
+) -> None:
     """One measurement; a failure is recorded and printed, never raised."""
     try:
-        m = measure(mode, topo, n, config)
+        m = dataclasses.replace(measure(mode, topo, n, config), repeat=repeat)
     except BenchError as exc:
         print(f"FAILED: {exc.reason}", flush=True)
         if exc.stderr_tail:
@@ -1474,7 +1497,7 @@ def run_all(modes: Sequence[Mode], args: argparse.Namespace, skipped: dict[str, 
                     for n in args.streams:
                         print(f"[{repeat}/{args.repeat}] {mode.name}, {n} stream(s) ...", end=" ")
                         sys.stdout.flush()
-                        _run_cell(mode, topo, n, config, outcome)
+                        _run_cell(mode, topo, n, config, outcome, repeat)
     except KeyboardInterrupt:
         outcome.interrupted = True
         print("\ninterrupted: namespaces removed, reporting what was measured", flush=True)
