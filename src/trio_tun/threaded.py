@@ -164,9 +164,9 @@ class ThreadedForwarder:
             and gives a source that keeps delivering up to 16 batches in a
             row: with a transform this moved 0.90-0.93x the C passthrough
             with one flow where a thread per lane moved 0.59-0.76x, the
-            threads losing time handing the GIL back and forth, and it kept
-            ahead with four flows, at less CPU.  ``False`` gives every lane
-            its own thread.
+            threads losing time handing the GIL back and forth; with four
+            flows it was ahead too in the rounds that compared them, at less
+            CPU.  ``False`` gives every lane its own thread.
         grace: Seconds a lane may take, after cancellation, to finish writing
             the batch it has in hand.
     """
@@ -313,8 +313,9 @@ class ThreadedForwarder:
                     # cost the sender's TCP stack (run inside our writes)
                     # fewer wake-ups.  With four flows that took the ACKs
                     # from 0.80 to 0.61 per super-packet, and throughput up
-                    # by a fifth or more.  The stop flag is checked between
-                    # batches, so a stop still ends reading at once.
+                    # by a fifth to a third in interleaved rounds.  The stop
+                    # flag is checked between batches, so a stop still ends
+                    # reading at once.
                     stop_flag = ready.pump
                     try:
                         for _ in range(PAIR_ROUNDS):
