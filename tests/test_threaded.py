@@ -58,6 +58,42 @@ async def test_tcp_and_numbered_udp_cross_both_threads(
     assert stats.written >= 2 * 8 * 1024 * 1024 // 1500 + 1200
 
 
+@pytest.mark.trio
+async def test_a_thread_per_queue_pair_carries_every_flow(
+    two_namespaces: tuple[NetNamespace, NetNamespace],
+) -> None:
+    """Two-queue devices with offload, one pair of lanes per queue pair: a
+    thread each.  The kernel hashes each flow to a queue, so with sixteen
+    flows (eight TCP, eight UDP) both threads carry some: all sixteen on one
+    queue happens once in 32,768 runs."""
+    a_ns, b_ns = two_namespaces
+    size = 2 * 1024 * 1024
+    with trio.fail_after(DEADLINE):
+        async with devices(a_ns, b_ns, 2, offload=True) as (a, b):
+            lanes = [
+                lane
+                for qa, qb in zip(a.queues, b.queues, strict=True)
+                for lane in ((qa, qb), (qb, qa))
+            ]
+            forwarder = ThreadedForwarder(lanes, grace=1.0)
+            assert [len(group) for group in forwarder._threads] == [2, 2]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forwarder.run)
+                results = await tcp_flows(a_ns, b_ns, flows=8, size=size)
+                got = await trio.to_thread.run_sync(numbered_udp_flows, a_ns, b_ns, 8, 200)
+                nursery.cancel_scope.cancel()
+            per_queue = [q.statistics().rx_packets for q in a.queues]
+            written = sum(q.statistics().tx_packets for q in (*a.queues, *b.queues))
+    assert all(count == size + 4 for _, _, count in results)
+    assert sorted(r[0] for r in results) == sorted(r[1] for r in results)
+    assert got == {i: list(range(200)) for i in range(8)}
+    balanced(forwarder)
+    stats = forwarder.statistics()
+    assert stats.dropped == 0 and stats.written == written, (stats, written)
+    # Both queue threads forwarded flows (every flow is 200 packets or more).
+    assert min(per_queue) >= 200, per_queue
+
+
 def test_drive_refuses_a_coroutine_that_suspends() -> None:
     async def suspends() -> None:
         await trio.lowlevel.checkpoint()
