@@ -16,10 +16,14 @@ import os
 import select
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
+import attrs
+
+from trio_tun import Statistics
 from trio_tun.platform.linux import netns as _netns
+from trio_tun.platform.linux import tun as _tun
 
 T = TypeVar("T")
 
@@ -78,3 +82,44 @@ def read_line(stream: IO[bytes], deadline: float) -> str | None:
             return None
         data += chunk
     return data.decode(errors="replace")
+
+
+def attach_queues(dev: str, offload: bool, queues: int) -> list[int]:
+    """Open *queues* fds on *dev* (a persistent TUN device) in this thread's namespace."""
+    flags = _tun.IFF_TUN | _tun.IFF_NO_PI | (_tun.IFF_VNET_HDR if offload else 0)
+    if queues > 1:
+        # Every queue of a multi-queue device must ask for IFF_MULTI_QUEUE.
+        flags |= _tun.IFF_MULTI_QUEUE
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fds.append(_tun.open_tun_file())
+            _tun.set_iff(fds[-1], dev, flags)
+        # from_fd assumes TCP_OFFLOAD whenever there is a virtio header, so ask
+        # for exactly that; the mask is device-wide (one call covers every
+        # queue) and outlives earlier users.
+        _tun.set_offload(fds[0], _tun.TCP_OFFLOAD if offload else _tun.NO_OFFLOAD)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def summed(stats: Sequence[Statistics]) -> dict[str, int]:
+    """One device's counters: the sum over its queues."""
+    return {f: sum(getattr(s, f) for s in stats) for f in attrs.fields_dict(Statistics)}
+
+
+def direction(src: Mapping[str, int], dst: Mapping[str, int]) -> dict[str, int]:
+    """The counters of one direction, in the shape every forwarder reports."""
+    return {
+        "reads": src["reads"],
+        "read_bytes": src["read_bytes"],
+        "writes": dst["writes"],
+        "write_bytes": dst["write_bytes"],
+        "rx_packets": src["rx_packets"],
+        "tx_packets": dst["tx_packets"],
+        "tx_coalesced": dst["tx_coalesced"],
+        "write_errors": dst["tx_dropped"],
+    }

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -29,9 +28,8 @@ import trio
 
 import trio_tun
 import trio_tun.offload
-from trio_tun import PacketStream, Statistics
+from trio_tun import PacketStream
 from trio_tun.engine import OffloadEngine
-from trio_tun.platform.linux import tun as linux
 from trio_tun.workers import WorkerPool
 
 #: Seconds the engines get to flush on SIGTERM.
@@ -47,28 +45,6 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", action="store_true", help="one worker process per queue pair (WorkerPool)"
     )
-
-
-def _attach(dev: str, queues: int) -> list[int]:
-    """Attach *queues* fds to *dev* (persistent, made by the harness) in this thread's netns."""
-    flags = linux.IFF_TUN | linux.IFF_NO_PI | linux.IFF_VNET_HDR
-    if queues > 1:
-        # Every queue of a multi-queue device must ask for IFF_MULTI_QUEUE.
-        flags |= linux.IFF_MULTI_QUEUE
-    fds: list[int] = []
-    try:
-        for _ in range(queues):
-            fd = linux.open_tun_file()
-            fds.append(fd)
-            linux.set_iff(fd, dev, flags)
-        # from_fd assumes TCP_OFFLOAD whenever there is a virtio header; the
-        # mask is device-wide, so setting it once covers every queue.
-        linux.set_offload(fds[0], linux.TCP_OFFLOAD)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
 
 
 async def _run_engines(
@@ -132,30 +108,17 @@ async def _main(
                 await stream.aclose()
 
 
-def _sum(stats: Sequence[Statistics]) -> dict[str, int]:
-    return {f: sum(getattr(s, f) for s in stats) for f in attrs.fields_dict(Statistics)}
-
-
-def _direction(src: dict[str, int], dst: dict[str, int]) -> dict[str, int]:
-    return {
-        "reads": src["reads"],
-        "read_bytes": src["read_bytes"],
-        "writes": dst["writes"],
-        "write_bytes": dst["write_bytes"],
-        "rx_packets": src["rx_packets"],
-        "tx_packets": dst["tx_packets"],
-        "tx_coalesced": dst["tx_coalesced"],
-        "write_errors": dst["tx_dropped"],
-    }
-
-
 def main() -> int:
     args = _fwdcommon.parse_args(__doc__ or "", _extra_args)
     if args.queues < 1:
         _fwdcommon.warn("--queues must be at least 1")
         return 2
-    fds_a = _fwdcommon.open_in(args.ns_a, lambda: _attach(args.dev_a, args.queues))
-    fds_b = _fwdcommon.open_in(args.ns_b, lambda: _attach(args.dev_b, args.queues))
+    fds_a = _fwdcommon.open_in(
+        args.ns_a, lambda: _fwdcommon.attach_queues(args.dev_a, True, args.queues)
+    )
+    fds_b = _fwdcommon.open_in(
+        args.ns_b, lambda: _fwdcommon.attach_queues(args.dev_b, True, args.queues)
+    )
     a = [trio_tun.from_fd(fd, vnet_hdr=True) for fd in fds_a]
     b = [trio_tun.from_fd(fd, vnet_hdr=True) for fd in fds_b]
     info: dict[str, Any] = {
@@ -171,9 +134,9 @@ def main() -> int:
     finally:
         if engines:
             ea, eb = (e.statistics() for e in engines)
-            sa, sb = _sum(ea.queues), _sum(eb.queues)
-            info["a_to_b"] = _direction(sa, sb)
-            info["b_to_a"] = _direction(sb, sa)
+            sa, sb = _fwdcommon.summed(ea.queues), _fwdcommon.summed(eb.queues)
+            info["a_to_b"] = _fwdcommon.direction(sa, sb)
+            info["b_to_a"] = _fwdcommon.direction(sb, sa)
             info["engines"] = [
                 {k: v for k, v in attrs.asdict(s).items() if k != "queues"} for s in (ea, eb)
             ]

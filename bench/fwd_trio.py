@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import signal
 from typing import Any
 
 import _fwdcommon
-import attrs
 import trio
 
 import trio_tun
 import trio_tun.offload
-from trio_tun import PacketStream, Statistics
-from trio_tun.platform.linux import tun as linux
+from trio_tun import PacketStream
 from trio_tun.threaded import ThreadedForwarder
 
 
@@ -55,27 +52,6 @@ def _extra_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queues", type=int, default=1, help="queue fds per device (threads modes; default 1)"
     )
-
-
-def _attach(dev: str, offload: bool, queues: int) -> list[int]:
-    """Open *queues* fds on *dev* (a persistent TUN device) in this thread's namespace."""
-    flags = linux.IFF_TUN | linux.IFF_NO_PI | (linux.IFF_VNET_HDR if offload else 0)
-    if queues > 1:
-        # Every queue of a multi-queue device must ask for IFF_MULTI_QUEUE.
-        flags |= linux.IFF_MULTI_QUEUE
-    fds: list[int] = []
-    try:
-        for _ in range(queues):
-            fds.append(linux.open_tun_file())
-            linux.set_iff(fds[-1], dev, flags)
-        # from_fd assumes TCP_OFFLOAD whenever there is a virtio header, so ask
-        # for exactly that; the mask is device-wide and outlives earlier users.
-        linux.set_offload(fds[0], linux.TCP_OFFLOAD if offload else linux.NO_OFFLOAD)
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
 
 
 async def _pump_raw(src: PacketStream, dst: PacketStream) -> None:
@@ -142,36 +118,17 @@ async def _forward(
                 await stream.aclose()
 
 
-def _direction(src: Statistics, dst: Statistics) -> dict[str, int]:
-    """The counters of one direction, in the shape every forwarder reports."""
-    return {
-        "reads": src.reads,
-        "read_bytes": src.read_bytes,
-        "writes": dst.writes,
-        "write_bytes": dst.write_bytes,
-        "rx_packets": src.rx_packets,
-        "tx_packets": dst.tx_packets,
-        "tx_coalesced": dst.tx_coalesced,
-        "write_errors": dst.tx_dropped,
-    }
-
-
-def _summed(streams: list[PacketStream]) -> Statistics:
-    """One device's counters: the sum over its queues' streams."""
-    first, *rest = (attrs.asdict(s.statistics()) for s in streams)
-    for more in rest:
-        for key, value in more.items():
-            first[key] += value
-    return Statistics(**first)
-
-
 def main() -> None:
     args = _fwdcommon.parse_args(__doc__ or "", _extra_args)
     if args.queues < 1 or (args.queues > 1 and not args.mode.startswith("threads")):
         _fwdcommon.warn("--queues must be at least 1, and above 1 only in the threads modes")
         raise SystemExit(2)
-    fds_a = _fwdcommon.open_in(args.ns_a, lambda: _attach(args.dev_a, args.offload, args.queues))
-    fds_b = _fwdcommon.open_in(args.ns_b, lambda: _attach(args.dev_b, args.offload, args.queues))
+    fds_a = _fwdcommon.open_in(
+        args.ns_a, lambda: _fwdcommon.attach_queues(args.dev_a, args.offload, args.queues)
+    )
+    fds_b = _fwdcommon.open_in(
+        args.ns_b, lambda: _fwdcommon.attach_queues(args.dev_b, args.offload, args.queues)
+    )
     a = [trio_tun.from_fd(fd, vnet_hdr=args.offload) for fd in fds_a]
     b = [trio_tun.from_fd(fd, vnet_hdr=args.offload) for fd in fds_b]
     info = {
@@ -185,11 +142,12 @@ def main() -> None:
     try:
         trio.run(_forward, a, b, args.mode, args.batch, info)
     finally:
-        stats_a, stats_b = _summed(a), _summed(b)
-        info["a_to_b"] = _direction(stats_a, stats_b)
-        info["b_to_a"] = _direction(stats_b, stats_a)
-        info["stats_a"] = attrs.asdict(stats_a)
-        info["stats_b"] = attrs.asdict(stats_b)
+        stats_a = _fwdcommon.summed([s.statistics() for s in a])
+        stats_b = _fwdcommon.summed([s.statistics() for s in b])
+        info["a_to_b"] = _fwdcommon.direction(stats_a, stats_b)
+        info["b_to_a"] = _fwdcommon.direction(stats_b, stats_a)
+        info["stats_a"] = stats_a
+        info["stats_b"] = stats_b
         if args.queues > 1:
             info["reads_per_queue_a"] = [s.statistics().reads for s in a]
         _fwdcommon.report(info)
