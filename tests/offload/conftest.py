@@ -21,6 +21,10 @@ except ImportError:  # not built: only the reference is tested
     _accel = None  # type: ignore[assignment]
     _speedups = None  # type: ignore[assignment]
 
+#: What a split packet may be: bytes, or the speedups' bytes subclass for the
+#: segments of a super-packet (never a view of somebody else's buffer).
+PACKET_TYPES: tuple[type, ...] = (bytes,) if _speedups is None else (bytes, _speedups.Segment)
+
 # Under TRIO_TUN_PURE_PYTHON=1 the package sets its ``_accel`` attribute to
 # None, which ``from ... import _accel`` returns without an ImportError.
 needs_speedups = pytest.mark.skipif(

@@ -5,7 +5,9 @@ the packets."""
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import socket
 import struct
 import subprocess
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from trio_tun.offload import ZERO_HDR, MalformedPacket, gro, gso
 
-from .conftest import SPEEDUPS
+from .conftest import PACKET_TYPES, SPEEDUPS
 from .packets import (
     ACK,
     CWR,
@@ -70,7 +72,7 @@ def assert_same(ref: tuple[object, ...], got: tuple[object, ...]) -> None:
     assert got == ref
     if got[0] == "returned":
         assert type(got[1]) is list
-        assert all(type(b) is bytes for b in got[1])  # type: ignore[attr-defined]
+        assert all(type(b) in PACKET_TYPES for b in got[1])  # type: ignore[attr-defined]
 
 
 def payload(size: int, offset: int) -> bytes:
@@ -642,6 +644,79 @@ def test_split_with_header_64k() -> None:
     # Straight back together: coalesce undoes split (PSH rides on the last).
     assert _accel.coalesce(out) == gro.coalesce(out)
     assert [len(b) for b in _accel.coalesce(out)] == [10 + len(pkt)]
+
+
+# Segments: split's packets carry a mark that lets coalesce skip their checksums.
+
+
+def _read(n: int, seed: int = 0, flow: Flow | None = None) -> bytes:
+    """A TUN read of a TCP super-packet of n full segments."""
+    fields, pkt = super_packet(flow or Flow(options=TS), payload(1448 * n, seed), 1448)
+    return VNET.pack(*fields) + pkt
+
+
+def _segments(n: int, seed: int = 0, flow: Flow | None = None) -> list[bytes]:
+    return _accel.split_with_header(_read(n, seed, flow))
+
+
+def test_split_marks_the_segments_it_cut() -> None:
+    for flow in (Flow(options=TS), Flow(version=6, src=bytes(16), dst=bytes(15) + b"\1")):
+        segs = _segments(3, flow=flow)
+        assert [type(s) for s in segs] == [_speedups.Segment] * 3
+        assert segs == gso.split_with_header(_read(3, flow=flow))
+    # A packet that was not cut is not marked: its checksum is the kernel's.
+    plain = _accel.split_with_header(ZERO_HDR + icmp_echo())
+    assert [type(p) for p in plain] == [bytes]
+
+
+def test_a_segment_cannot_be_made_or_kept_outside_split() -> None:
+    seg = _segments(1)[0]
+    with pytest.raises(TypeError):
+        _speedups.Segment(seg)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        type("Forged", (_speedups.Segment,), {})
+    for copied in (
+        pickle.loads(pickle.dumps(seg)),
+        copy.copy(seg),
+        copy.deepcopy(seg),
+        bytes(seg),
+        seg[:],
+        seg + b"",
+    ):
+        assert type(copied) is bytes and copied == seg
+
+
+def test_a_recycled_segment_has_its_own_hash() -> None:
+    first = _segments(1, seed=1)[0]
+    old = hash(first)
+    del first  # its block goes back to the free list, hash cached in it
+    again = _segments(1, seed=2)[0]
+    assert hash(again) == hash(bytes(again)) != old
+
+
+def test_a_damaged_copy_of_a_segment_is_checked_again() -> None:
+    """Only a Segment skips the checksum check: bytes made from one, changed,
+    are summed and not merged."""
+    segs = _segments(4)
+    assert len(_accel.coalesce(segs)) == 1
+    damaged = bytearray(segs[2])
+    damaged[-1] ^= 0x01
+    batch = [segs[0], segs[1], bytes(damaged), segs[3]]
+    assert _accel.coalesce(batch) == gro.coalesce(batch)
+    assert len(_accel.coalesce(batch)) == 3  # [0, 1] merged, [2] alone, [3] alone
+    assert _speedups.gro_parse(bytes(damaged))[0] == gro.parse(bytes(damaged))[0]
+
+
+def test_segments_survive_their_neighbours_being_freed() -> None:
+    """Blocks go back to the free list and out again: what is kept stays."""
+    kept = []
+    for round_ in range(50):
+        segs = _segments(8, seed=round_, flow=Flow(options=TS, sport=1000 + round_))
+        kept.append(segs[round_ % 8])
+        del segs
+    for round_, seg in enumerate(kept):
+        want = gso.split_with_header(_read(8, round_, Flow(options=TS, sport=1000 + round_)))
+        assert seg == want[round_ % 8]
 
 
 def test_exception_class_is_the_packages() -> None:

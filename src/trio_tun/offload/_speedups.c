@@ -243,6 +243,126 @@ wr32(uint8_t *p, uint32_t v)
 }
 
 /* ------------------------------------------------------------------ */
+/* Segments: the packets segment() cuts from a super-packet            */
+/* ------------------------------------------------------------------ */
+
+/* A bytes subclass for the packets segment() builds.  Its type marks where
+ * the object came from: each one left segment() with a TCP or UDP checksum
+ * computed here over its own bytes, and bytes are immutable, so coalescing
+ * one back (gro_add) need not sum its payload again to check that checksum.
+ * A forwarder that passes packets on unchanged, a filter or a router, then
+ * sums each byte once instead of twice.  Python code cannot make one (no
+ * __new__, no subclasses), and a copy or a pickle of one is a plain bytes
+ * object, so the mark cannot be put on bytes that segment() did not write.
+ *
+ * They come from a small free list too: a forwarder frees one batch of
+ * segments just before it splits the next, and glibc's malloc serves blocks
+ * of this size (1.5 KiB, above its per-thread cache) from slower bins, at
+ * tens of nanoseconds per segment and with cold memory. */
+
+/* What one pooled block holds: the object header, up to SEGMENT_POOLED
+ * bytes, and the trailing NUL every bytes object has. */
+#define SEGMENT_BLOCK 2048
+#define SEGMENT_POOLED (SEGMENT_BLOCK - (Py_ssize_t)offsetof(PyBytesObject, ob_sval) - 1)
+/* At most 2 MiB kept: more than a default batch's segments (512 KiB). */
+#define SEGMENT_POOL_MAX 1024
+
+/* Guarded by the GIL, as every call here is; not under AddressSanitizer,
+ * which would miss a use after free of a pooled block. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SEGMENT_NO_POOL 1
+#endif
+#endif
+#if !defined(Py_GIL_DISABLED) && !defined(__SANITIZE_ADDRESS__) && !defined(SEGMENT_NO_POOL)
+#define SEGMENT_POOL 1
+static void *segment_pool[SEGMENT_POOL_MAX];
+static int segment_pool_len = 0;
+#endif
+
+static PyTypeObject SegmentType;
+
+/* A Segment of `size` bytes, its contents not yet written. */
+static PyObject *
+new_segment(Py_ssize_t size)
+{
+    PyBytesObject *op = NULL;
+
+    if (size <= SEGMENT_POOLED) {
+#ifdef SEGMENT_POOL
+        if (segment_pool_len > 0) {
+            op = (PyBytesObject *)segment_pool[--segment_pool_len];
+        }
+#endif
+        if (op == NULL) {
+            op = (PyBytesObject *)PyObject_Malloc(SEGMENT_BLOCK);
+        }
+    }
+    else {
+        op = (PyBytesObject *)PyObject_Malloc(
+            (size_t)offsetof(PyBytesObject, ob_sval) + (size_t)size + 1);
+    }
+    if (op == NULL) {
+        return PyErr_NoMemory();
+    }
+    (void)PyObject_InitVar((PyVarObject *)op, &SegmentType, size);
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    /* Not hashed yet (a recycled block may hold the last one's hash). */
+    op->ob_shash = -1;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    op->ob_sval[size] = '\0';
+    return (PyObject *)op;
+}
+
+static void
+segment_dealloc(PyObject *op)
+{
+#ifdef SEGMENT_POOL
+    if (Py_SIZE(op) <= SEGMENT_POOLED && segment_pool_len < SEGMENT_POOL_MAX) {
+        segment_pool[segment_pool_len++] = op;
+        return;
+    }
+#endif
+    PyObject_Free(op);
+}
+
+static PyObject *
+segment_reduce(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Unpickled (and copied) as plain bytes: see the type's comment. */
+    return Py_BuildValue("(O(y#))", (PyObject *)&PyBytes_Type, PyBytes_AS_STRING(self),
+                         PyBytes_GET_SIZE(self));
+}
+
+static PyMethodDef Segment_methods[] = {
+    {"__reduce__", segment_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SegmentType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trio_tun.offload._speedups.Segment",
+    /* tp_basicsize, tp_itemsize and tp_base are bytes' own, set at import. */
+    .tp_dealloc = segment_dealloc,
+    .tp_free = PyObject_Free,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = PyDoc_STR("A packet cut from a super-packet by split(): bytes whose TCP or UDP\n"
+                        "checksum was computed here.  Not made from Python; copies are bytes."),
+    .tp_methods = Segment_methods,
+};
+
+/* Exact bytes, or a Segment: bytes whose every method is bytes' own. */
+static inline int
+plain_bytes(PyObject *obj)
+{
+    return PyBytes_CheckExact(obj) || Py_IS_TYPE(obj, &SegmentType);
+}
+
+/* ------------------------------------------------------------------ */
 /* Argument helpers                                                    */
 /* ------------------------------------------------------------------ */
 
@@ -290,15 +410,15 @@ release(Py_buffer *view, PyObject *tmp)
  * code run before it is done, must not hold on to a buffer somebody else
  * may write to.
  *
- * On success *owned is a new reference to an exact bytes object, or NULL and
- * *view holds a buffer to release. */
+ * On success *owned is a new reference to an exact bytes object or a Segment,
+ * or NULL and *view holds a buffer to release. */
 static int
 get_packet(PyObject *obj, int copy, PyObject **owned, Py_buffer *view, const uint8_t **d,
            Py_ssize_t *n)
 {
     PyObject *b;
 
-    if (PyBytes_CheckExact(obj)) {
+    if (plain_bytes(obj)) {
         Py_INCREF(obj);
         *owned = obj;
         *d = (const uint8_t *)PyBytes_AS_STRING(obj);
@@ -664,7 +784,7 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
         Py_ssize_t plen = end - start;
         Py_ssize_t l4len = hlen - ihl + plen;
         int last = i == nseg - 1;
-        PyObject *seg = PyBytes_FromStringAndSize(NULL, hlen + plen);
+        PyObject *seg = new_segment(hlen + plen);
         uint8_t *o;
         uint32_t c;
 
@@ -884,9 +1004,11 @@ ipv6_ext_header(unsigned proto)
     }
 }
 
-/* gro.parse without building the tuple: 0, or -1 with MalformedPacket set. */
+/* gro.parse without building the tuple: 0, or -1 with MalformedPacket set.
+ * With `segment` set the packet is a Segment, whose L4 checksum is known to
+ * be right: it is not summed again. */
 static int
-gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p)
+gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p, int segment)
 {
     Py_ssize_t ihl, total, l4len, thl, plen;
     unsigned version, proto;
@@ -997,7 +1119,8 @@ gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p)
             return 0;
         }
     }
-    if (fold64((uint64_t)addr_sum + proto + (uint64_t)l4len + be_sum(d + ihl, l4len)) != M16) {
+    if (!segment &&
+        fold64((uint64_t)addr_sum + proto + (uint64_t)l4len + be_sum(d + ihl, l4len)) != M16) {
         return 0;
     }
     p->ihl = ihl;
@@ -1085,7 +1208,7 @@ py_gro_parse(PyObject *Py_UNUSED(self), PyObject *packet)
     if (get_packet(packet, 0, &owned, &view, &d, &n) < 0) {
         return NULL;
     }
-    r = gro_classify(d, n, &p);
+    r = gro_classify(d, n, &p, owned != NULL && Py_IS_TYPE(owned, &SegmentType));
     if (r < 0) {
         put_packet(owned, &view);
         return NULL;
@@ -1606,7 +1729,8 @@ gro_add(gro_state *st, PyObject *obj, int copy)
     if (get_packet(obj, copy, &tmp.owned, &tmp.view, &tmp.d, &tmp.n) < 0) {
         return -1;
     }
-    if (gro_classify(tmp.d, tmp.n, &p) < 0 || gro_reserve(st, st->npkts + 1) < 0 ||
+    if (gro_classify(tmp.d, tmp.n, &p,
+                     tmp.owned != NULL && Py_IS_TYPE(tmp.owned, &SegmentType)) < 0 || gro_reserve(st, st->npkts + 1) < 0 ||
         (p.klen != 0 && gro_reserve_entry(st) < 0)) {
         put_packet(tmp.owned, &tmp.view);
         return -1;
@@ -1769,7 +1893,7 @@ py_coalesce(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs, 
         copy = 0;
         for (i = 0; i < n && !copy; i++) {
             item = is_list ? PyList_GET_ITEM(packets, i) : PyTuple_GET_ITEM(packets, i);
-            copy = !(PyBytes_CheckExact(item) || PyByteArray_CheckExact(item) ||
+            copy = !(plain_bytes(item) || PyByteArray_CheckExact(item) ||
                      PyMemoryView_Check(item));
         }
         if (gro_reserve(&st, n) < 0) {
@@ -2344,7 +2468,7 @@ py_batch_sizes(PyObject *Py_UNUSED(self), PyObject *items)
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         Py_ssize_t n;
-        if (PyBytes_CheckExact(item)) {
+        if (plain_bytes(item)) {
             n = PyBytes_GET_SIZE(item);
         }
         else {
@@ -3509,6 +3633,12 @@ PyInit__speedups(void)
     if (PyType_Ready(&GroTableType) < 0) {
         return NULL;
     }
+    SegmentType.tp_base = &PyBytes_Type;
+    SegmentType.tp_basicsize = PyBytes_Type.tp_basicsize;
+    SegmentType.tp_itemsize = PyBytes_Type.tp_itemsize;
+    if (PyType_Ready(&SegmentType) < 0) {
+        return NULL;
+    }
     m = PyModule_Create(&module);
     if (m == NULL) {
         return NULL;
@@ -3516,6 +3646,12 @@ PyInit__speedups(void)
     Py_INCREF(&GroTableType);
     if (PyModule_AddObject(m, "GroTable", (PyObject *)&GroTableType) < 0) {
         Py_DECREF(&GroTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SegmentType);
+    if (PyModule_AddObject(m, "Segment", (PyObject *)&SegmentType) < 0) {
+        Py_DECREF(&SegmentType);
         Py_DECREF(m);
         return NULL;
     }

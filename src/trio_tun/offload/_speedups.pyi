@@ -1,7 +1,7 @@
 # Types of the optional C extension built from _speedups.c.
 from array import array
 from collections.abc import Iterable, Sequence, Sized
-from typing import Any
+from typing import Any, final
 
 from trio_tun.offload.gro import Parsed
 
@@ -10,6 +10,12 @@ _Buffer = bytes | bytearray | memoryview
 #: Which loop the checksum runs: "avx2" (chosen at import when the CPU has it
 #: and TRIO_TUN_NO_AVX2 is unset), "sse2" or "scalar".
 CHECKSUM_LOOP: str
+
+@final
+class Segment(bytes):
+    """A packet split() cut from a super-packet, its TCP/UDP checksum computed
+    there: coalesce does not check it again.  Not made from Python; copies and
+    pickles are plain bytes."""
 
 def ones_complement_sum(data: _Buffer, initial: int = 0) -> int: ...
 def checksum(data: _Buffer, initial: int = 0) -> int: ...
