@@ -366,16 +366,12 @@ class PacketStream(UnreliableObjectStream[bytes]):
             pool = self._read_pool = bytearray(len(self._read_buffer) + READ_POOL_EXTRA)
         view = memoryview(pool)
         size = len(self._read_buffer)
-        counters, unpack, pending = self._counters, self._framing.unpack, self._pending
+        counters, unpack_run, pending = self._counters, self._framing.unpack_run, self._pending
         while reads > 0 and counters.read_bytes < stop_at:
             lengths, more = port.read_packed(pool, size, reads)
-            offset = 0
-            for n in lengths:
-                counters.reads += 1
-                counters.read_bytes += n
-                if not unpack(view[offset : offset + n], pending):
-                    counters.rx_malformed += 1
-                offset += n
+            counters.reads += len(lengths)
+            counters.read_bytes += sum(lengths)
+            counters.rx_malformed += unpack_run(view, lengths, pending)
             if not more or not lengths:
                 return
             reads -= len(lengths)
@@ -690,15 +686,13 @@ class PacketStream(UnreliableObjectStream[bytes]):
 
     def _count_coalesced(self, frames: Sequence[bytes], start: int, end: int, nbytes: int) -> None:
         """Count ``frames[start:end]``, written whole (*nbytes* in all, headers included)."""
-        counters, segments = self._counters, self._framing.segments
+        counters, framing = self._counters, self._framing
         counters.writes += end - start
         counters.write_bytes += nbytes
-        counters.tx_bytes += nbytes - (end - start) * self._framing.header_len
-        for frame in frames[start:end]:
-            packets = segments(frame)
-            counters.tx_packets += packets
-            if packets > 1:
-                counters.tx_coalesced += 1
+        counters.tx_bytes += nbytes - (end - start) * framing.header_len
+        packets, coalesced = framing.count_segments(frames, start, end)
+        counters.tx_packets += packets
+        counters.tx_coalesced += coalesced
 
     async def _drop_coalesced(self, frame: bytes) -> None:
         self._counters.tx_dropped += self._framing.segments(frame)

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trio_tun._framing import VirtioFraming
 from trio_tun.offload import ZERO_HDR, MalformedPacket, gro, gso
 
 from .conftest import PACKET_TYPES, SPEEDUPS
@@ -423,6 +424,59 @@ def test_split_with_header_matches_reference(buf: bytes, carrier: str) -> None:
 def test_split_fields_messages_match_reference(inp: tuple[tuple[int, ...], bytes]) -> None:
     fields, pkt = inp
     assert_same(outcome(gso.split_fields, *fields, pkt), outcome(_accel.split_fields, *fields, pkt))
+
+
+def _unpack_each_frame(run: list[bytes]) -> tuple[list[bytes], int]:
+    """What VirtioFraming.unpack does frame by frame, with the reference split."""
+    packets: list[bytes] = []
+    malformed = 0
+    for frame in run:
+        if len(frame) <= 10:
+            malformed += 1
+        elif frame[0] == 0 and frame[1] == 0:
+            packets.append(frame[10:])
+        else:
+            try:
+                packets.extend(gso.split_with_header(frame))
+            except MalformedPacket:
+                malformed += 1
+    return packets, malformed
+
+
+@settings(max_examples=N // 2, deadline=None, suppress_health_check=list(HealthCheck))
+@given(run=st.lists(st.one_of(reads(), valid_reads()), max_size=8), slack=st.integers(0, 64))
+def test_split_frames_is_unpacking_each_frame(run: list[bytes], slack: int) -> None:
+    """A run of reads packed in a pool (with room to spare after it), split in
+    one call: the packets and the malformed count of frame-by-frame unpacking."""
+    pool = bytearray(b"".join(run) + b"\xff" * slack)
+    packets, malformed = _speedups.split_frames(memoryview(pool), [len(f) for f in run])
+    assert (packets, malformed) == _unpack_each_frame(run)
+    assert all(type(p) in PACKET_TYPES for p in packets)
+
+
+def test_split_frames_refuses_lengths_past_the_buffer() -> None:
+    frame = ZERO_HDR + icmp_echo()
+    assert _speedups.split_frames(frame * 2, [len(frame)] * 2) == ([icmp_echo()] * 2, 0)
+    with pytest.raises(ValueError, match="past the buffer"):
+        _speedups.split_frames(frame * 2, [len(frame)] * 3)
+    with pytest.raises(ValueError, match="past the buffer"):
+        _speedups.split_frames(frame, [-1])
+
+
+@EQUIV
+@given(batch=batches(), uso=st.booleans(), data=st.data())
+def test_frame_segments_counts_what_segments_counts(
+    batch: list[bytes], uso: bool, data: st.DataObject
+) -> None:
+    try:
+        frames = _accel.coalesce(batch, uso=uso)
+    except MalformedPacket:
+        return
+    start = data.draw(st.integers(0, len(frames)))
+    end = data.draw(st.integers(start, len(frames)))
+    counts = [VirtioFraming(coalescing=True, uso=uso).segments(f) for f in frames[start:end]]
+    want = (sum(counts), sum(n > 1 for n in counts))
+    assert _speedups.frame_segments(frames, start, end) == want
 
 
 # ---------------------------------------------------------------------------

@@ -2453,6 +2453,171 @@ py_split_gro(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     return list;
 }
 
+/* split_frames(buffer, lengths, /) -> (packets, malformed)
+ *
+ * What a stream does with one run of TUN reads packed into its pool, frame by
+ * frame in C: each of the len(lengths) frames, one after another from the
+ * start of buffer, is a virtio header and a packet; a plain packet (flags and
+ * gso_type 0) is copied out, anything else split as split_with_header splits
+ * it.  A frame of 10 bytes or fewer, or one split_with_header would reject
+ * with MalformedPacket, is counted in malformed and skipped.  The stream's
+ * per-frame Python loop cost about a microsecond a frame, and a run of ACKs
+ * has up to 64 frames. */
+static PyObject *
+py_split_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    PyObject *lengths, *out = NULL;
+    Py_ssize_t i, count, offset = 0, malformed = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "split_frames(buffer, lengths) takes 2 arguments");
+        return NULL;
+    }
+    lengths = PySequence_Fast(args[1], "lengths must be a list or tuple");
+    if (lengths == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) != 0) {
+        Py_DECREF(lengths);
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL) {
+        goto error;
+    }
+    count = PySequence_Fast_GET_SIZE(lengths);
+    for (i = 0; i < count; i++) {
+        Py_ssize_t n = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(lengths, i), PyExc_OverflowError);
+        const uint8_t *d;
+        PyObject *segs;
+        if (n == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (n < 0 || n > view.len - offset) {
+            PyErr_SetString(PyExc_ValueError, "frame lengths run past the buffer");
+            goto error;
+        }
+        d = (const uint8_t *)view.buf + offset;
+        offset += n;
+        if (n <= VIRTIO_NET_HDR_LEN) {
+            malformed++;
+            continue;
+        }
+        if (d[0] == 0 && d[1] == GSO_NONE) {
+            PyObject *b = PyBytes_FromStringAndSize((const char *)d + VIRTIO_NET_HDR_LEN,
+                                                    n - VIRTIO_NET_HDR_LEN);
+            int r;
+            if (b == NULL) {
+                goto error;
+            }
+            r = PyList_Append(out, b);
+            Py_DECREF(b);
+            if (r < 0) {
+                goto error;
+            }
+            continue;
+        }
+        {
+            long long f[6];
+            uint16_t u[4];
+            /* struct "=BBHHHH": native byte order, no padding */
+            memcpy(u, d + 2, 8);
+            f[0] = d[0];
+            f[1] = d[1];
+            f[2] = u[0];
+            f[3] = u[1];
+            f[4] = u[2];
+            f[5] = u[3];
+            segs = split_impl(f, d + VIRTIO_NET_HDR_LEN, n - VIRTIO_NET_HDR_LEN, NULL);
+        }
+        if (segs == NULL) {
+            if (!PyErr_ExceptionMatches(MalformedPacket)) {
+                goto error;
+            }
+            PyErr_Clear();
+            malformed++;
+            continue;
+        }
+        {
+            Py_ssize_t end = PyList_GET_SIZE(out);
+            int r = PyList_SetSlice(out, end, end, segs);
+            Py_DECREF(segs);
+            if (r < 0) {
+                goto error;
+            }
+        }
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(lengths);
+    return Py_BuildValue("(Nn)", out, malformed);
+error:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    Py_DECREF(lengths);
+    return NULL;
+}
+
+/* frame_segments(frames, start, end, /) -> (packets, coalesced)
+ *
+ * For frames[start:end], each a virtio header and a packet as coalesce makes
+ * them: the packets they carry in all (VirtioFraming.segments of each,
+ * summed), and how many carry more than one. */
+static PyObject *
+py_frame_segments(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *seq;
+    Py_ssize_t start, end, i;
+    long long packets = 0, coalesced = 0;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "frame_segments(frames, start, end) takes 3 arguments");
+        return NULL;
+    }
+    start = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    end = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    seq = PySequence_Fast(args[0], "frames must be a list or tuple");
+    if (seq == NULL) {
+        return NULL;
+    }
+    if (start < 0 || end > PySequence_Fast_GET_SIZE(seq) || start > end) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "start and end out of range");
+        return NULL;
+    }
+    for (i = start; i < end; i++) {
+        Py_buffer view;
+        const uint8_t *d;
+        long long segs = 1;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) != 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (view.len < VIRTIO_NET_HDR_LEN) {
+            PyBuffer_Release(&view);
+            Py_DECREF(seq);
+            return malformed("virtio header needs 10 bytes");
+        }
+        d = (const uint8_t *)view.buf;
+        {
+            uint16_t u[2];
+            memcpy(u, d + 2, 4); /* hdr_len, gso_size */
+            if (d[1] != GSO_NONE && u[1] != 0) {
+                Py_ssize_t payload = view.len - VIRTIO_NET_HDR_LEN - (Py_ssize_t)u[0];
+                segs = payload <= 0 ? 1 : (payload + u[1] - 1) / u[1];
+            }
+        }
+        PyBuffer_Release(&view);
+        packets += segs;
+        coalesced += segs > 1;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(LL)", packets, coalesced);
+}
+
 /* batch_sizes(items, /) -> (smallest, largest, total): see offload.batch. */
 static PyObject *
 py_batch_sizes(PyObject *Py_UNUSED(self), PyObject *items)
@@ -3536,6 +3701,14 @@ static PyMethodDef methods[] = {
      "A run is datagrams of one size, the last perhaps shorter, at most\n"
      "max_segments of them and max_bytes in all; an empty or oversized datagram\n"
      "is a run of its own.  Raises ValueError if a limit is less than 1."},
+    {"split_frames", (PyCFunction)(void (*)(void))py_split_frames, METH_FASTCALL,
+     "split_frames(buffer, lengths, /)\n--\n\n"
+     "The packets in a run of virtio frames packed one after another in buffer\n"
+     "(split as split_with_header splits each), and how many frames were\n"
+     "malformed and skipped: (packets, malformed)."},
+    {"frame_segments", (PyCFunction)(void (*)(void))py_frame_segments, METH_FASTCALL,
+     "frame_segments(frames, start, end, /)\n--\n\n"
+     "(packets, coalesced) carried by the coalesced virtio frames frames[start:end]."},
     {"batch_sizes", (PyCFunction)py_batch_sizes, METH_O,
      "batch_sizes(items, /)\n--\n\n"
      "(smallest, largest, total) of the items' lengths in one pass; (0, 0, 0)\n"
