@@ -406,7 +406,15 @@ def valid_reads(draw: st.DrawFn) -> bytes:
     flow = draw(st.one_of(flows(TCP), flows(UDP)))
     length = draw(st.integers(0, 20000))
     gso_size = draw(st.sampled_from([1, 100, 536, 1448, 1460, 9000]))
-    fields, pkt = super_packet(flow, payload(length, length), gso_size)
+    # Any IP ID and sequence number: split works them into each segment's
+    # checksums by difference from the first.
+    fields, pkt = super_packet(
+        flow,
+        payload(length, length),
+        gso_size,
+        ident=draw(st.integers(0, 0xFFFF)),
+        seq=draw(st.integers(0, 0xFFFFFFFF)),
+    )
     return VNET.pack(*fields) + pkt
 
 

@@ -676,7 +676,7 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
     unsigned proto = tcp ? PROTO_TCP : PROTO_UDP;
     int v4;
     Py_ssize_t ihl, hlen, payload, nseg, i, start, csum_pos;
-    uint32_t addr_sum, ip_id = 0, seq = 0;
+    uint32_t addr_sum, ip_id = 0, seq = 0, ip_base = 0, l4_base;
     unsigned tcp_flags = 0;
     PyObject *list;
 
@@ -773,6 +773,33 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
 
     payload = n - hlen;
     nseg = payload == 0 ? 1 : (payload + gso_size - 1) / gso_size;
+    /* The headers' sums once, with the fields that change per segment
+     * zeroed (IPv4: total length, ID, checksum; TCP: sequence number, flags,
+     * checksum; UDP: length, checksum); each segment adds its own values.
+     * Summing each segment's headers afresh was two short be_sum calls per
+     * segment, a fifth of the split's time. */
+    {
+        uint8_t tmp[60 + 60];
+        Py_ssize_t l4h = hlen - ihl;
+        if (hlen > (Py_ssize_t)sizeof tmp) {
+            /* Unreachable: IPv6 (40) or IPv4 (up to 60) plus TCP (up to 60). */
+            return malformed("headers longer than IP and TCP allow");
+        }
+        memcpy(tmp, d, (size_t)hlen);
+        if (v4) {
+            tmp[2] = tmp[3] = tmp[4] = tmp[5] = tmp[10] = tmp[11] = 0;
+            ip_base = be_sum(tmp, ihl);
+        }
+        if (tcp) {
+            tmp[ihl + 4] = tmp[ihl + 5] = tmp[ihl + 6] = tmp[ihl + 7] = 0;
+            tmp[ihl + 13] = 0;
+        }
+        else {
+            tmp[ihl + 4] = tmp[ihl + 5] = 0;
+        }
+        tmp[ihl + csum_offset] = tmp[ihl + csum_offset + 1] = 0;
+        l4_base = be_sum(tmp + ihl, l4h);
+    }
     list = PyList_New(nseg);
     if (list == NULL) {
         return NULL;
@@ -792,21 +819,24 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
             Py_DECREF(list);
             return NULL;
         }
+        uint64_t l4_sum = l4_base;
+
         o = (uint8_t *)PyBytes_AS_STRING(seg);
         memcpy(o, d, (size_t)hlen);
         memcpy(o + hlen, d + start, (size_t)plen);
         if (v4) {
+            uint32_t id = (ip_id + (uint32_t)i) & M16;
             wr16(o + 2, (uint32_t)(hlen + plen));
-            wr16(o + 4, (ip_id + (uint32_t)i) & M16);
-            o[10] = o[11] = 0;
-            wr16(o + 10, ~fold64(be_sum(o, ihl)) & M16);
+            wr16(o + 4, id);
+            wr16(o + 10, ~fold64((uint64_t)ip_base + (uint64_t)(hlen + plen) + id) & M16);
         }
         else {
             wr16(o + 4, (uint32_t)l4len);
         }
         if (tcp) {
             unsigned f = tcp_flags;
-            wr32(o + ihl + 4, seq + (uint32_t)(start - hlen));
+            uint32_t sq = seq + (uint32_t)(start - hlen);
+            wr32(o + ihl + 4, sq);
             if (!last) {
                 f &= ~(unsigned)(TCP_FIN | TCP_PSH);
             }
@@ -814,15 +844,17 @@ segment(unsigned base, Py_ssize_t gso_size, Py_ssize_t csum_start, Py_ssize_t cs
                 f &= ~(unsigned)TCP_CWR;
             }
             o[ihl + 13] = (uint8_t)f;
+            /* The flags are the low byte of the 16-bit word at offset 12. */
+            l4_sum += (sq >> 16) + (sq & M16) + f;
         }
         else {
             wr16(o + ihl + 4, (uint32_t)l4len);
+            l4_sum += (uint64_t)l4len;
         }
         o[csum_pos] = o[csum_pos + 1] = 0;
         /* Both parts start at an even offset from the L4 header (its length
          * is a multiple of 4), so their folded sums simply add up. */
-        c = ~fold64((uint64_t)addr_sum + proto + (uint64_t)l4len + be_sum(o + ihl, hlen - ihl) +
-                    be_sum(o + hlen, plen)) &
+        c = ~fold64((uint64_t)addr_sum + proto + (uint64_t)l4len + l4_sum + be_sum(o + hlen, plen)) &
             M16;
         if (!tcp && c == 0) {
             c = M16;
@@ -1005,8 +1037,8 @@ ipv6_ext_header(unsigned proto)
 }
 
 /* gro.parse without building the tuple: 0, or -1 with MalformedPacket set.
- * With `segment` set the packet is a Segment, whose L4 checksum is known to
- * be right: it is not summed again. */
+ * With `segment` set the packet is a Segment, whose checksums (IPv4 header
+ * and L4) are known to be right: they are not summed again. */
 static int
 gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p, int segment)
 {
@@ -1049,10 +1081,12 @@ gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p, int segment)
         p->key[0] = d[9];
         memcpy(p->key + 1, d + 12, 8);
         memcpy(p->key + 9, d + ihl, 4);
-        if (ihl != 20 || total != n || be_sum(d, 20) != M16) {
+        /* A Segment's header checksum is split's own, like its L4 one. */
+        if (ihl != 20 || total != n || (!segment && be_sum(d, 20) != M16)) {
             return 0;
         }
-        addr_sum = be_sum(d + 12, 8);
+        /* Only the L4 checksum check needs the addresses' sum. */
+        addr_sum = segment ? 0 : be_sum(d + 12, 8);
         p->ip_id = rd16(d + 4);
         p->id_free = (d[6] & 0x40) ? 1 : 0;
     }
@@ -1085,7 +1119,7 @@ gro_classify(const uint8_t *d, Py_ssize_t n, gro_parsed *p, int segment)
         if (total != n) {
             return 0;
         }
-        addr_sum = be_sum(d + 8, 32);
+        addr_sum = segment ? 0 : be_sum(d + 8, 32);
         p->ip_id = 0;
         p->id_free = 1;
         p->v6 = 1;
