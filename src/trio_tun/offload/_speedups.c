@@ -101,11 +101,14 @@ fold64(uint64_t s)
 static int use_avx2 = 0;
 
 /* be_sum's main loop 32 bytes at a time: the sum of the native 32-bit words
- * of p[0 : len rounded down to 64], p and len moved past them. */
-__attribute__((target("avx2"))) static uint64_t
-sum_avx2(const uint8_t **pp, Py_ssize_t *plen)
+ * of p[0 : len rounded down to 64], p and len moved past them.  With d (a
+ * constant in each caller, so each gets its own loop) it also stores what it
+ * loads there, and moves d along. */
+__attribute__((target("avx2"), always_inline)) static inline uint64_t
+sum_loop_avx2(uint8_t **pd, const uint8_t **pp, Py_ssize_t *plen)
 {
     const uint8_t *p = *pp;
+    uint8_t *d = pd != NULL ? *pd : NULL;
     Py_ssize_t len = *plen;
     const __m256i z = _mm256_setzero_si256();
     __m256i a0 = z, a1 = z, a2 = z, a3 = z;
@@ -114,6 +117,11 @@ sum_avx2(const uint8_t **pp, Py_ssize_t *plen)
     while (len >= 64) {
         __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)p);
         __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32));
+        if (pd != NULL) {
+            _mm256_storeu_si256((__m256i *)(void *)d, x0);
+            _mm256_storeu_si256((__m256i *)(void *)(d + 32), x1);
+            d += 64;
+        }
         a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(x0, z));
         a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(x0, z));
         a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(x1, z));
@@ -124,8 +132,24 @@ sum_avx2(const uint8_t **pp, Py_ssize_t *plen)
     a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
     _mm256_storeu_si256((__m256i *)(void *)t, a0);
     *pp = p;
+    if (pd != NULL) {
+        *pd = d;
+    }
     *plen = len;
     return t[0] + t[1] + t[2] + t[3];
+}
+
+__attribute__((target("avx2"))) static uint64_t
+sum_avx2(const uint8_t **pp, Py_ssize_t *plen)
+{
+    return sum_loop_avx2(NULL, pp, plen);
+}
+
+/* copy_sum's main loop: sum_avx2 that also copies to *pd. */
+__attribute__((target("avx2"))) static uint64_t
+copy_sum_avx2(uint8_t **pd, const uint8_t **pp, Py_ssize_t *plen)
+{
+    return sum_loop_avx2(pd, pp, plen);
 }
 #endif
 
@@ -213,40 +237,6 @@ be_sum(const uint8_t *p, Py_ssize_t len)
     return ((f & 0xFFu) << 8) | (f >> 8);
 #endif
 }
-
-#ifdef HAVE_AVX2_SUM
-/* copy_sum's main loop: sum_avx2 that also stores what it loads at *pd. */
-__attribute__((target("avx2"))) static uint64_t
-copy_sum_avx2(uint8_t **pd, const uint8_t **pp, Py_ssize_t *plen)
-{
-    const uint8_t *p = *pp;
-    uint8_t *d = *pd;
-    Py_ssize_t len = *plen;
-    const __m256i z = _mm256_setzero_si256();
-    __m256i a0 = z, a1 = z, a2 = z, a3 = z;
-    uint64_t t[4];
-
-    while (len >= 64) {
-        __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)p);
-        __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32));
-        _mm256_storeu_si256((__m256i *)(void *)d, x0);
-        _mm256_storeu_si256((__m256i *)(void *)(d + 32), x1);
-        a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(x0, z));
-        a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(x0, z));
-        a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(x1, z));
-        a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(x1, z));
-        p += 64;
-        d += 64;
-        len -= 64;
-    }
-    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
-    _mm256_storeu_si256((__m256i *)(void *)t, a0);
-    *pp = p;
-    *pd = d;
-    *plen = len;
-    return t[0] + t[1] + t[2] + t[3];
-}
-#endif
 
 /* memcpy(d, p, len), then be_sum(d, len), in one pass over the data where the
  * CPU allows: split copies and sums every payload byte, and reading it once
@@ -1014,6 +1004,25 @@ py_split(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* split_impl for one whole TUN read of n >= VIRTIO_NET_HDR_LEN bytes: the
+ * virtio header, then the packet. */
+static PyObject *
+split_read(const uint8_t *d, Py_ssize_t n)
+{
+    long long f[6];
+    uint16_t u[4];
+
+    /* struct "=BBHHHH": native byte order, no padding */
+    memcpy(u, d + 2, 8);
+    f[0] = d[0];
+    f[1] = d[1];
+    f[2] = u[0];
+    f[3] = u[1];
+    f[4] = u[2];
+    f[5] = u[3];
+    return split_impl(f, d + VIRTIO_NET_HDR_LEN, n - VIRTIO_NET_HDR_LEN, NULL);
+}
+
 /* gso.split_with_header(buf) */
 static PyObject *
 py_split_with_header(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs,
@@ -1022,9 +1031,6 @@ py_split_with_header(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_
     static const char *const names[] = {"buf"};
     PyObject *buf = NULL, *result;
     Py_buffer view;
-    const uint8_t *d;
-    long long f[6];
-    uint16_t u[4];
 
     if (kwnames == NULL && nargs == 1) {
         buf = args[0];
@@ -1041,16 +1047,7 @@ py_split_with_header(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_
         PyBuffer_Release(&view);
         return malformed("virtio header needs 10 bytes");
     }
-    d = (const uint8_t *)view.buf;
-    /* struct "=BBHHHH": native byte order, no padding */
-    memcpy(u, d + 2, 8);
-    f[0] = d[0];
-    f[1] = d[1];
-    f[2] = u[0];
-    f[3] = u[1];
-    f[4] = u[2];
-    f[5] = u[3];
-    result = split_impl(f, d + VIRTIO_NET_HDR_LEN, view.len - VIRTIO_NET_HDR_LEN, NULL);
+    result = split_read((const uint8_t *)view.buf, view.len);
     PyBuffer_Release(&view);
     return result;
 }
@@ -2609,19 +2606,7 @@ py_split_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
             }
             continue;
         }
-        {
-            long long f[6];
-            uint16_t u[4];
-            /* struct "=BBHHHH": native byte order, no padding */
-            memcpy(u, d + 2, 8);
-            f[0] = d[0];
-            f[1] = d[1];
-            f[2] = u[0];
-            f[3] = u[1];
-            f[4] = u[2];
-            f[5] = u[3];
-            segs = split_impl(f, d + VIRTIO_NET_HDR_LEN, n - VIRTIO_NET_HDR_LEN, NULL);
-        }
+        segs = split_read(d, n);
         if (segs == NULL) {
             if (!PyErr_ExceptionMatches(MalformedPacket)) {
                 goto error;
