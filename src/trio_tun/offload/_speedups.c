@@ -402,6 +402,13 @@ static PyTypeObject SegmentType = {
     .tp_methods = Segment_methods,
 };
 
+/* Whether get_packet's *owned is a Segment, whose checksums need no check. */
+static inline int
+is_segment(PyObject *owned)
+{
+    return owned != NULL && Py_IS_TYPE(owned, &SegmentType);
+}
+
 /* Exact bytes, or a Segment: bytes whose every method is bytes' own. */
 static inline int
 plain_bytes(PyObject *obj)
@@ -1296,7 +1303,7 @@ py_gro_parse(PyObject *Py_UNUSED(self), PyObject *packet)
     if (get_packet(packet, 0, &owned, &view, &d, &n) < 0) {
         return NULL;
     }
-    r = gro_classify(d, n, &p, owned != NULL && Py_IS_TYPE(owned, &SegmentType));
+    r = gro_classify(d, n, &p, is_segment(owned));
     if (r < 0) {
         put_packet(owned, &view);
         return NULL;
@@ -1817,8 +1824,8 @@ gro_add(gro_state *st, PyObject *obj, int copy)
     if (get_packet(obj, copy, &tmp.owned, &tmp.view, &tmp.d, &tmp.n) < 0) {
         return -1;
     }
-    if (gro_classify(tmp.d, tmp.n, &p,
-                     tmp.owned != NULL && Py_IS_TYPE(tmp.owned, &SegmentType)) < 0 || gro_reserve(st, st->npkts + 1) < 0 ||
+    if (gro_classify(tmp.d, tmp.n, &p, is_segment(tmp.owned)) < 0 ||
+        gro_reserve(st, st->npkts + 1) < 0 ||
         (p.klen != 0 && gro_reserve_entry(st) < 0)) {
         put_packet(tmp.owned, &tmp.view);
         return -1;
@@ -2576,7 +2583,8 @@ py_split_frames(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nar
     }
     count = PySequence_Fast_GET_SIZE(lengths);
     for (i = 0; i < count; i++) {
-        Py_ssize_t n = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(lengths, i), PyExc_OverflowError);
+        Py_ssize_t n =
+            PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(lengths, i), PyExc_OverflowError);
         const uint8_t *d;
         PyObject *segs;
         if (n == -1 && PyErr_Occurred()) {
@@ -2650,9 +2658,13 @@ py_frame_segments(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "frame_segments(frames, start, end) takes 3 arguments");
         return NULL;
     }
+    /* The second is not converted while the first's error is pending. */
     start = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (start == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     end = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
-    if (PyErr_Occurred()) {
+    if (end == -1 && PyErr_Occurred()) {
         return NULL;
     }
     seq = PySequence_Fast(args[0], "frames must be a list or tuple");
